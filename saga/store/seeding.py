@@ -1,0 +1,98 @@
+"""Seed data: reference data always, sample data in development.
+
+The engine does not know the journeys; they publish their seeders under the entry-point
+group ``saga.seeders`` (a sequence of :class:`Seeder`). Every seeder must be idempotent:
+a second run inserts nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Protocol
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from saga.errors import ConfigurationError, SchemaNotMigrated
+
+ENTRY_POINT_GROUP = "saga.seeders"
+
+
+class Seeder(Protocol):
+    """One named body of seed data. Returns rows inserted per table."""
+
+    name: str
+    samples_only: bool
+
+    def __call__(self, conn: AsyncConnection) -> Awaitable[dict[str, int]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSeeder:
+    """A :class:`Seeder` made from a coroutine function."""
+
+    name: str
+    run: Callable[[AsyncConnection], Awaitable[dict[str, int]]]
+    samples_only: bool = False
+
+    def __call__(self, conn: AsyncConnection) -> Awaitable[dict[str, int]]:
+        return self.run(conn)
+
+
+@dataclass
+class SeedReport:
+    inserted: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(sum(tables.values()) for tables in self.inserted.values())
+
+
+def discover_seeders() -> list[Seeder]:
+    """Every seeder published under ``saga.seeders``, in the order each package lists them."""
+    seeders: list[Seeder] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        loaded = ep.load()
+        if not isinstance(loaded, Sequence):
+            raise ConfigurationError(
+                f"entry point {ep.name!r} in {ENTRY_POINT_GROUP} must be a sequence of seeders"
+            )
+        seeders.extend(loaded)
+    return seeders
+
+
+async def ensure_migrated(conn: AsyncConnection) -> None:
+    present = await conn.scalar(
+        text("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+    )
+    version = (
+        await conn.scalar(text("SELECT version_num FROM public.alembic_version LIMIT 1"))
+        if present
+        else None
+    )
+    if version is None:
+        raise SchemaNotMigrated(
+            "the database has no schema yet: run `saga db upgrade` before seeding"
+        )
+    from saga.store.migrate import head_revision
+
+    head = head_revision()
+    if version != head:
+        raise SchemaNotMigrated(
+            f"the database is at revision {version}, not {head}: run `saga db upgrade` first"
+        )
+
+
+async def run_seeders(
+    conn: AsyncConnection, seeders: Sequence[Seeder], *, include_samples: bool
+) -> SeedReport:
+    """Run each seeder in order inside the caller's transaction."""
+    await ensure_migrated(conn)
+    report = SeedReport()
+    for seeder in seeders:
+        if seeder.samples_only and not include_samples:
+            continue
+        report.inserted[seeder.name] = await seeder(conn)
+    return report

@@ -1,0 +1,110 @@
+"""Fixtures: a PostgreSQL server and a Kafka-protocol broker for the whole run.
+
+The server is the one ``DATABASE_URL`` names (CI points it at the machine's PostgreSQL)
+or, when it is unset, a throw-away embedded server. Either way each test that asks gets a
+database of its own, created for it and dropped after it. The broker is the one
+``KAFKA_BOOTSTRAP_SERVERS`` names or an embedded Tansu broker on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from saga.settings import Settings, load_settings, to_plain_url
+from saga.store import Database, migrate
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("APP_ENV", "test")
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointed at another database on the same server."""
+    rendered = make_url(to_plain_url(url)).set(database=database)
+    return rendered.render_as_string(hide_password=False)
+
+
+async def _admin(admin_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(to_plain_url(admin_url))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def create_database(admin_url: str, prefix: str = "austa_test") -> str:
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
+    return with_database(admin_url, name)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    name = make_url(url).database
+    asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings(env_dir=REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def admin_database_url(settings: Settings) -> Iterator[str]:
+    """A URL on the test server with the right to create databases."""
+    if settings.database_url is not None:
+        yield with_database(settings.database_url, "postgres")
+        return
+    from saga.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres() as server:
+        yield server.url("postgres")
+
+
+@pytest.fixture
+def fresh_database_url(admin_database_url: str) -> Iterator[str]:
+    """An empty database of this test's own."""
+    url = create_database(admin_database_url)
+    try:
+        yield url
+    finally:
+        drop_database(admin_database_url, url)
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(admin_database_url: str) -> Iterator[str]:
+    """A database migrated to head, shared by the run: treat its schema as read-only."""
+    url = create_database(admin_database_url, prefix="austa_test_migrated")
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        drop_database(admin_database_url, url)
+
+
+@pytest.fixture
+async def database(settings: Settings, migrated_database_url: str) -> AsyncIterator[Database]:
+    """The engine's :class:`Database` on the migrated database."""
+    db = Database.from_settings(settings, url=migrated_database_url, application_name="tests")
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap_servers(settings: Settings) -> Iterator[str]:
+    if settings.kafka_bootstrap_servers is not None:
+        yield settings.kafka_bootstrap_servers
+        return
+    from saga.embedded import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
