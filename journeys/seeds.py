@@ -1,2 +1,3 @@
 """Placeholder replaced below."""
+
 SEEDERS: list[object] = []

@@ -100,5 +100,6 @@ def revoke_default_privileges(schema: str, role: str) -> list[str]:
     return [
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} "
         f"REVOKE SELECT, INSERT, UPDATE, DELETE ON TABLES FROM {role}",
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE USAGE, SELECT ON SEQUENCES FROM {role}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} "
+        f"REVOKE USAGE, SELECT ON SEQUENCES FROM {role}",
     ]

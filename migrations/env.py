@@ -7,6 +7,7 @@ for a bare ``alembic`` call, from the engine's settings (``DATABASE_URL``).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
 from sqlalchemy import pool
@@ -25,7 +26,7 @@ def _database_url() -> str:
     return to_async_url(str(url))
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=None,
         # Each revision commits on its own, so a failure leaves the database at the last

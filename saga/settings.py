@@ -106,9 +106,7 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]+$",
         description="letters, digits, '.', '_' or '-'",
     )
-    kafka_topic_partitions: int = Field(
-        default=8, ge=1, le=1024, description="an integer 1..1024"
-    )
+    kafka_topic_partitions: int = Field(default=8, ge=1, le=1024, description="an integer 1..1024")
     kafka_fetch_max_wait_ms: int = Field(
         default=10, ge=1, le=60000, description="an integer 1..60000 (milliseconds)"
     )
@@ -226,7 +224,7 @@ def load_settings(*, env_dir: Path | None = None, **overrides: Any) -> Settings:
     env_file = env_file_for(app_env.value, env_dir or Path.cwd())
     try:
         return Settings(
-            _env_file=env_file if env_file.is_file() else None,  # type: ignore[call-arg]
+            _env_file=env_file if env_file.is_file() else None,
             **overrides,
         )
     except ValidationError as exc:

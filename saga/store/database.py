@@ -60,9 +60,7 @@ def retry_policy_from(settings: Settings) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=settings.database_retry_attempts,
         initial_delay=settings.database_retry_base_delay / 1000,
-        max_delay=max(
-            settings.database_retry_max_delay, settings.database_retry_base_delay
-        ) / 1000,
+        max_delay=max(settings.database_retry_max_delay, settings.database_retry_base_delay) / 1000,
     )
 
 
@@ -86,9 +84,7 @@ class Database:
         cls, settings: Settings, *, url: str | None = None, application_name: str = "austa-saga"
     ) -> Database:
         stats = QueryStats()
-        engine = create_engine(
-            settings, url=url, application_name=application_name, stats=stats
-        )
+        engine = create_engine(settings, url=url, application_name=application_name, stats=stats)
         return cls(engine, retry=retry_policy_from(settings), query_stats=stats)
 
     async def dispose(self) -> None:
@@ -105,7 +101,7 @@ class Database:
     ) -> T:
         """Run ``unit`` in one transaction and return its result, retrying on conflicts."""
         policy = retry or self.retry
-        unit_name = name or getattr(unit, "__qualname__", "unit")
+        unit_name: str = name or str(getattr(unit, "__qualname__", "unit"))
         attempt = 1
         while True:
             try:
@@ -142,7 +138,9 @@ class Database:
     ) -> T:
         with database_errors():
             async with self.engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level=isolation.value.replace(" ", "_"))
+                conn = await conn.execution_options(
+                    isolation_level=isolation.value.replace(" ", "_")
+                )
                 async with conn.begin():
                     if statement_timeout_ms is not None:
                         # SET cannot take a bind parameter; the value is a validated int.

@@ -64,9 +64,7 @@ def discover_seeders() -> list[Seeder]:
 
 
 async def ensure_migrated(conn: AsyncConnection) -> None:
-    present = await conn.scalar(
-        text("SELECT to_regclass('public.alembic_version') IS NOT NULL")
-    )
+    present = await conn.scalar(text("SELECT to_regclass('public.alembic_version') IS NOT NULL"))
     version = (
         await conn.scalar(text("SELECT version_num FROM public.alembic_version LIMIT 1"))
         if present

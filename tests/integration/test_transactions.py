@@ -20,6 +20,7 @@ from saga.errors import (
 from saga.retry import RetryPolicy
 from saga.settings import Settings, to_plain_url
 from saga.store import Database, IsolationLevel
+from saga.store.database import UnitOfWork
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ async def test_write_skew_between_two_serializable_units_is_retried(scratch: Dat
     both_read = asyncio.Barrier(2)
     attempts = {1: 0, 2: 0}
 
-    def withdraw(account: int) -> object:
+    def withdraw(account: int) -> UnitOfWork[bool]:
         async def unit(conn: AsyncConnection) -> bool:
             attempts[account] += 1
             total = await conn.scalar(text("SELECT sum(balance) FROM account"))
@@ -74,10 +75,12 @@ async def test_write_skew_between_two_serializable_units_is_retried(scratch: Dat
         return unit
 
     results = await asyncio.gather(
-        scratch.run(withdraw(1), isolation=IsolationLevel.SERIALIZABLE, retry=FAST_RETRY,
-                    name="withdraw"),
-        scratch.run(withdraw(2), isolation=IsolationLevel.SERIALIZABLE, retry=FAST_RETRY,
-                    name="withdraw"),
+        scratch.run(
+            withdraw(1), isolation=IsolationLevel.SERIALIZABLE, retry=FAST_RETRY, name="withdraw"
+        ),
+        scratch.run(
+            withdraw(2), isolation=IsolationLevel.SERIALIZABLE, retry=FAST_RETRY, name="withdraw"
+        ),
     )
     assert sorted(results) == [False, True]
     assert scratch.retries.by_unit["withdraw"] >= 1
@@ -105,7 +108,9 @@ async def test_gives_up_after_the_limit_with_a_clear_error(
     try:
         with pytest.raises(RetriesExhausted) as caught:
             await scratch.run(
-                always_loses, isolation=IsolationLevel.REPEATABLE_READ, retry=policy,
+                always_loses,
+                isolation=IsolationLevel.REPEATABLE_READ,
+                retry=policy,
                 name="always_loses",
             )
     finally:
@@ -124,7 +129,7 @@ async def test_deadlock_is_translated_and_retried(scratch: Database) -> None:
     first_locks = asyncio.Barrier(2)
     attempts = {"a": 0, "b": 0}
 
-    def transfer(name: str, first: int, second: int) -> object:
+    def transfer(name: str, first: int, second: int) -> UnitOfWork[None]:
         async def unit(conn: AsyncConnection) -> None:
             attempts[name] += 1
             await conn.execute(
@@ -149,13 +154,15 @@ async def test_deadlock_is_translated_and_retried(scratch: Database) -> None:
 async def test_deadlock_without_retries_surfaces_as_deadlock_detected(scratch: Database) -> None:
     both_locked = asyncio.Barrier(2)
 
-    def transfer(first: int, second: int) -> object:
+    def transfer(first: int, second: int) -> UnitOfWork[None]:
         async def unit(conn: AsyncConnection) -> None:
-            await conn.execute(text("SELECT 1 FROM account WHERE id = :id FOR UPDATE"),
-                               {"id": first})
+            await conn.execute(
+                text("SELECT 1 FROM account WHERE id = :id FOR UPDATE"), {"id": first}
+            )
             await both_locked.wait()
-            await conn.execute(text("SELECT 1 FROM account WHERE id = :id FOR UPDATE"),
-                               {"id": second})
+            await conn.execute(
+                text("SELECT 1 FROM account WHERE id = :id FOR UPDATE"), {"id": second}
+            )
 
         return unit
 
@@ -180,7 +187,9 @@ async def test_local_statement_timeout_stops_a_long_statement(scratch: Database)
     assert scratch.retries.total == 0
 
 
-async def test_statement_timeout_is_local_to_the_unit(scratch: Database, settings: Settings) -> None:
+async def test_statement_timeout_is_local_to_the_unit(
+    scratch: Database, settings: Settings
+) -> None:
     async def timeout(conn: AsyncConnection) -> str:
         return str(await conn.scalar(text("SHOW statement_timeout")))
 
@@ -210,6 +219,7 @@ async def test_a_failed_unit_leaves_nothing_behind(scratch: Database) -> None:
 
     with pytest.raises(RuntimeError):
         await scratch.run(half_done)
-    assert await scratch.run(
-        lambda c: c.scalar(text("SELECT balance FROM account WHERE id = 1"))
-    ) == 100
+    assert (
+        await scratch.run(lambda c: c.scalar(text("SELECT balance FROM account WHERE id = 1")))
+        == 100
+    )
