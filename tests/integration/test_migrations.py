@@ -23,7 +23,7 @@ WITH user_ns AS (
 )
 SELECT 'schema', nspname FROM user_ns
 UNION ALL
-SELECT 'relation:' || c.relkind, n.nspname || '.' || c.relname
+SELECT 'relation:' || c.relkind::text, n.nspname || '.' || c.relname
 FROM pg_class c JOIN user_ns n ON n.oid = c.relnamespace
 WHERE c.relname NOT IN ('alembic_version', 'alembic_version_pkc')
 UNION ALL
@@ -40,7 +40,7 @@ SELECT 'policy', polname FROM pg_policy
 UNION ALL
 SELECT 'extension', extname FROM pg_extension
 UNION ALL
-SELECT 'default_acl', defaclrole::regrole::text || ':' || defaclobjtype FROM pg_default_acl
+SELECT 'default_acl', defaclrole::regrole::text || ':' || defaclobjtype::text FROM pg_default_acl
 """
 
 
