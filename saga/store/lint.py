@@ -5,8 +5,9 @@ the revision has shipped, so the lint reads what the migrations actually built (
 PostgreSQL catalog, not the revision source) and names every breach:
 
 - ``primary-key``: rows are addressed by an ``id uuid`` that services can mint without a
-  round trip and that never collides across journeys. A partitioned table may add its
-  partition key after ``id``, because PostgreSQL requires it in every unique key.
+  round trip and that never collides across journeys. A partitioned table (or a
+  TimescaleDB hypertable) may add its time column after ``id``, because every unique key
+  must include it.
 - ``created-at`` / ``updated-at`` / ``deleted-at``: auditing, incremental sync and soft
   deletes rely on these columns existing with the same meaning everywhere.
 - ``updated-at-trigger``: ``updated_at`` is only trustworthy if the database, not each
@@ -117,6 +118,7 @@ class _Relation:
     constraints: tuple[_Constraint, ...]
     indexes: tuple[_Index, ...]
     triggers: tuple[_Trigger, ...]
+    hypertable: bool = False
 
     @property
     def qualified(self) -> str:
@@ -125,6 +127,11 @@ class _Relation:
     @property
     def is_materialized_view(self) -> bool:
         return self.kind == "m"
+
+    @property
+    def is_time_partitioned(self) -> bool:
+        """Native partitioning and TimescaleDB both need the time column in every key."""
+        return self.kind == "p" or self.hypertable
 
     def column(self, name: str) -> _Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -150,6 +157,12 @@ WITH scope AS (
               OR (d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = n.oid))
       )
 )
+"""
+
+# TimescaleDB's catalog exists only where the extension is installed.
+_HAS_TIMESCALEDB_SQL = "SELECT to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL"
+_HYPERTABLES_SQL = """
+SELECT schema_name AS nspname, table_name AS relname FROM _timescaledb_catalog.hypertable
 """
 
 _SCHEMAS_SQL = """
@@ -233,7 +246,11 @@ async def lint_schema(
         return (await conn.execute(text(sql), params)).all()
 
     schema_names = [r.nspname for r in await rows(_SCHEMAS_SQL)]
+    hypertables: set[tuple[str, str]] = set()
+    if await conn.scalar(text(_HAS_TIMESCALEDB_SQL)):
+        hypertables = {(r.nspname, r.relname) for r in await rows(_HYPERTABLES_SQL)}
     relations = _assemble(
+        hypertables,
         await rows(_RELATIONS_SQL),
         await rows(_COLUMNS_SQL),
         await rows(_CONSTRAINTS_SQL),
@@ -247,6 +264,7 @@ async def lint_schema(
 
 
 def _assemble(
+    hypertables: set[tuple[str, str]],
     relations: Sequence[Any],
     columns: Sequence[Any],
     constraints: Sequence[Any],
@@ -280,6 +298,7 @@ def _assemble(
             tuple(cons[r.oid]),
             tuple(idxs[r.oid]),
             tuple(trgs[r.oid]),
+            hypertable=(r.nspname, r.relname) in hypertables,
         )
         for r in relations
     ]
@@ -346,14 +365,14 @@ def _check_prefix(rel: _Relation, prefixes: tuple[str, ...]) -> Iterator[LintFin
 def _check_primary_key(rel: _Relation) -> Iterator[LintFinding]:
     pk = next((c for c in rel.constraints if c.kind == "p"), None)
     expected = "expected PRIMARY KEY (id) on an id uuid column"
-    if rel.kind == "p":
-        expected += " (a partitioned table may add its partition key after id)"
+    if rel.is_time_partitioned:
+        expected += " (a partitioned table or hypertable may add its time column after id)"
     if pk is None:
         yield LintFinding("primary-key", rel.qualified, f"table has no primary key; {expected}")
         return
     first = next((c for c in rel.columns if c.attnum == pk.columns[0]), None)
     id_first = first is not None and first.name == "id" and first.type_name == "uuid"
-    if id_first and (len(pk.columns) == 1 or rel.kind == "p"):
+    if id_first and (len(pk.columns) == 1 or rel.is_time_partitioned):
         return
     yield LintFinding(
         "primary-key",

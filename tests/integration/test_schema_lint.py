@@ -304,3 +304,27 @@ async def test_schema_out_of_scope_is_ignored(fresh_database_url: str) -> None:
     findings = await lint(fresh_database_url, [], schemas={"scratch": ("scratch_",)})
     assert findings, "the same table is reported once its schema is in scope"
     assert all(f.object_name.startswith("scratch.") for f in findings), render(findings)
+
+
+async def test_hypertable_may_key_on_id_and_time(fresh_database_url: str) -> None:
+    """TimescaleDB (absent here) lists hypertables in its own catalog; a stand-in with the
+    same schema, table and column names shows the lint reads it and exempts only those."""
+    readings = [
+        "CREATE SCHEMA _timescaledb_catalog",
+        "CREATE TABLE _timescaledb_catalog.hypertable (schema_name name, table_name name)",
+        *table(
+            "care_vital",
+            "recorded_at timestamptz NOT NULL",
+            primary_key="id, recorded_at",
+        ),
+        *table(
+            "care_vital_copy",
+            "recorded_at timestamptz NOT NULL",
+            primary_key="id, recorded_at",
+        ),
+        "INSERT INTO _timescaledb_catalog.hypertable VALUES ('care_journey', 'care_vital')",
+    ]
+    findings = await lint(fresh_database_url, [*CONFORMING, *readings])
+    assert [(f.rule, f.object_name) for f in findings] == [
+        ("primary-key", "care_journey.care_vital_copy")
+    ], render(findings)
