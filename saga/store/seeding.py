@@ -23,8 +23,13 @@ ENTRY_POINT_GROUP = "saga.seeders"
 class Seeder(Protocol):
     """One named body of seed data. Returns rows inserted per table."""
 
-    name: str
-    samples_only: bool
+    @property
+    def name(self) -> str:
+        """Shown in ``saga db seed``'s report, e.g. ``care.reference``."""
+
+    @property
+    def samples_only(self) -> bool:
+        """True for sample data, which only development (or ``--samples``) loads."""
 
     def __call__(self, conn: AsyncConnection) -> Awaitable[dict[str, int]]: ...
 

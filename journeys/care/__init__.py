@@ -1,0 +1,2 @@
+"""The care journey: specialties, providers, agendas and appointments (schema
+``care_journey``)."""

@@ -1,0 +1,2 @@
+"""Gamification: profiles, the points ledger, achievements, events and the leaderboard
+(schema ``gamification``)."""

@@ -1,0 +1,1 @@
+"""The health journey: metrics, goals and connected devices (schema ``health_journey``)."""

@@ -1,0 +1,1 @@
+"""What every journey shares: people, roles and permissions (schema ``shared``)."""
