@@ -12,6 +12,7 @@ from typing import Any
 from alembic.util.exc import CommandError
 
 from saga.errors import ConfigurationError, SettingsError
+from saga.logging import configure_logging
 from saga.settings import AppEnv, Settings, load_settings
 from saga.store import migrate
 
@@ -53,6 +54,12 @@ def add_parser(commands: Any) -> None:
     current.set_defaults(handler=_current)
 
 
+def _settings() -> Settings:
+    settings = load_settings()
+    configure_logging(settings)
+    return settings
+
+
 def _database_url(settings: Settings) -> str:
     if settings.database_url is None:
         raise SettingsError(
@@ -73,7 +80,7 @@ def _alembic_errors() -> Iterator[None]:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = _settings()
     url = _database_url(settings)
     with _alembic_errors():
         migrate.upgrade(url, args.revision)
@@ -82,7 +89,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _downgrade(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = _settings()
     if settings.app_env is AppEnv.PRODUCTION and args.revision == "base":
         raise ConfigurationError("refusing `downgrade base` with APP_ENV=production")
     url = _database_url(settings)
@@ -113,7 +120,7 @@ def _new(args: argparse.Namespace) -> int:
 def _lint(args: argparse.Namespace) -> int:
     from saga.store.lint import lint_schema
 
-    settings = load_settings()
+    settings = _settings()
     findings = asyncio.run(_with_connection(settings, lint_schema))
     for finding in findings:
         print(finding)
@@ -127,7 +134,7 @@ def _lint(args: argparse.Namespace) -> int:
 def _seed(args: argparse.Namespace) -> int:
     from saga.store.seeding import discover_seeders, run_seeders
 
-    settings = load_settings()
+    settings = _settings()
     samples = args.samples if args.samples is not None else settings.app_env is AppEnv.DEVELOPMENT
     seeders = discover_seeders()
 
@@ -145,7 +152,7 @@ def _seed(args: argparse.Namespace) -> int:
 def _current(args: argparse.Namespace) -> int:
     from sqlalchemy import text
 
-    settings = load_settings()
+    settings = _settings()
 
     async def work(conn: Any) -> str | None:
         exists = await conn.scalar(text("SELECT to_regclass('public.alembic_version') IS NOT NULL"))

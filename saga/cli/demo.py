@@ -23,11 +23,8 @@ from saga.store.seeding import discover_seeders, run_seeders
 
 DEMO_DATABASE = "austa_dev"
 
-_ROW_COUNTS = """
-SELECT n.nspname AS schema_name, c.relname AS table_name,
-       (xpath('/row/c/text()',
-              query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname),
-                           false, true, '')))[1]::text::bigint AS row_count
+_TABLES = """
+SELECT n.nspname, c.relname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname IN ('shared', 'health_journey', 'care_journey', 'plan_journey', 'gamification')
   AND c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -98,13 +95,26 @@ async def _lint_seed_and_report(settings: Settings, url: str) -> None:
                 lambda conn: run_seeders(conn, seeders, include_samples=True), name="seed"
             )
             _say(f"seed run {attempt}: inserted {report.total} row(s)")
-        async with database.engine.connect() as conn:
-            rows = (await conn.execute(text(_ROW_COUNTS))).all()
         _say("rows per table:")
-        for schema_name, table_name, count in rows:
-            _say(f"  {schema_name}.{table_name}: {count}")
+        for name, count in await _row_counts(database):
+            _say(f"  {name}: {count}")
     finally:
         await database.dispose()
+
+
+async def _row_counts(database: Database) -> list[tuple[str, int]]:
+    """Exact counts of every journey table, in one round trip."""
+    async with database.engine.connect() as conn:
+        tables = [f"{schema}.{name}" for schema, name in await conn.execute(text(_TABLES))]
+        # Names come from the catalog, not from input; quoting keeps odd ones valid.
+        counts = " UNION ALL ".join(
+            f"SELECT '{name}', count(*) FROM {_quoted(name)}" for name in tables
+        )
+        return [(str(name), int(count)) for name, count in await conn.execute(text(counts))]
+
+
+def _quoted(qualified: str) -> str:
+    return ".".join(f'"{part}"' for part in qualified.split("."))
 
 
 def _redact(url: str) -> str:

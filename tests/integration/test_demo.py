@@ -1,0 +1,55 @@
+"""`make demo`'s command on the embedded default: everything up, migrated, seeded, down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def server_processes() -> set[int]:
+    """PIDs of embedded PostgreSQL and Tansu broker processes on this machine."""
+    found = set()
+    for proc in psutil.process_iter(attrs=["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "austa-pg-" in cmdline or ("tansu" in cmdline and "memory://" in cmdline):
+            found.add(proc.info["pid"])
+    return found
+
+
+def test_demo_runs_on_the_embedded_default_and_cleans_up() -> None:
+    before = server_processes()
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "APP_ENV"}
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "saga", "demo"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "started embedded PostgreSQL" in out
+    assert "started embedded Kafka-protocol broker" in out
+    assert "migrated to" in out
+    assert "schema lint: 0 finding(s)" in out
+    first_seed = next(line for line in out.splitlines() if "seed run 1" in line)
+    assert "inserted 0 row(s)" not in first_seed
+    assert "seed run 2: inserted 0 row(s)" in out
+    assert "care_journey.care_appointment:" in out
+    assert "stopped everything the demo started" in out
+    assert server_processes() <= before
