@@ -10,6 +10,7 @@ from saga.errors import (
     RetriesExhausted,
     SagaError,
     SettingsError,
+    TransactionConflict,
 )
 from saga.retry import RetryPolicy
 from saga.settings import AppEnv, Settings, load_settings
@@ -31,4 +32,5 @@ __all__ = [
     "RetriesExhausted",
     "SagaError",
     "SettingsError",
+    "TransactionConflict",
 ]

@@ -7,11 +7,13 @@ The tree::
     │   ├── SettingsError             a setting is missing or malformed (names the variable)
     │   └── MigrationNameError        a migration name breaks the add_/update_/remove_ rule
     └── DatabaseError                 a failure reported by, or on the way to, PostgreSQL
-        ├── RetriableDatabaseError    retriable = True: running the unit again may succeed
-        │   ├── SerializationConflict     SQLSTATE 40001
-        │   ├── DeadlockDetected          SQLSTATE 40P01
-        │   └── DatabaseUnavailable       connection refused, lost or timed out
-        ├── RetriesExhausted          a retriable failure kept happening past the retry limit
+        ├── RetriableDatabaseError    retriable = True: trying again later may succeed
+        │   ├── TransactionConflict       rolled back for a conflict: re-running is safe
+        │   │   ├── SerializationConflict     SQLSTATE 40001
+        │   │   └── DeadlockDetected          SQLSTATE 40P01
+        │   └── DatabaseUnavailable       connection refused, lost or timed out; if it was
+        │                                 lost during COMMIT the outcome is unknown
+        ├── RetriesExhausted          a conflict kept happening past the retry limit
         ├── IntegrityViolation        SQLSTATE class 23: the data broke a constraint
         │   ├── UniqueViolation           23505
         │   ├── ForeignKeyViolation       23503
@@ -73,22 +75,31 @@ class RetriableDatabaseError(DatabaseError):
     retriable = True
 
 
-class SerializationConflict(RetriableDatabaseError):
+class TransactionConflict(RetriableDatabaseError):
+    """PostgreSQL rolled the transaction back because of a concurrent one. Nothing of it
+    was committed, so running the whole unit of work again is always safe."""
+
+
+class SerializationConflict(TransactionConflict):
     """SQLSTATE 40001: a concurrent transaction made this one's view invalid."""
 
 
-class DeadlockDetected(RetriableDatabaseError):
+class DeadlockDetected(TransactionConflict):
     """SQLSTATE 40P01: PostgreSQL broke a deadlock by aborting this transaction."""
 
 
 class DatabaseUnavailable(RetriableDatabaseError):
-    """The server could not be reached, or the connection broke."""
+    """The server could not be reached, or the connection broke.
+
+    Not re-run by the transaction runner: a connection lost while committing leaves the
+    outcome unknown, so only a caller whose work is idempotent may simply try again.
+    """
 
 
 class RetriesExhausted(DatabaseError):
-    """A retriable failure happened on every attempt the policy allowed."""
+    """A transaction conflict happened on every attempt the policy allowed."""
 
-    def __init__(self, unit: str, attempts: int, last: RetriableDatabaseError) -> None:
+    def __init__(self, unit: str, attempts: int, last: TransactionConflict) -> None:
         super().__init__(
             f"unit of work {unit!r} gave up after {attempts} attempts; last error: {last}",
             sqlstate=last.sqlstate,

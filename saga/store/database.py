@@ -3,11 +3,13 @@
 A *unit of work* is an async function of an :class:`AsyncConnection`. :meth:`Database.run`
 opens a transaction at the requested isolation level (sent with ``BEGIN``, no extra round
 trip), optionally tightens the statement timeout with ``SET LOCAL``, runs the unit and
-commits. On a serialization failure (40001) or deadlock (40P01) — or a lost connection —
-it rolls back, waits per the :class:`~saga.retry.RetryPolicy` (exponential backoff with
-jitter), and runs the *whole* unit again; past the last attempt it raises
-:class:`~saga.errors.RetriesExhausted`. The unit must therefore do no I/O outside the
-database that cannot be repeated.
+commits. On a serialization failure (40001) or deadlock (40P01) PostgreSQL has rolled the
+transaction back, so the runner waits per the :class:`~saga.retry.RetryPolicy`
+(exponential backoff with jitter) and runs the *whole* unit again; past the last attempt
+it raises :class:`~saga.errors.RetriesExhausted`. The unit must therefore do no I/O
+outside the database that cannot be repeated. A lost connection is not re-run here: if it
+broke during COMMIT nobody knows whether the unit took effect, and only the caller knows
+whether its unit is safe to repeat.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from saga.errors import RetriableDatabaseError, RetriesExhausted
+from saga.errors import RetriesExhausted, TransactionConflict
 from saga.retry import RetryPolicy
 from saga.settings import Settings
 from saga.store.engine import QueryStats, create_engine
@@ -106,7 +108,7 @@ class Database:
         while True:
             try:
                 return await self._run_once(unit, isolation, statement_timeout_ms)
-            except RetriableDatabaseError as exc:
+            except TransactionConflict as exc:
                 if attempt >= policy.max_attempts:
                     self.retries.exhausted[unit_name] += 1
                     log.error(
@@ -118,7 +120,7 @@ class Database:
                     )
                     raise RetriesExhausted(unit_name, attempt, exc) from exc
                 self.retries.by_unit[unit_name] += 1
-                self.retries.by_sqlstate[exc.sqlstate or "connection"] += 1
+                self.retries.by_sqlstate[exc.sqlstate or "unknown"] += 1
                 attempt += 1
                 delay = policy.delay_before(attempt)
                 log.info(

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga.errors import (
+    DatabaseUnavailable,
     DeadlockDetected,
     RetriesExhausted,
     SerializationConflict,
@@ -223,3 +224,32 @@ async def test_a_failed_unit_leaves_nothing_behind(scratch: Database) -> None:
         await scratch.run(lambda c: c.scalar(text("SELECT balance FROM account WHERE id = 1")))
         == 100
     )
+
+
+async def test_a_killed_backend_is_unavailability_and_not_rerun(
+    scratch: Database, fresh_database_url: str
+) -> None:
+    """pg_terminate_backend mid-unit: whether a lost unit committed can be unknown, so the
+    runner reports it instead of running the unit a second time."""
+    killer = await asyncpg.connect(to_plain_url(fresh_database_url))
+    calls = 0
+
+    async def doomed(conn: AsyncConnection) -> None:
+        nonlocal calls
+        calls += 1
+        pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+        await conn.execute(text("UPDATE account SET balance = 0 WHERE id = 1"))
+        await killer.execute("SELECT pg_terminate_backend($1)", pid)
+        await conn.execute(text("SELECT 1"))
+
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await scratch.run(doomed, retry=FAST_RETRY)
+    finally:
+        await killer.close()
+    assert calls == 1
+    assert scratch.retries.total == 0
+    balance = await scratch.run(
+        lambda c: c.scalar(text("SELECT balance FROM account WHERE id = 1"))
+    )
+    assert balance == 100

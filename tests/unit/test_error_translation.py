@@ -68,3 +68,11 @@ def test_retries_exhausted_is_not_itself_retriable() -> None:
     assert not exhausted.retriable
     assert "gave up after 3 attempts" in str(exhausted)
     assert exhausted.sqlstate == "40001"
+
+
+def test_only_conflicts_are_safe_to_rerun_blindly() -> None:
+    assert isinstance(translate(wrapped("40001")), errors.TransactionConflict)
+    assert isinstance(translate(wrapped("40P01")), errors.TransactionConflict)
+    unavailable = translate(wrapped("08006"))
+    assert unavailable.retriable
+    assert not isinstance(unavailable, errors.TransactionConflict)
