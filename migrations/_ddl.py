@@ -6,6 +6,10 @@ function here returns for it. Add a new function (or a versioned one) instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from alembic import op
+
 # Columns every table carries, after its own: the guide's required fields.
 AUDIT_COLUMNS = """
     created_at timestamptz NOT NULL DEFAULT now(),
@@ -103,3 +107,15 @@ def revoke_default_privileges(schema: str, role: str) -> list[str]:
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} "
         f"REVOKE USAGE, SELECT ON SEQUENCES FROM {role}",
     ]
+
+
+def drop_journey_schema(schema: str, role: str) -> list[str]:
+    """A journey revision's whole downgrade: the default privileges go first, since they
+    are catalog rows that would outlive the schema and keep its role from being dropped."""
+    return [*revoke_default_privileges(schema, role), f"DROP SCHEMA {schema} CASCADE"]
+
+
+def execute(statements: Iterable[str]) -> None:
+    """Run each statement in order (one ``op.execute`` each, so offline SQL lists them)."""
+    for statement in statements:
+        op.execute(statement)

@@ -7,9 +7,13 @@ Create Date: 2026-11-25 15:00:00
 
 from __future__ import annotations
 
-from alembic import op
-
-from migrations._ddl import AUDIT_COLUMNS, ID_COLUMN, append_only_trigger, updated_at_trigger
+from migrations._ddl import (
+    AUDIT_COLUMNS,
+    ID_COLUMN,
+    append_only_trigger,
+    execute,
+    updated_at_trigger,
+)
 
 revision = "20261125150000"
 down_revision: str | None = None
@@ -329,26 +333,30 @@ GRANTS = [
 
 
 def upgrade() -> None:
-    op.execute("CREATE SCHEMA shared")
-    for statement in [
-        *FUNCTIONS,
-        *REFERENCE_TABLES,
-        *SAGA_TABLES,
-        *SAGA_OUTBOX,
-        *TRIGGERS,
-        *_create_roles(),
-        *GRANTS,
-    ]:
-        op.execute(statement)
+    execute(
+        [
+            "CREATE SCHEMA shared",
+            *FUNCTIONS,
+            *REFERENCE_TABLES,
+            *SAGA_TABLES,
+            *SAGA_OUTBOX,
+            *TRIGGERS,
+            *_create_roles(),
+            *GRANTS,
+        ]
+    )
 
 
 def downgrade() -> None:
-    op.execute("DROP SCHEMA shared CASCADE")
-    for role in SERVICE_ROLES + MEMBER_ROLES:
-        # DROP OWNED removes this database's grants and default privileges to the role;
-        # the role itself goes only when no other database still refers to it.
-        op.execute(
-            f"""
+    execute(
+        ["DROP SCHEMA shared CASCADE", *map(_drop_role_if_unused, SERVICE_ROLES + MEMBER_ROLES)]
+    )
+
+
+def _drop_role_if_unused(role: str) -> str:
+    # DROP OWNED removes this database's grants and default privileges to the role; the
+    # role itself goes only when no other database still refers to it.
+    return f"""
             DO $$
             BEGIN
                 IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
@@ -363,4 +371,3 @@ def downgrade() -> None:
                     END IF;
                 END IF;
             END $$"""
-        )

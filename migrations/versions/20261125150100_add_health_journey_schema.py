@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from alembic import op
-
 from migrations._ddl import (
     AUDIT_COLUMNS,
     ID_COLUMN,
+    drop_journey_schema,
+    execute,
     grant_schema_to,
     inbox_and_outbox,
-    revoke_default_privileges,
     updated_at_trigger,
 )
 
@@ -246,19 +245,18 @@ GOAL_TABLES = [
 
 
 def upgrade() -> None:
-    op.execute(f"CREATE SCHEMA {SCHEMA}")
-    for statement in [
-        *REFERENCE_TABLES,
-        *DEVICE_TABLES,
-        *METRIC_TABLE,
-        *GOAL_TABLES,
-        *inbox_and_outbox(SCHEMA, "health"),
-        *grant_schema_to(SCHEMA, SERVICE_ROLE),
-    ]:
-        op.execute(statement)
+    execute(
+        [
+            f"CREATE SCHEMA {SCHEMA}",
+            *REFERENCE_TABLES,
+            *DEVICE_TABLES,
+            *METRIC_TABLE,
+            *GOAL_TABLES,
+            *inbox_and_outbox(SCHEMA, "health"),
+            *grant_schema_to(SCHEMA, SERVICE_ROLE),
+        ]
+    )
 
 
 def downgrade() -> None:
-    for statement in revoke_default_privileges(SCHEMA, SERVICE_ROLE):
-        op.execute(statement)
-    op.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
+    execute(drop_journey_schema(SCHEMA, SERVICE_ROLE))

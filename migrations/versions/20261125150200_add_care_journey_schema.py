@@ -7,14 +7,13 @@ Create Date: 2026-11-25 15:02:00
 
 from __future__ import annotations
 
-from alembic import op
-
 from migrations._ddl import (
     AUDIT_COLUMNS,
     ID_COLUMN,
+    drop_journey_schema,
+    execute,
     grant_schema_to,
     inbox_and_outbox,
-    revoke_default_privileges,
     updated_at_trigger,
 )
 
@@ -184,22 +183,19 @@ APPOINTMENT_TABLES = [
 
 
 def upgrade() -> None:
-    op.execute(f"CREATE SCHEMA {SCHEMA}")
-    for statement in [
-        *EXTENSIONS,
-        *REFERENCE_TABLES,
-        *PROVIDER_TABLES,
-        *SLOT_TABLES,
-        *APPOINTMENT_TABLES,
-        *inbox_and_outbox(SCHEMA, "care"),
-        *grant_schema_to(SCHEMA, SERVICE_ROLE),
-    ]:
-        op.execute(statement)
+    execute(
+        [
+            f"CREATE SCHEMA {SCHEMA}",
+            *EXTENSIONS,
+            *REFERENCE_TABLES,
+            *PROVIDER_TABLES,
+            *SLOT_TABLES,
+            *APPOINTMENT_TABLES,
+            *inbox_and_outbox(SCHEMA, "care"),
+            *grant_schema_to(SCHEMA, SERVICE_ROLE),
+        ]
+    )
 
 
 def downgrade() -> None:
-    for statement in revoke_default_privileges(SCHEMA, SERVICE_ROLE):
-        op.execute(statement)
-    op.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
-    for statement in DROP_EXTENSIONS:
-        op.execute(statement)
+    execute([*drop_journey_schema(SCHEMA, SERVICE_ROLE), *DROP_EXTENSIONS])

@@ -7,15 +7,14 @@ Create Date: 2026-11-25 15:04:00
 
 from __future__ import annotations
 
-from alembic import op
-
 from migrations._ddl import (
     AUDIT_COLUMNS,
     ID_COLUMN,
     append_only_trigger,
+    drop_journey_schema,
+    execute,
     grant_schema_to,
     inbox_and_outbox,
-    revoke_default_privileges,
     updated_at_trigger,
 )
 
@@ -244,20 +243,19 @@ GRANTS = [
 
 
 def upgrade() -> None:
-    op.execute(f"CREATE SCHEMA {SCHEMA}")
-    for statement in [
-        *PROFILE_TABLES,
-        *LEDGER_TABLES,
-        *ACHIEVEMENT_TABLES,
-        *EVENT_TABLES,
-        *LEADERBOARD,
-        *inbox_and_outbox(SCHEMA, "gamification"),
-        *GRANTS,
-    ]:
-        op.execute(statement)
+    execute(
+        [
+            f"CREATE SCHEMA {SCHEMA}",
+            *PROFILE_TABLES,
+            *LEDGER_TABLES,
+            *ACHIEVEMENT_TABLES,
+            *EVENT_TABLES,
+            *LEADERBOARD,
+            *inbox_and_outbox(SCHEMA, "gamification"),
+            *GRANTS,
+        ]
+    )
 
 
 def downgrade() -> None:
-    for statement in revoke_default_privileges(SCHEMA, SERVICE_ROLE):
-        op.execute(statement)
-    op.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
+    execute(drop_journey_schema(SCHEMA, SERVICE_ROLE))
