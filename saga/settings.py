@@ -234,8 +234,26 @@ def load_settings(*, env_dir: Path | None = None, **overrides: Any) -> Settings:
 def _describe(exc: ValidationError) -> dict[str, str]:
     problems: dict[str, str] = {}
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:
+            # A rule across several variables: its message names them; the input is every
+            # setting, secrets included, so it is not echoed.
+            problems["APP_ENV"] = str(error["msg"]).removeprefix("Value error, ")
+            continue
+        field = str(error["loc"][0])
         info = Settings.model_fields.get(field)
         expected = info.description if info is not None and info.description else error["msg"]
-        problems[field.upper()] = f"expected {expected}; got {error['input']!r} ({error['msg']})"
+        shown = error["input"]
+        if isinstance(shown, str) and "://" in shown:
+            shown = redact_url(shown)
+        problems[field.upper()] = f"expected {expected}; got {shown!r} ({error['msg']})"
     return problems
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{location}"

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import text
 
 from saga.logging import configure_logging
-from saga.settings import Settings, load_settings, to_plain_url
+from saga.settings import Settings, load_settings, redact_url, to_plain_url
 from saga.store import Database, migrate
 from saga.store.lint import lint_schema
 from saga.store.seeding import discover_seeders, run_seeders
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             url = server.url(DEMO_DATABASE)
             _say(f"created database {DEMO_DATABASE}")
         else:
-            _say(f"using DATABASE_URL ({_redact(url)})")
+            _say(f"using DATABASE_URL ({redact_url(url)})")
         bootstrap = settings.kafka_bootstrap_servers
         if bootstrap is None:
             from saga.embedded import EmbeddedBroker
@@ -115,15 +115,6 @@ async def _row_counts(database: Database) -> list[tuple[str, int]]:
 
 def _quoted(qualified: str) -> str:
     return ".".join(f'"{part}"' for part in qualified.split("."))
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
 
 
 def _say(line: str) -> None:

@@ -122,11 +122,24 @@ def test_production_without_its_secrets_stops_with_a_clear_error(
         load_settings(env_dir=REPO_ROOT)
 
 
-def test_production_requires_a_broker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_production_requires_a_broker_without_echoing_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("APP_ENV", "production")
-    monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db:5432/austa")
-    with pytest.raises(SettingsError, match="KAFKA_BOOTSTRAP_SERVERS must be set"):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:hunter2@db:5432/austa")
+    with pytest.raises(SettingsError, match="KAFKA_BOOTSTRAP_SERVERS must be set") as caught:
         load_settings(env_dir=tmp_path)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_malformed_url_is_shown_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://care:hunter2@db:3306/austa")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_dir=tmp_path)
+    assert "hunter2" not in str(caught.value)
+    assert "mysql://care:***@db:3306/austa" in str(caught.value)
 
 
 def test_blank_url_means_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
