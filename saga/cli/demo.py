@@ -63,12 +63,26 @@ def run(args: argparse.Namespace) -> int:
             broker = stack.enter_context(EmbeddedBroker())
             bootstrap = broker.bootstrap_servers
             _say(f"started embedded Kafka-protocol broker (Tansu) on {bootstrap}")
+        brokers = asyncio.run(_broker_nodes(bootstrap))
+        _say(f"broker answered a metadata request: {brokers} node(s)")
         started = time.perf_counter()
         migrate.upgrade(url)
         _say(f"migrated to {migrate.head_revision()} in {time.perf_counter() - started:.2f}s")
         asyncio.run(_lint_seed_and_report(settings, url))
     _say("stopped everything the demo started")
     return 0
+
+
+async def _broker_nodes(bootstrap: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        cluster = await admin.describe_cluster()
+        return len(cluster["brokers"])
+    finally:
+        await admin.close()
 
 
 async def _create_database(admin_url: str, name: str) -> None:

@@ -45,6 +45,7 @@ def test_demo_runs_on_the_embedded_default_and_cleans_up() -> None:
     out = result.stdout
     assert "started embedded PostgreSQL" in out
     assert "started embedded Kafka-protocol broker" in out
+    assert "broker answered a metadata request: 1 node(s)" in out
     assert "migrated to" in out
     assert "schema lint: 0 finding(s)" in out
     first_seed = next(line for line in out.splitlines() if "seed run 1" in line)
