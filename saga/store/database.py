@@ -1,9 +1,14 @@
 """Run a unit of work in one short transaction, retrying it whole on conflicts.
 
-A *unit of work* is an async function of an :class:`AsyncConnection`. :meth:`Database.run`
-opens a transaction at the requested isolation level (sent with ``BEGIN``, no extra round
-trip), optionally tightens the statement timeout with ``SET LOCAL``, runs the unit and
-commits. On a serialization failure (40001) or deadlock (40P01) PostgreSQL has rolled the
+A *unit of work* is an async function of a connection. :meth:`Database.run` gives it a
+SQLAlchemy :class:`AsyncConnection` (convenient: Core constructs, named parameters);
+:meth:`Database.run_driver` gives it a :class:`~saga.store.driver.DriverConnection` on the
+asyncpg connection (fast: about twice the commits per second on this project's hardware).
+Either way the runner opens a transaction at the requested isolation level (sent with
+``BEGIN``, no extra round trip), optionally tightens the statement timeout with
+``SET LOCAL``, runs the unit and commits.
+
+On a serialization failure (40001) or deadlock (40P01) PostgreSQL has rolled the
 transaction back, so the runner waits per the :class:`~saga.retry.RetryPolicy`
 (exponential backoff with jitter) and runs the *whole* unit again; past the last attempt
 it raises :class:`~saga.errors.RetriesExhausted`. The unit must therefore do no I/O
@@ -19,20 +24,23 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import Literal, TypeVar, cast
 
+import asyncpg
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from saga.errors import RetriesExhausted, TransactionConflict
+from saga.errors import DatabaseUnavailable, RetriesExhausted, TransactionConflict
 from saga.retry import RetryPolicy
 from saga.settings import Settings
-from saga.store.engine import QueryStats, create_engine
+from saga.store.driver import DriverConnection
+from saga.store.engine import QueryRecorder, create_engine
 from saga.store.errors import database_errors
 
 T = TypeVar("T")
 UnitOfWork = Callable[[AsyncConnection], Awaitable[T]]
+DriverUnitOfWork = Callable[[DriverConnection], Awaitable[T]]
 
 log = structlog.get_logger("saga.store")
 
@@ -43,6 +51,19 @@ class IsolationLevel(StrEnum):
     READ_COMMITTED = "READ COMMITTED"
     REPEATABLE_READ = "REPEATABLE READ"
     SERIALIZABLE = "SERIALIZABLE"
+
+    @property
+    def driver_name(self) -> DriverIsolation:
+        """The name asyncpg's ``transaction(isolation=...)`` takes."""
+        return _DRIVER_NAMES[self]
+
+
+DriverIsolation = Literal["read_committed", "repeatable_read", "serializable"]
+_DRIVER_NAMES: dict[IsolationLevel, DriverIsolation] = {
+    IsolationLevel.READ_COMMITTED: "read_committed",
+    IsolationLevel.REPEATABLE_READ: "repeatable_read",
+    IsolationLevel.SERIALIZABLE: "serializable",
+}
 
 
 @dataclass
@@ -67,27 +88,30 @@ def retry_policy_from(settings: Settings) -> RetryPolicy:
 
 
 class Database:
-    """An engine plus the transaction runner and the counters both keep."""
+    """An engine plus the transaction runners and the counters they keep."""
 
     def __init__(
         self,
         engine: AsyncEngine,
         *,
+        recorder: QueryRecorder,
         retry: RetryPolicy | None = None,
-        query_stats: QueryStats | None = None,
     ) -> None:
         self.engine = engine
         self.retry = retry or RetryPolicy()
         self.retries = RetryStats()
-        self.queries = query_stats or QueryStats()
+        # The same recorder the engine's query events report to.
+        self.queries = recorder
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, url: str | None = None, application_name: str = "austa-saga"
     ) -> Database:
-        stats = QueryStats()
-        engine = create_engine(settings, url=url, application_name=application_name, stats=stats)
-        return cls(engine, retry=retry_policy_from(settings), query_stats=stats)
+        recorder = QueryRecorder.from_settings(settings)
+        engine = create_engine(
+            settings, url=url, application_name=application_name, recorder=recorder
+        )
+        return cls(engine, recorder=recorder, retry=retry_policy_from(settings))
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -101,13 +125,61 @@ class Database:
         retry: RetryPolicy | None = None,
         name: str | None = None,
     ) -> T:
-        """Run ``unit`` in one transaction and return its result, retrying on conflicts."""
-        policy = retry or self.retry
-        unit_name: str = name or str(getattr(unit, "__qualname__", "unit"))
+        """Run ``unit`` on a SQLAlchemy connection in one transaction, retrying conflicts."""
+
+        async def once() -> T:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(
+                    isolation_level=isolation.value.replace(" ", "_")
+                )
+                async with conn.begin():
+                    if statement_timeout_ms is not None:
+                        await conn.execute(text(_set_local_timeout(statement_timeout_ms)))
+                    return await unit(conn)
+
+        return await self._with_retries(once, retry or self.retry, name or _name_of(unit))
+
+    async def run_driver(
+        self,
+        unit: DriverUnitOfWork[T],
+        *,
+        isolation: IsolationLevel = IsolationLevel.READ_COMMITTED,
+        statement_timeout_ms: int | None = None,
+        retry: RetryPolicy | None = None,
+        name: str | None = None,
+    ) -> T:
+        """Run ``unit`` on the asyncpg connection in one transaction, retrying conflicts."""
+
+        async def once() -> T:
+            async with self.engine.connect() as conn:
+                raw = cast(asyncpg.Connection, (await conn.get_raw_connection()).driver_connection)
+                try:
+                    async with raw.transaction(isolation=isolation.driver_name):
+                        if statement_timeout_ms is not None:
+                            await raw.execute(_set_local_timeout(statement_timeout_ms))
+                        return await unit(DriverConnection(raw, self.queries))
+                except Exception as exc:
+                    if not raw.is_closed():
+                        raise
+                    # SQLAlchemy saw none of this connection's statements, so it cannot
+                    # know it died: take it out of the pool before it is handed out again.
+                    await conn.invalidate()
+                    if isinstance(exc, asyncpg.InterfaceError):
+                        # Leaving the transaction on a dead connection raises a misuse
+                        # error that hides the loss; the connection's state tells it.
+                        raise DatabaseUnavailable(f"connection lost: {exc}") from exc
+                    raise
+
+        return await self._with_retries(once, retry or self.retry, name or _name_of(unit))
+
+    async def _with_retries(
+        self, once: Callable[[], Awaitable[T]], policy: RetryPolicy, unit_name: str
+    ) -> T:
         attempt = 1
         while True:
             try:
-                return await self._run_once(unit, isolation, statement_timeout_ms)
+                with database_errors():
+                    return await once()
             except TransactionConflict as exc:
                 if attempt >= policy.max_attempts:
                     self.retries.exhausted[unit_name] += 1
@@ -132,21 +204,11 @@ class Database:
                 )
                 await asyncio.sleep(delay)
 
-    async def _run_once(
-        self,
-        unit: UnitOfWork[T],
-        isolation: IsolationLevel,
-        statement_timeout_ms: int | None,
-    ) -> T:
-        with database_errors():
-            async with self.engine.connect() as conn:
-                conn = await conn.execution_options(
-                    isolation_level=isolation.value.replace(" ", "_")
-                )
-                async with conn.begin():
-                    if statement_timeout_ms is not None:
-                        # SET cannot take a bind parameter; the value is a validated int.
-                        await conn.execute(
-                            text(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
-                        )
-                    return await unit(conn)
+
+def _name_of(unit: object) -> str:
+    return str(getattr(unit, "__qualname__", "unit"))
+
+
+def _set_local_timeout(milliseconds: int) -> str:
+    # SET takes no bind parameters; int() keeps the value a number.
+    return f"SET LOCAL statement_timeout = {int(milliseconds)}"

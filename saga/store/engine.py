@@ -28,13 +28,41 @@ _MAX_LOGGED_STATEMENT = 500
 
 
 @dataclass
-class QueryStats:
-    """Counters the engine's query events keep; exported as metrics by the processes."""
+class QueryRecorder:
+    """Counts every query, logs each one when asked (development), and logs and counts
+    the slow ones. Both kinds of unit of work report to it; the processes export its
+    counters as metrics."""
 
+    threshold_ms: float
+    log_queries: bool = False
     queries: int = 0
     slow_queries: int = 0
     slowest_ms: float = 0.0
     slow_by_statement: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QueryRecorder:
+        return cls(
+            threshold_ms=settings.database_slow_query_threshold,
+            log_queries=settings.logs_queries,
+        )
+
+    def record(self, statement: str, elapsed_ms: float) -> None:
+        self.queries += 1
+        if self.log_queries:
+            log.debug("query", statement=_shorten(statement), duration_ms=round(elapsed_ms, 2))
+        if elapsed_ms < self.threshold_ms:
+            return
+        key = _shorten(statement)
+        self.slow_queries += 1
+        self.slowest_ms = max(self.slowest_ms, elapsed_ms)
+        self.slow_by_statement[key] = self.slow_by_statement.get(key, 0) + 1
+        log.warning(
+            "slow_query",
+            statement=key,
+            duration_ms=round(elapsed_ms, 2),
+            threshold_ms=self.threshold_ms,
+        )
 
 
 def create_engine(
@@ -42,7 +70,7 @@ def create_engine(
     *,
     url: str | None = None,
     application_name: str = "austa-saga",
-    stats: QueryStats | None = None,
+    recorder: QueryRecorder | None = None,
 ) -> AsyncEngine:
     """An :class:`AsyncEngine` on ``url`` (default: ``settings.database_url``)."""
     target = url or settings.database_url
@@ -64,18 +92,11 @@ def create_engine(
             },
         },
     )
-    _install_query_events(
-        engine,
-        threshold_ms=settings.database_slow_query_threshold,
-        log_queries=settings.logs_queries,
-        stats=stats if stats is not None else QueryStats(),
-    )
+    _install_query_events(engine, recorder or QueryRecorder.from_settings(settings))
     return engine
 
 
-def _install_query_events(
-    engine: AsyncEngine, *, threshold_ms: int, log_queries: bool, stats: QueryStats
-) -> None:
+def _install_query_events(engine: AsyncEngine, recorder: QueryRecorder) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "before_cursor_execute")
@@ -99,23 +120,8 @@ def _install_query_events(
         executemany: bool,
     ) -> None:
         started = conn.info.pop(_STARTED_AT, None)
-        if started is None:
-            return
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        stats.queries += 1
-        if log_queries:
-            log.debug("query", statement=_shorten(statement), duration_ms=round(elapsed_ms, 2))
-        if elapsed_ms >= threshold_ms:
-            key = _shorten(statement)
-            stats.slow_queries += 1
-            stats.slowest_ms = max(stats.slowest_ms, elapsed_ms)
-            stats.slow_by_statement[key] = stats.slow_by_statement.get(key, 0) + 1
-            log.warning(
-                "slow_query",
-                statement=key,
-                duration_ms=round(elapsed_ms, 2),
-                threshold_ms=threshold_ms,
-            )
+        if started is not None:
+            recorder.record(statement, (time.perf_counter() - started) * 1000)
 
 
 def _shorten(statement: str) -> str:

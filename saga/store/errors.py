@@ -1,7 +1,8 @@
 """Translate driver errors into :mod:`saga.errors` at the database edge.
 
 SQLAlchemy wraps asyncpg's exceptions in ``DBAPIError``; the SQLSTATE sits on the wrapped
-driver error. Everything that leaves :mod:`saga.store` is a :class:`~saga.errors.SagaError`.
+driver error. Units on the driver connection raise asyncpg's exceptions directly.
+Everything that leaves :mod:`saga.store` is a :class:`~saga.errors.SagaError`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 
 from saga.errors import (
@@ -84,6 +86,8 @@ def translate(error: BaseException) -> DatabaseError:
         if state.startswith(_UNAVAILABLE_PREFIXES):
             return DatabaseUnavailable(message, sqlstate=state)
         return DatabaseError(message, sqlstate=state)
+    if isinstance(error, asyncpg.ConnectionDoesNotExistError):
+        return DatabaseUnavailable(message)
     if isinstance(error, sa_exc.TimeoutError):
         return DatabaseUnavailable(f"no database connection free in time: {message}")
     if isinstance(error, OSError | ConnectionError | TimeoutError) or (
@@ -97,6 +101,8 @@ def translate(error: BaseException) -> DatabaseError:
 
 _TRANSLATED = (
     sa_exc.DBAPIError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
     sa_exc.TimeoutError,
     OSError,
     ConnectionError,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -26,22 +25,6 @@ from saga.store.database import UnitOfWork
 pytestmark = pytest.mark.integration
 
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_delay=0.001, max_delay=0.01)
-
-
-@pytest.fixture
-async def scratch(settings: Settings, fresh_database_url: str) -> AsyncIterator[Database]:
-    """A Database on an empty database with two accounts of 100 each."""
-    db = Database.from_settings(settings, url=fresh_database_url, application_name="tests")
-
-    async def create(conn: AsyncConnection) -> None:
-        await conn.execute(text("CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL)"))
-        await conn.execute(text("INSERT INTO account VALUES (1, 100), (2, 100)"))
-
-    await db.run(create)
-    try:
-        yield db
-    finally:
-        await db.dispose()
 
 
 async def test_unit_runs_at_the_requested_isolation_level(scratch: Database) -> None:

@@ -1,0 +1,67 @@
+"""The fast path: a unit of work on the asyncpg connection itself.
+
+SQLAlchemy Core costs Python time on every statement (compilation lookup, execution
+context, a greenlet switch); on a 2-core machine shared with PostgreSQL that halves the
+transactions a process commits (see ``benchmarks/transactions.py``). Hot paths such as the
+coordinator's transitions therefore run on the driver connection, checked out from the
+same SQLAlchemy pool, with PostgreSQL's ``$1`` parameters. :class:`DriverConnection`
+exposes only what such a unit needs and times every statement for the slow-query log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from saga.store.engine import QueryRecorder
+
+
+class DriverConnection:
+    """An asyncpg connection inside a transaction the runner owns: no ``transaction()``,
+    no ``close()``; each statement is timed and counted."""
+
+    __slots__ = ("_conn", "_recorder")
+
+    def __init__(self, conn: asyncpg.Connection, recorder: QueryRecorder) -> None:
+        self._conn = conn
+        self._recorder = recorder
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """Run a statement; returns its status tag, e.g. ``UPDATE 1``."""
+        started = time.perf_counter()
+        try:
+            return await self._conn.execute(query, *args)
+        finally:
+            self._recorder.record(query, (time.perf_counter() - started) * 1000)
+
+    async def executemany(self, query: str, args: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each argument tuple, pipelined in one round trip."""
+        started = time.perf_counter()
+        try:
+            await self._conn.executemany(query, args)
+        finally:
+            self._recorder.record(query, (time.perf_counter() - started) * 1000)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        started = time.perf_counter()
+        try:
+            return await self._conn.fetch(query, *args)
+        finally:
+            self._recorder.record(query, (time.perf_counter() - started) * 1000)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        started = time.perf_counter()
+        try:
+            return await self._conn.fetchrow(query, *args)
+        finally:
+            self._recorder.record(query, (time.perf_counter() - started) * 1000)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self._conn.fetchval(query, *args)
+        finally:
+            self._recorder.record(query, (time.perf_counter() - started) * 1000)

@@ -1,0 +1,171 @@
+"""``Database.run_driver``: the same guarantees as ``run`` on the asyncpg connection,
+against real PostgreSQL conflicts and faults."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from saga.errors import (
+    CheckViolation,
+    DatabaseUnavailable,
+    RetriesExhausted,
+    SerializationConflict,
+    StatementTimeout,
+)
+from saga.retry import RetryPolicy
+from saga.settings import to_plain_url
+from saga.store import Database, IsolationLevel
+from saga.store.database import DriverUnitOfWork
+from saga.store.driver import DriverConnection
+
+pytestmark = pytest.mark.integration
+
+FAST_RETRY = RetryPolicy(max_attempts=5, initial_delay=0.001, max_delay=0.01)
+
+
+async def balance(db: Database, account: int) -> int:
+    async def read(conn: DriverConnection) -> int:
+        return int(await conn.fetchval("SELECT balance FROM account WHERE id = $1", account))
+
+    return await db.run_driver(read)
+
+
+@pytest.mark.parametrize("level", list(IsolationLevel))
+async def test_unit_runs_at_the_requested_isolation_level(
+    scratch: Database, level: IsolationLevel
+) -> None:
+    async def show(conn: DriverConnection) -> str:
+        return str(await conn.fetchval("SHOW transaction_isolation"))
+
+    assert await scratch.run_driver(show, isolation=level) == level.value.lower()
+
+
+async def test_write_skew_is_retried_until_consistent(scratch: Database) -> None:
+    both_read = asyncio.Barrier(2)
+    attempts = {1: 0, 2: 0}
+
+    def withdraw(account: int) -> DriverUnitOfWork[bool]:
+        async def unit(conn: DriverConnection) -> bool:
+            attempts[account] += 1
+            total = await conn.fetchval("SELECT sum(balance) FROM account")
+            if attempts[account] == 1:
+                await both_read.wait()
+            if total - 150 < 0:
+                return False
+            await conn.execute("UPDATE account SET balance = balance - 150 WHERE id = $1", account)
+            return True
+
+        return unit
+
+    serializable = IsolationLevel.SERIALIZABLE
+    results = await asyncio.gather(
+        scratch.run_driver(withdraw(1), isolation=serializable, retry=FAST_RETRY, name="w"),
+        scratch.run_driver(withdraw(2), isolation=serializable, retry=FAST_RETRY, name="w"),
+    )
+    assert sorted(results) == [False, True]
+    assert scratch.retries.by_sqlstate["40001"] >= 1
+    assert await balance(scratch, 1) + await balance(scratch, 2) == 50
+
+
+async def test_gives_up_after_the_limit(scratch: Database, fresh_database_url: str) -> None:
+    other = await asyncpg.connect(to_plain_url(fresh_database_url))
+    calls = 0
+
+    async def always_loses(conn: DriverConnection) -> None:
+        nonlocal calls
+        calls += 1
+        await conn.fetchval("SELECT balance FROM account WHERE id = 1")
+        await other.execute("UPDATE account SET balance = balance + 1 WHERE id = 1")
+        await conn.execute("UPDATE account SET balance = balance - 1 WHERE id = 1")
+
+    policy = RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.002)
+    try:
+        with pytest.raises(RetriesExhausted) as caught:
+            await scratch.run_driver(
+                always_loses, isolation=IsolationLevel.REPEATABLE_READ, retry=policy
+            )
+    finally:
+        await other.close()
+    assert calls == 3
+    assert isinstance(caught.value.last, SerializationConflict)
+
+
+async def test_constraint_errors_are_translated_and_not_retried(scratch: Database) -> None:
+    calls = 0
+
+    async def overdraw(conn: DriverConnection) -> None:
+        nonlocal calls
+        calls += 1
+        await conn.execute(
+            "ALTER TABLE account ADD CONSTRAINT account_positive CHECK (balance >= 0)"
+        )
+        await conn.execute("UPDATE account SET balance = -1 WHERE id = 1")
+
+    with pytest.raises(CheckViolation) as caught:
+        await scratch.run_driver(overdraw)
+    assert calls == 1
+    assert caught.value.constraint == "account_positive"
+
+
+async def test_a_killed_backend_is_unavailability_and_rolls_back(
+    scratch: Database, fresh_database_url: str
+) -> None:
+    killer = await asyncpg.connect(to_plain_url(fresh_database_url))
+    calls = 0
+
+    async def doomed(conn: DriverConnection) -> None:
+        nonlocal calls
+        calls += 1
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        await conn.execute("UPDATE account SET balance = 0 WHERE id = 1")
+        await killer.execute("SELECT pg_terminate_backend($1)", pid)
+        await conn.execute("SELECT 1")
+
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await scratch.run_driver(doomed, retry=FAST_RETRY)
+    finally:
+        await killer.close()
+    assert calls == 1
+    assert await balance(scratch, 1) == 100
+
+
+async def test_local_statement_timeout(scratch: Database) -> None:
+    async def slow(conn: DriverConnection) -> None:
+        await conn.execute("SELECT pg_sleep(2)")
+
+    with pytest.raises(StatementTimeout):
+        await scratch.run_driver(slow, statement_timeout_ms=50)
+
+
+async def test_a_failed_unit_leaves_nothing_behind(scratch: Database) -> None:
+    async def half_done(conn: DriverConnection) -> None:
+        await conn.execute("UPDATE account SET balance = 0 WHERE id = 1")
+        raise RuntimeError("the handler broke")
+
+    with pytest.raises(RuntimeError):
+        await scratch.run_driver(half_done)
+    assert await balance(scratch, 1) == 100
+
+
+async def test_every_statement_is_counted_and_slow_ones_logged(scratch: Database) -> None:
+    scratch.queries.threshold_ms = 20
+    before = scratch.queries.queries
+
+    async def mixed(conn: DriverConnection) -> int:
+        await conn.executemany("INSERT INTO account VALUES ($1, $2)", [(10, 1), (11, 2), (12, 3)])
+        rows = await conn.fetch("SELECT id FROM account WHERE id >= $1 ORDER BY id", 10)
+        row = await conn.fetchrow("SELECT balance FROM account WHERE id = $1", 12)
+        assert row is not None
+        await conn.execute("SELECT pg_sleep(0.05)")
+        return len(rows) + int(row["balance"])
+
+    with capture_logs() as logs:
+        assert await scratch.run_driver(mixed) == 6
+    assert scratch.queries.queries - before == 4
+    slow = [entry for entry in logs if entry["event"] == "slow_query"]
+    assert [entry["statement"] for entry in slow] == ["SELECT pg_sleep(0.05)"]
