@@ -9,6 +9,8 @@ database of its own, created for it and dropped after it. The broker is the one
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -49,6 +51,34 @@ def create_database(admin_url: str, prefix: str = "austa_test") -> str:
 def drop_database(admin_url: str, url: str) -> None:
     name = make_url(url).database
     asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+class _LoopErrors(logging.Handler):
+    """Collects what asyncio reports through its logger: a task that died with nobody
+    awaiting it, a callback that raised."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def fail_on_unhandled_loop_errors() -> Iterator[None]:
+    """A background task that failed unobserved fails the test that started it. Set up
+    before, so torn down after, the test's event loop."""
+    handler = _LoopErrors()
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(handler)
+    try:
+        yield
+        gc.collect()  # "exception was never retrieved" is reported when a task is freed
+    finally:
+        asyncio_logger.removeHandler(handler)
+    if handler.messages:
+        pytest.fail("unhandled errors in the event loop:\n" + "\n".join(handler.messages))
 
 
 @pytest.fixture(scope="session")
