@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga.settings import load_settings, to_plain_url
-from saga.store import Database
+from saga.store import Database, admin
 from saga.store.driver import DriverConnection
 
 SCHEMA = """
@@ -174,36 +174,20 @@ def summarize(driver: str, concurrency: int, seconds: float, latencies: list[flo
 @contextlib.contextmanager
 def scratch_database() -> Iterator[str]:
     settings = load_settings()
-    stack = contextlib.ExitStack()
-    with stack:
+    with contextlib.ExitStack() as stack:
         if settings.database_url is None:
             from saga.embedded import EmbeddedPostgres
 
-            admin = stack.enter_context(EmbeddedPostgres()).url("postgres")
+            admin_url = stack.enter_context(EmbeddedPostgres()).url("postgres")
         else:
-            admin = settings.database_url
+            admin_url = settings.database_url
         name = f"bench_{uuid.uuid4().hex[:8]}"
-        asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+        url = asyncio.run(admin.create_database(admin_url, name))
         try:
-            url = _with_database(admin, name)
-            asyncio.run(_admin(url, SCHEMA))
+            asyncio.run(admin.execute_on(url, SCHEMA))
             yield url
         finally:
-            asyncio.run(_admin(admin, f'DROP DATABASE "{name}" WITH (FORCE)'))
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(to_plain_url(url))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def _with_database(url: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(to_plain_url(url)).set(database=name).render_as_string(hide_password=False)
+            asyncio.run(admin.drop_database(admin_url, name))
 
 
 def main() -> None:

@@ -16,41 +16,26 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from saga.settings import Settings, load_settings, to_plain_url
-from saga.store import Database, migrate
+from saga.settings import Settings, load_settings
+from saga.store import Database, admin, migrate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("APP_ENV", "test")
 
 
-def with_database(url: str, database: str) -> str:
-    """``url`` pointed at another database on the same server."""
-    rendered = make_url(to_plain_url(url)).set(database=database)
-    return rendered.render_as_string(hide_password=False)
-
-
-async def _admin(admin_url: str, statement: str) -> None:
-    conn = await asyncpg.connect(to_plain_url(admin_url))
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 def create_database(admin_url: str, prefix: str = "austa_test") -> str:
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
-    return with_database(admin_url, name)
+    return asyncio.run(admin.create_database(admin_url, name))
 
 
 def drop_database(admin_url: str, url: str) -> None:
     name = make_url(url).database
-    asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    assert name is not None
+    asyncio.run(admin.drop_database(admin_url, name))
 
 
 class _LoopErrors(logging.Handler):
@@ -90,7 +75,7 @@ def settings() -> Settings:
 def admin_database_url(settings: Settings) -> Iterator[str]:
     """A URL on the test server with the right to create databases."""
     if settings.database_url is not None:
-        yield with_database(settings.database_url, "postgres")
+        yield admin.with_database(settings.database_url, "postgres")
         return
     from saga.embedded import EmbeddedPostgres
 

@@ -150,18 +150,8 @@ def _seed(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
-    from sqlalchemy import text
-
     settings = _settings()
-
-    async def work(conn: Any) -> str | None:
-        exists = await conn.scalar(text("SELECT to_regclass('public.alembic_version') IS NOT NULL"))
-        if not exists:
-            return None
-        value: str | None = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-        return value
-
-    current = asyncio.run(_with_connection(settings, work))
+    current = asyncio.run(_with_connection(settings, migrate.current_revision))
     print(f"database: {current or 'not migrated'}; head: {migrate.head_revision()}")
     return 0
 

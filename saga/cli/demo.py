@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import text
 
 from saga.logging import configure_logging
-from saga.settings import Settings, load_settings, redact_url, to_plain_url
-from saga.store import Database, migrate
+from saga.settings import Settings, load_settings, redact_url
+from saga.store import Database, admin, migrate
 from saga.store.lint import lint_schema
 from saga.store.seeding import discover_seeders, run_seeders
 
@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
                 f"started embedded PostgreSQL in {time.perf_counter() - started:.2f}s "
                 f"(socket {server.socket_dir})"
             )
-            asyncio.run(_create_database(server.url("postgres"), DEMO_DATABASE))
-            url = server.url(DEMO_DATABASE)
+            url = asyncio.run(admin.create_database(server.url("postgres"), DEMO_DATABASE))
             _say(f"created database {DEMO_DATABASE}")
         else:
             _say(f"using DATABASE_URL ({redact_url(url)})")
@@ -83,16 +82,6 @@ async def _broker_nodes(bootstrap: str) -> int:
         return len(cluster["brokers"])
     finally:
         await admin.close()
-
-
-async def _create_database(admin_url: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(to_plain_url(admin_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
 
 
 async def _lint_seed_and_report(settings: Settings, url: str) -> None:

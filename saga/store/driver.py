@@ -11,12 +11,14 @@ exposes only what such a unit needs and times every statement for the slow-query
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
 from saga.store.engine import QueryRecorder
+
+R = TypeVar("R")
 
 
 class DriverConnection:
@@ -31,37 +33,24 @@ class DriverConnection:
 
     async def execute(self, query: str, *args: Any) -> str:
         """Run a statement; returns its status tag, e.g. ``UPDATE 1``."""
-        started = time.perf_counter()
-        try:
-            return await self._conn.execute(query, *args)
-        finally:
-            self._recorder.record(query, (time.perf_counter() - started) * 1000)
+        return await self._timed(query, self._conn.execute(query, *args))
 
     async def executemany(self, query: str, args: Iterable[Sequence[Any]]) -> None:
         """Run one statement for each argument tuple, pipelined in one round trip."""
-        started = time.perf_counter()
-        try:
-            await self._conn.executemany(query, args)
-        finally:
-            self._recorder.record(query, (time.perf_counter() - started) * 1000)
+        await self._timed(query, self._conn.executemany(query, args))
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        started = time.perf_counter()
-        try:
-            return await self._conn.fetch(query, *args)
-        finally:
-            self._recorder.record(query, (time.perf_counter() - started) * 1000)
+        return await self._timed(query, self._conn.fetch(query, *args))
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        started = time.perf_counter()
-        try:
-            return await self._conn.fetchrow(query, *args)
-        finally:
-            self._recorder.record(query, (time.perf_counter() - started) * 1000)
+        return await self._timed(query, self._conn.fetchrow(query, *args))
 
     async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._timed(query, self._conn.fetchval(query, *args))
+
+    async def _timed(self, query: str, pending: Awaitable[R]) -> R:
         started = time.perf_counter()
         try:
-            return await self._conn.fetchval(query, *args)
+            return await pending
         finally:
             self._recorder.record(query, (time.perf_counter() - started) * 1000)

@@ -17,6 +17,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga.errors import ConfigurationError, MigrationNameError
 
@@ -98,6 +100,17 @@ def new_revision(
     if script is None or isinstance(script, list):
         raise ConfigurationError(f"alembic created no single revision for {name!r}")
     return Path(script.path)
+
+
+async def current_revision(conn: AsyncConnection) -> str | None:
+    """The revision the database is at, or None when it has never been migrated (or was
+    downgraded to base)."""
+    if not await conn.scalar(text("SELECT to_regclass('public.alembic_version') IS NOT NULL")):
+        return None
+    version: str | None = await conn.scalar(
+        text("SELECT version_num FROM public.alembic_version LIMIT 1")
+    )
+    return version
 
 
 def head_revision() -> str:

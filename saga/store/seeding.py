@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Protocol
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga.errors import ConfigurationError, SchemaNotMigrated
+from saga.store.migrate import current_revision, head_revision
 
 ENTRY_POINT_GROUP = "saga.seeders"
 
@@ -69,18 +69,11 @@ def discover_seeders() -> list[Seeder]:
 
 
 async def ensure_migrated(conn: AsyncConnection) -> None:
-    present = await conn.scalar(text("SELECT to_regclass('public.alembic_version') IS NOT NULL"))
-    version = (
-        await conn.scalar(text("SELECT version_num FROM public.alembic_version LIMIT 1"))
-        if present
-        else None
-    )
+    version = await current_revision(conn)
     if version is None:
         raise SchemaNotMigrated(
             "the database has no schema yet: run `saga db upgrade` before seeding"
         )
-    from saga.store.migrate import head_revision
-
     head = head_revision()
     if version != head:
         raise SchemaNotMigrated(
