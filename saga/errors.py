@@ -5,7 +5,15 @@ The tree::
     SagaError
     ├── ConfigurationError            misuse: fix the configuration or the code, do not retry
     │   ├── SettingsError             a setting is missing or malformed (names the variable)
-    │   └── MigrationNameError        a migration name breaks the add_/update_/remove_ rule
+    │   ├── MigrationNameError        a migration name breaks the add_/update_/remove_ rule
+    │   ├── DefinitionError           a saga definition is invalid (names it and the step)
+    │   ├── DefinitionConflict        a changed definition re-registered under its version
+    │   └── UnknownDefinition         no definition of that name and version is registered
+    ├── SagaNotFound                  no saga instance has that id
+    ├── SagaFailed                    awaited saga ended compensated or parked (``saga.testing``)
+    ├── SagaTimeout                   awaited saga did not end in time
+    ├── StepRefused                   a handler declines for a business reason (not a fault)
+    ├── MessageRejected               a message cannot be handled: dead-lettered with ``reason``
     └── DatabaseError                 a failure reported by, or on the way to, PostgreSQL
         ├── RetriableDatabaseError    retriable = True: trying again later may succeed
         │   ├── TransactionConflict       rolled back for a conflict: re-running is safe
@@ -56,6 +64,65 @@ class SettingsError(ConfigurationError):
 
 class MigrationNameError(ConfigurationError):
     """A new migration's name does not follow the guide's naming rule."""
+
+
+class DefinitionError(ConfigurationError):
+    """A saga definition breaks a rule; the message names the definition and the step."""
+
+    def __init__(self, definition: str, problem: str, *, step: str | None = None) -> None:
+        where = f"saga definition {definition!r}" + (f", step {step!r}" if step else "")
+        super().__init__(f"{where}: {problem}")
+        self.definition = definition
+        self.step = step
+        self.problem = problem
+
+
+class DefinitionConflict(ConfigurationError):
+    """A definition was registered again under the same name and version with other
+    content; publish the change as a new version instead."""
+
+
+class UnknownDefinition(ConfigurationError):
+    """No definition with that name (and version) is registered."""
+
+
+class SagaNotFound(SagaError):
+    """No saga instance has the given id."""
+
+
+class SagaTimeout(SagaError):
+    """A saga did not reach a final state within the time the caller waited."""
+
+
+class SagaFailed(SagaError):
+    """An awaited saga ended compensated or parked; ``status`` and ``error`` say how."""
+
+    def __init__(self, saga_id: object, status: str, error: str | None) -> None:
+        super().__init__(f"saga {saga_id} ended {status}: {error or 'no reason recorded'}")
+        self.saga_id = saga_id
+        self.status = status
+        self.error = error
+
+
+class StepRefused(SagaError):
+    """Raised by a step handler to decline for a business reason (slot taken, not covered).
+
+    The participant rolls back the handler's writes and replies *failed* with ``reason``;
+    the coordinator then compensates. It is an answer, not a fault, so it is never retried.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MessageRejected(SagaError):
+    """A consumed message cannot be handled (unparseable, invalid, oversize, unknown saga
+    or action); it goes to the dead-letter topic with ``reason`` and consumption goes on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class DatabaseError(SagaError):

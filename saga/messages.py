@@ -1,0 +1,99 @@
+"""The message envelope: the one shape every command and reply has on the wire.
+
+A :class:`Command` goes from a coordinator to a journey's command topic; a :class:`Reply`
+comes back on the reply topic. Both carry the schema version, their own message id, the
+saga id (also the Kafka key, so one saga's messages stay in order on one partition), the
+step, the phase and the attempt, and W3C trace context. :func:`decode` turns bytes into
+one of them or raises :class:`~saga.errors.MessageRejected` saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from saga.errors import MessageRejected
+from saga.machine import Outcome, Phase
+from saga.store.database import IsolationLevel
+
+SCHEMA_VERSION = 1
+"""The newest envelope version this code writes and reads."""
+
+TRACEPARENT = "traceparent"
+
+
+class _Envelope(BaseModel):
+    # Unknown fields are ignored so a newer writer of the same schema version can add
+    # optional data without stopping older readers.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Annotated[int, Field(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+    message_id: uuid.UUID
+    saga_id: uuid.UUID
+    definition: str
+    definition_version: Annotated[int, Field(ge=1)]
+    step_index: Annotated[int, Field(ge=0)]
+    step_name: str
+    journey: str
+    phase: Phase
+    attempt: Annotated[int, Field(ge=1)]
+    trace: dict[str, str] = Field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    def to_document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def key(self) -> str:
+        return str(self.saga_id)
+
+
+class Command(_Envelope):
+    """Run ``action`` of ``journey`` for one step of one saga."""
+
+    kind: Literal["command"] = "command"
+    action: str
+    isolation: IsolationLevel = IsolationLevel.READ_COMMITTED
+    timeout_ms: Annotated[int, Field(gt=0)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    reply_to: str
+    undoes: uuid.UUID | None = None
+    """For a compensation: the message id of the command it undoes."""
+
+
+class Reply(_Envelope):
+    """What became of one attempt of a command."""
+
+    kind: Literal["reply"] = "reply"
+    in_reply_to: uuid.UUID
+    outcome: Outcome
+    result: dict[str, Any] = Field(default_factory=dict)
+    reason: str | None = None
+
+
+Envelope = Annotated[Command | Reply, Field(discriminator="kind")]
+_ENVELOPE: TypeAdapter[Command | Reply] = TypeAdapter(Envelope)
+
+
+def decode(data: bytes | None) -> Command | Reply:
+    """Parse and validate one message; :class:`MessageRejected` names what was wrong."""
+    if not data:
+        raise MessageRejected("empty message")
+    try:
+        return _ENVELOPE.validate_json(data)
+    except ValidationError as exc:
+        raise MessageRejected(f"invalid envelope: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "message"
+        problems.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
