@@ -14,6 +14,7 @@ The tree::
     ├── SagaTimeout                   awaited saga did not end in time
     ├── StepRefused                   a handler declines for a business reason (not a fault)
     ├── MessageRejected               a message cannot be handled: dead-lettered with ``reason``
+    ├── BrokerUnavailable             retriable = True: Kafka could not be reached or did not ack
     └── DatabaseError                 a failure reported by, or on the way to, PostgreSQL
         ├── RetriableDatabaseError    retriable = True: trying again later may succeed
         │   ├── TransactionConflict       rolled back for a conflict: re-running is safe
@@ -123,6 +124,13 @@ class MessageRejected(SagaError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class BrokerUnavailable(SagaError):
+    """The Kafka broker could not be reached or did not acknowledge a message. The message
+    itself is fine, so sending it again later may succeed."""
+
+    retriable = True
 
 
 class DatabaseError(SagaError):

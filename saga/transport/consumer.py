@@ -1,0 +1,410 @@
+"""Consuming in batches: concurrent across keys, in order within a key, at least once.
+
+Every message about one saga carries the saga's key, so running different keys at once
+is safe and running one key's records one after another keeps each saga's history in
+order. Offsets are committed only after the records before them are settled (handled or
+dead-lettered), so a crash or a rebalance redelivers instead of losing; the handlers are
+idempotent, which makes the redelivery harmless.
+
+What happens to a record the handler fails on depends on whose fault it is:
+
+* :class:`~saga.errors.MessageRejected`: the message is bad. It is dead-lettered and the
+  records behind it go on.
+* a ``retriable`` :class:`~saga.errors.SagaError` (the database or the broker is down):
+  the message is fine, so it is tried again, with growing pauses, until it succeeds or the
+  consumer stops. Skipping it would lose a good message to a passing outage.
+* anything else is a bug or an unknown: tried ``unexpected_error_attempts`` times in all,
+  then dead-lettered with the error, so one bad record cannot stall its partition forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, RecordTooLargeError
+
+from saga.errors import BrokerUnavailable, ConfigurationError, MessageRejected, SagaError
+from saga.transport.dead_letter import DeadLetters
+
+log = structlog.get_logger("saga.transport")
+
+# How long one poll waits for records locally; it bounds how soon stop() is noticed. The
+# broker-side wait (fetch_max_wait_ms) is what sets latency.
+_POLL_TIMEOUT_MS = 100
+_DEFAULT_FETCH_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One consumed record, decoded: the key and headers as text, the value as bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes | None
+    headers: dict[str, str]
+    timestamp_ms: int
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
+
+
+class _Record(Protocol):
+    """The fields of aiokafka's ``ConsumerRecord`` read here."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]]
+    timestamp: int
+
+
+class _Abandoned(Exception):
+    """A record was given up on because the consumer is stopping; it stays uncommitted."""
+
+
+class BatchConsumer:
+    """Runs ``handle`` over the records of ``topics`` as a member of ``group_id``.
+
+    ``await run()`` until ``await stop()``. ``ready`` is set once the group has given this
+    member its partitions for the first time; ``processed``, ``dead_lettered`` and
+    ``retried`` count records handled, records dead-lettered and retries made.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topics: Sequence[str],
+        group_id: str,
+        handle: Handler,
+        dead_letters: DeadLetters,
+        client_id: str,
+        fetch_max_wait_ms: int,
+        max_message_bytes: int,
+        max_concurrency: int = 64,
+        max_batch: int = 500,
+        session_timeout_ms: int = 6000,
+        heartbeat_interval_ms: int = 2000,
+        unexpected_error_attempts: int = 3,
+        retry_delay: float = 0.05,
+        max_retry_delay: float = 2.0,
+    ) -> None:
+        if not topics:
+            raise ConfigurationError("a BatchConsumer needs at least one topic")
+        if max_concurrency < 1 or max_batch < 1 or unexpected_error_attempts < 1:
+            raise ConfigurationError(
+                "max_concurrency, max_batch and unexpected_error_attempts must be >= 1"
+            )
+        if retry_delay <= 0 or max_retry_delay < retry_delay:
+            raise ConfigurationError("retry delays must be > 0 with max_retry_delay >= retry_delay")
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = tuple(topics)
+        self.group_id = group_id
+        self.client_id = client_id
+        self._handle = handle
+        self._dead_letters = dead_letters
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._max_message_bytes = max_message_bytes
+        self._max_batch = max_batch
+        self._session_timeout_ms = session_timeout_ms
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._unexpected_error_attempts = unexpected_error_attempts
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._stopping = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._running = False
+        self._grace = 10.0
+        self.ready = asyncio.Event()
+        self._assigned: frozenset[tuple[str, int]] = frozenset()
+        self.processed = 0
+        self.dead_lettered = 0
+        self.retried = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`. Raises :class:`BrokerUnavailable` if the broker cannot
+        be reached at start or fails for good; a passing broker outage is waited out."""
+        if self._running:
+            raise ConfigurationError("BatchConsumer.run() is already running")
+        self._running = True
+        self._closed.clear()
+        consumer = self._new_consumer()
+        try:
+            if not self._stopping.is_set():
+                await self._start(consumer)
+                await self._consume(consumer)
+        finally:
+            try:
+                await consumer.stop()
+            finally:
+                self._running = False
+                self._closed.set()
+                log.info("consumer_stopped", group_id=self.group_id, topics=self.topics)
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Take no new batch; let the one in progress finish and commit for up to ``grace``
+        seconds, then give up on the rest of it (it is redelivered) and close."""
+        self._grace = grace
+        self._stopping.set()
+        if self._running:
+            await self._closed.wait()
+
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        """The (topic, partition) pairs this member holds since the last rebalance."""
+        return self._assigned
+
+    def _new_consumer(self) -> Any:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+            # A record at the size limit must fit in one partition fetch, or aiokafka skips
+            # it with RecordTooLargeError instead of handing it over to be dead-lettered.
+            max_partition_fetch_bytes=max(_DEFAULT_FETCH_BYTES, 2 * self._max_message_bytes),
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=self._heartbeat_interval_ms,
+        )
+        consumer.subscribe(list(self.topics), listener=_Assignments(self))
+        return consumer
+
+    async def _start(self, consumer: Any) -> None:
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(
+                f"cannot connect to Kafka at {self.bootstrap_servers}: {exc}"
+            ) from exc
+        log.info("consumer_started", group_id=self.group_id, topics=self.topics)
+
+    async def _consume(self, consumer: Any) -> None:
+        delay = self._retry_delay
+        while not self._stopping.is_set():
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=_POLL_TIMEOUT_MS, max_records=self._max_batch
+                )
+            except RecordTooLargeError as exc:
+                # Only possible when the broker allows more than twice our limit.
+                log.error("record_skipped_too_large", reason=str(exc))
+                continue
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise BrokerUnavailable(f"consuming failed: {exc}") from exc
+                log.warning("poll_failed", reason=f"{type(exc).__name__}: {exc}")
+                if await self._pause(delay):
+                    return
+                delay = min(delay * 2, self._max_retry_delay)
+                continue
+            delay = self._retry_delay
+            if batch:
+                await self._run_batch(consumer, batch)
+
+    # -- one batch ------------------------------------------------------------------------
+
+    async def _run_batch(self, consumer: Any, batch: dict[Any, list[_Record]]) -> None:
+        settled: set[tuple[str, int, int]] = set()
+        work = asyncio.create_task(self._settle_all(batch, settled))
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                await asyncio.wait({work}, timeout=self._grace)
+        finally:
+            stopping.cancel()
+            if not work.done():
+                work.cancel()
+                log.warning("batch_abandoned", group_id=self.group_id, settled=len(settled))
+            await asyncio.wait({work})
+        if not work.cancelled():
+            work.result()  # a failure that is neither the record's nor passing
+        await self._commit(consumer, batch, settled)
+
+    async def _settle_all(
+        self, batch: dict[Any, list[_Record]], settled: set[tuple[str, int, int]]
+    ) -> None:
+        groups: dict[bytes, list[_Record]] = {}
+        loners: list[list[_Record]] = []
+        for records in batch.values():
+            for record in records:
+                if record.key is None:
+                    loners.append([record])
+                else:
+                    groups.setdefault(record.key, []).append(record)
+        tasks = [
+            asyncio.create_task(self._settle_group(group, settled))
+            for group in [*groups.values(), *loners]
+        ]
+        if not tasks:
+            return
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            # Read every outcome, so that no failure is reported as never retrieved.
+            failures = [task.exception() for task in tasks if not task.cancelled()]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+
+    async def _settle_group(
+        self, records: list[_Record], settled: set[tuple[str, int, int]]
+    ) -> None:
+        async with self._slots:
+            for record in records:
+                try:
+                    await self._settle(record)
+                except _Abandoned:
+                    return  # the records behind it stay unsettled, so uncommitted
+                settled.add((record.topic, record.partition, record.offset))
+
+    async def _commit(
+        self, consumer: Any, batch: dict[Any, list[_Record]], settled: set[tuple[str, int, int]]
+    ) -> None:
+        """Commit, per partition, up to the first record not settled: a later record being
+        done must not carry an earlier unfinished one past the committed offset."""
+        assigned = consumer.assignment()
+        offsets: dict[Any, int] = {}
+        for partition, records in batch.items():
+            for record in records:
+                if (record.topic, record.partition, record.offset) not in settled:
+                    break
+                offsets[partition] = record.offset + 1
+        offsets = {
+            partition: offset for partition, offset in offsets.items() if partition in assigned
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # CommitFailedError: a rebalance gave the partitions to another member, which
+            # redelivers what we did not commit; the handlers are idempotent. Any other
+            # failure leaves the offsets for a later batch's commit to cover.
+            log.warning("commit_failed", group_id=self.group_id, reason=str(exc))
+
+    # -- one record -----------------------------------------------------------------------
+
+    async def _settle(self, record: _Record) -> None:
+        """Handle ``record`` or dead-letter it; return only when one of the two is done."""
+        try:
+            incoming = _decode(record, errors="strict")
+        except UnicodeDecodeError as exc:
+            lossy = _decode(record, errors="backslashreplace")
+            await self._dead_letter(lossy, f"the key or a header is not valid UTF-8: {exc}")
+            return
+        size = len(record.value or b"")
+        if size > self._max_message_bytes:
+            reason = f"value of {size} bytes exceeds the limit of {self._max_message_bytes} bytes"
+            await self._dead_letter(incoming, reason)
+            return
+        await self._handle_with_retries(incoming)
+
+    async def _handle_with_retries(self, incoming: Incoming) -> None:
+        unexpected = 0
+        delay = self._retry_delay
+        while True:
+            try:
+                await self._handle(incoming)
+            except MessageRejected as exc:
+                await self._dead_letter(incoming, exc.reason)
+                return
+            except Exception as exc:
+                if not (isinstance(exc, SagaError) and exc.retriable):
+                    unexpected += 1
+                    if unexpected >= self._unexpected_error_attempts:
+                        _log_record(incoming).exception("record_failed", attempts=unexpected)
+                        await self._dead_letter(incoming, f"unexpected {type(exc).__name__}: {exc}")
+                        return
+                _log_record(incoming).warning(
+                    "record_retrying", reason=f"{type(exc).__name__}: {exc}", delay=delay
+                )
+            else:
+                self.processed += 1
+                return
+            self.retried += 1
+            if await self._pause(delay):
+                raise _Abandoned
+            delay = min(delay * 2, self._max_retry_delay)
+
+    async def _dead_letter(self, incoming: Incoming, reason: str) -> None:
+        """Dead-letter ``incoming``, waiting out a broker outage: the record must not be
+        committed before its dead letter is safely stored."""
+        delay = self._retry_delay
+        while True:
+            try:
+                await self._dead_letters.send(incoming, reason)
+            except SagaError as exc:
+                if not exc.retriable:
+                    raise
+                _log_record(incoming).warning("dead_letter_retrying", reason=str(exc))
+            else:
+                self.dead_lettered += 1
+                return
+            if await self._pause(delay):
+                raise _Abandoned
+            delay = min(delay * 2, self._max_retry_delay)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less if stop() is called; True means stop was called."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Sets ``ready`` on the first assignment, so callers know when records will flow."""
+
+    def __init__(self, owner: BatchConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            log.info("partitions_revoked", group_id=self._owner.group_id, count=len(revoked))
+        self._owner._assigned = frozenset()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions_assigned", group_id=self._owner.group_id, count=len(assigned))
+        self._owner._assigned = frozenset((tp.topic, tp.partition) for tp in assigned)
+        self._owner.ready.set()
+
+
+def _decode(record: _Record, *, errors: str) -> Incoming:
+    return Incoming(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key.decode("utf-8", errors) if record.key is not None else None,
+        value=record.value,
+        headers={name: (value or b"").decode("utf-8", errors) for name, value in record.headers},
+        timestamp_ms=record.timestamp,
+    )
+
+
+def _log_record(incoming: Incoming) -> Any:
+    return log.bind(
+        topic=incoming.topic,
+        partition=incoming.partition,
+        offset=incoming.offset,
+        key=incoming.key,
+    )
