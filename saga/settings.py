@@ -110,6 +110,15 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         default=10, ge=1, le=60000, description="an integer 1..60000 (milliseconds)"
     )
+    kafka_session_timeout_ms: int = Field(
+        default=6000,
+        ge=1000,
+        le=300000,
+        description="an integer 1000..300000 (milliseconds); Kafka's default floor is 6000",
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        default=2000, ge=100, le=100000, description="an integer 100..100000 (milliseconds)"
+    )
     kafka_max_message_bytes: int = Field(
         default=1_000_000, ge=1024, description="an integer >= 1024 (bytes)"
     )

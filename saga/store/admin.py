@@ -30,9 +30,11 @@ async def execute_on(url: str, sql: str) -> None:
             await conn.close()
 
 
-async def create_database(admin_url: str, name: str) -> str:
-    """Create database ``name`` on ``admin_url``'s server and return a URL for it."""
-    await execute_on(admin_url, f'CREATE DATABASE "{name}"')
+async def create_database(admin_url: str, name: str, *, template: str | None = None) -> str:
+    """Create database ``name`` on ``admin_url``'s server and return a URL for it; a copy
+    of ``template`` (which nobody may be connected to) when one is named."""
+    copy = f' TEMPLATE "{template}"' if template else ""
+    await execute_on(admin_url, f'CREATE DATABASE "{name}"{copy}')
     return with_database(admin_url, name)
 
 

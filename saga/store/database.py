@@ -147,13 +147,25 @@ class Database:
         statement_timeout_ms: int | None = None,
         retry: RetryPolicy | None = None,
         name: str | None = None,
+        transaction: bool = True,
     ) -> T:
-        """Run ``unit`` on the asyncpg connection in one transaction, retrying conflicts."""
+        """Run ``unit`` on the asyncpg connection in one transaction, retrying conflicts.
+
+        ``transaction=False`` runs each statement of the unit as its own implicit
+        transaction (no ``BEGIN``/``COMMIT`` round trips): for units of one statement,
+        which PostgreSQL makes atomic by itself, such as a data-modifying CTE.
+        """
+        if not transaction and (
+            isolation is not IsolationLevel.READ_COMMITTED or statement_timeout_ms is not None
+        ):
+            raise ValueError("isolation and statement_timeout_ms need transaction=True")
 
         async def once() -> T:
             async with self.engine.connect() as conn:
                 raw = cast(asyncpg.Connection, (await conn.get_raw_connection()).driver_connection)
                 try:
+                    if not transaction:
+                        return await unit(DriverConnection(raw, self.queries))
                     async with raw.transaction(isolation=isolation.driver_name):
                         if statement_timeout_ms is not None:
                             await raw.execute(_set_local_timeout(statement_timeout_ms))

@@ -10,6 +10,7 @@ exposes only what such a unit needs and times every statement for the slow-query
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -54,3 +55,10 @@ class DriverConnection:
             return await pending
         finally:
             self._recorder.record(query, (time.perf_counter() - started) * 1000)
+
+
+def document(value: Any) -> Any:
+    """A ``json``/``jsonb`` column's value as Python data. SQLAlchemy's asyncpg dialect
+    installs a decoding codec on every pooled connection; a bare asyncpg connection
+    returns text, so both are accepted."""
+    return json.loads(value) if isinstance(value, str | bytes) else value

@@ -1,0 +1,166 @@
+"""Publishing outbox rows: right after commit by the process that wrote them, and by a
+relay that sweeps whatever a crash or a broker outage left unpublished.
+
+The hot path never waits on the database to record a publication: acknowledged message
+ids are collected and marked published in one statement per short interval. A row whose
+mark was lost is re-sent by the relay later, which is harmless, because every receiver
+deduplicates by message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from saga.errors import SagaError
+from saga.store import outbox as store
+from saga.store.database import Database
+from saga.store.driver import DriverConnection
+from saga.store.outbox import PendingMessage
+from saga.transport.producer import OutgoingMessage, Producer
+
+log = structlog.get_logger("saga.outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    interval: float = 1.0
+    """Seconds between sweeps."""
+    grace: float = 5.0
+    """Seconds a row stays the committing process's to publish before the relay takes it."""
+    lease: float = 30.0
+    """Seconds a claimed row is hidden from other relays while this one publishes it."""
+    batch: int = 500
+
+
+class OutboxPublisher:
+    """Publishes one outbox table's rows and keeps their ``published_at`` up to date."""
+
+    def __init__(
+        self,
+        database: Database,
+        producer: Producer,
+        table: str,
+        *,
+        relay: RelaySettings | None = None,
+        flush_interval: float = 0.01,
+    ) -> None:
+        self.table = store.check_table(table)
+        self._database = database
+        self._producer = producer
+        self._relay = relay or RelaySettings()
+        self._flush_interval = flush_interval
+        self._to_mark: list[uuid.UUID] = []
+        self._delayed: set[asyncio.Task[None]] = set()
+        self.published = 0
+        self.relayed = 0
+        self.failed = 0
+
+    async def publish(self, messages: Sequence[PendingMessage]) -> None:
+        """Send committed rows now; what the broker refuses stays for the relay."""
+        if not messages:
+            return
+        results = await self._producer.send_many([_outgoing(m) for m in messages])
+        for message, error in zip(messages, results, strict=True):
+            if error is None:
+                self._to_mark.append(message.message_id)
+                self.published += 1
+            else:
+                self.failed += 1
+                log.warning(
+                    "outbox_publish_failed",
+                    table=self.table,
+                    message_id=str(message.message_id),
+                    topic=message.topic,
+                    error=str(error),
+                )
+
+    def publish_later(self, message: PendingMessage, delay: float) -> None:
+        """Send a committed row once its backoff delay has passed. If the process dies
+        first, the relay sends it when it comes due."""
+        task = asyncio.get_running_loop().create_task(self._publish_after(message, delay))
+        self._delayed.add(task)
+        task.add_done_callback(self._delayed.discard)
+
+    async def _publish_after(self, message: PendingMessage, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self.publish([message])
+
+    async def run(self) -> None:
+        """Mark publications and sweep left-behind rows until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._mark_loop())
+            group.create_task(self._relay_loop())
+
+    async def flush(self) -> None:
+        """Record every acknowledged publication now (also at shutdown)."""
+        if not self._to_mark:
+            return
+        batch, self._to_mark = self._to_mark, []
+        try:
+            await self._database.run_driver(
+                lambda conn: store.mark_published(conn, self.table, batch),
+                transaction=False,
+                name="outbox.mark_published",
+            )
+        except SagaError as exc:
+            if not exc.retriable:
+                raise
+            # Keep them for the next round; meanwhile the relay may re-send a few.
+            self._to_mark[:0] = batch
+            log.warning("outbox_mark_deferred", table=self.table, rows=len(batch), error=str(exc))
+
+    async def close(self) -> None:
+        """Stop delayed sends (the relay owns them now) and record what was published."""
+        for task in list(self._delayed):
+            task.cancel()
+        await asyncio.gather(*self._delayed, return_exceptions=True)
+        await self.flush()
+
+    async def sweep(self) -> int:
+        """Publish one batch of rows left behind; returns how many were sent."""
+
+        async def claim(conn: DriverConnection) -> list[PendingMessage]:
+            return await store.claim_due(
+                conn,
+                self.table,
+                older_than=self._relay.grace,
+                lease=self._relay.lease,
+                limit=self._relay.batch,
+            )
+
+        due = await self._database.run_driver(claim, transaction=False, name="outbox.claim")
+        if not due:
+            return 0
+        before = self.published
+        await self.publish(due)
+        sent = self.published - before
+        self.relayed += sent
+        log.info("outbox_relayed", table=self.table, claimed=len(due), sent=sent)
+        return sent
+
+    async def _mark_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval)
+            await self.flush()
+
+    async def _relay_loop(self) -> None:
+        while True:
+            try:
+                while await self.sweep() == self._relay.batch:
+                    pass  # a full batch: more may be waiting
+            except SagaError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("outbox_relay_deferred", table=self.table, error=str(exc))
+            await asyncio.sleep(self._relay.interval)
+
+
+def _outgoing(message: PendingMessage) -> OutgoingMessage:
+    return OutgoingMessage(
+        topic=message.topic, key=message.key, value=message.payload, headers=message.headers
+    )

@@ -1,0 +1,140 @@
+"""The lifecycle the coordinator and the participants share.
+
+Start: create the topics, connect the producer, start publishing the outbox (the relay
+first sweeps what a previous run of this process left behind). Run: consume this
+process's topic in a consumer group. Stop: stop taking messages, let the batch in hand
+finish, record what was published, disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+
+from saga.errors import ConfigurationError
+from saga.outbox import OutboxPublisher, RelaySettings
+from saga.settings import Settings
+from saga.store.database import Database
+from saga.transport import BatchConsumer, DeadLetters, Handler, Producer, Topics, ensure_topics
+
+log = structlog.get_logger("saga.runtime")
+
+
+def bootstrap_of(settings: Settings, bootstrap_servers: str | None) -> str:
+    servers = bootstrap_servers or settings.kafka_bootstrap_servers
+    if not servers:
+        raise ConfigurationError(
+            "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS (the embedded broker is only "
+            "started by the demo and the tests)"
+        )
+    return servers
+
+
+class MessagingRuntime:
+    """Producer, outbox publisher, dead letters and (optionally) a consumer, run together."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: Settings,
+        database: Database,
+        bootstrap_servers: str | None,
+        outbox_table: str,
+        topics: Topics,
+        own_topics: Sequence[str],
+        relay: RelaySettings | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.database = database
+        self.bootstrap_servers = bootstrap_of(settings, bootstrap_servers)
+        self.topics = topics
+        self._own_topics = [*own_topics, topics.dead_letter]
+        self._known_topics: set[str] = set()
+        self.producer = Producer(
+            self.bootstrap_servers,
+            client_id=f"{settings.kafka_client_id}-{name}",
+            max_message_bytes=settings.kafka_max_message_bytes,
+        )
+        self.publisher = OutboxPublisher(database, self.producer, outbox_table, relay=relay)
+        self.dead_letters = DeadLetters(
+            self.producer, topics.dead_letter, max_message_bytes=settings.kafka_max_message_bytes
+        )
+        self.consumer: BatchConsumer | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._started = False
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._starting:  # starting a saga and running may both get here first
+            if self._started:
+                return
+            await self.ensure_topics(self._own_topics)
+            await self.producer.start()
+            self._background = asyncio.get_running_loop().create_task(
+                self.publisher.run(), name=f"{self.name}-outbox"
+            )
+            self._started = True
+
+    async def ensure_topics(self, names: Sequence[str]) -> None:
+        missing = [name for name in names if name not in self._known_topics]
+        if missing:
+            await ensure_topics(
+                self.bootstrap_servers,
+                missing,
+                partitions=self.settings.kafka_topic_partitions,
+                client_id=self.settings.kafka_client_id,
+            )
+            self._known_topics.update(missing)
+
+    async def consume(
+        self, *, topic: str, group_id: str, handle: Handler, max_concurrency: int
+    ) -> None:
+        """Consume ``topic`` until :meth:`stop`; the outbox keeps running meanwhile."""
+        await self.start()
+        self.consumer = BatchConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            topics=[topic],
+            group_id=group_id,
+            handle=handle,
+            dead_letters=self.dead_letters,
+            client_id=f"{self.settings.kafka_client_id}-{self.name}",
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            max_message_bytes=self.settings.kafka_max_message_bytes,
+            max_concurrency=max_concurrency,
+            session_timeout_ms=self.settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+        )
+        consuming = asyncio.ensure_future(self.consumer.run())
+        assert self._background is not None
+        done, _ = await asyncio.wait(
+            [consuming, self._background], return_when=asyncio.FIRST_COMPLETED
+        )
+        if self._background in done and not consuming.done():
+            # The outbox loop died (a bug or a non-retriable error): stop consuming too.
+            await self.consumer.stop()
+            await consuming
+        for task in done:
+            task.result()
+
+    async def stop(self) -> None:
+        try:
+            if self.consumer is not None:
+                await self.consumer.stop()
+        finally:
+            if self._background is not None:
+                self._background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._background
+                self._background = None
+            if self._started:
+                try:
+                    await self.publisher.close()
+                finally:
+                    await self.producer.stop()
+            self._started = False
+        log.info("runtime_stopped", name=self.name)

@@ -1,0 +1,76 @@
+"""Saga definitions in ``shared.saga_definition``: stored once per name and version.
+
+A definition is immutable once stored: registering the same name and version with other
+content is refused, so every instance is driven by exactly the steps it started with.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from saga.definition import SagaDefinition
+from saga.errors import DefinitionConflict, UnknownDefinition
+from saga.store.driver import DriverConnection, document
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDefinition:
+    id: uuid.UUID
+    definition: SagaDefinition
+
+
+async def register(conn: DriverConnection, definition: SagaDefinition) -> StoredDefinition:
+    """Store ``definition`` unless this exact version is stored already."""
+    content_hash = definition.content_hash
+    row = await conn.fetchrow(
+        """
+        WITH inserted AS (
+            INSERT INTO shared.saga_definition
+                (name, version, content_hash, steps, timeout_seconds)
+            VALUES ($1, $2, $3, $4::jsonb, $5)
+            ON CONFLICT (name, version) DO NOTHING
+            RETURNING id, content_hash
+        )
+        SELECT id, content_hash FROM inserted
+        UNION ALL
+        SELECT id, content_hash FROM shared.saga_definition
+        WHERE name = $1 AND version = $2 AND NOT EXISTS (SELECT FROM inserted)
+        """,
+        definition.name,
+        definition.version,
+        content_hash,
+        json.dumps(definition.to_document()),
+        definition.timeout,
+    )
+    if row is None:
+        # Another process inserted it between our INSERT's check and our SELECT's snapshot.
+        return await register(conn, definition)
+    if row["content_hash"] != content_hash:
+        raise DefinitionConflict(
+            f"saga definition {definition.name!r} version {definition.version} is already "
+            "registered with different steps; register the change as a new version "
+            "(running instances keep the version they started with)"
+        )
+    return StoredDefinition(row["id"], definition)
+
+
+async def load(conn: DriverConnection, name: str, version: int | None = None) -> StoredDefinition:
+    """The stored definition of that version, or the newest one when ``version`` is None."""
+    row = await conn.fetchrow(
+        """
+        SELECT id, name, version, steps, timeout_seconds FROM shared.saga_definition
+        WHERE name = $1 AND ($2::integer IS NULL OR version = $2)
+        ORDER BY version DESC LIMIT 1
+        """,
+        name,
+        version,
+    )
+    if row is None:
+        which = f"version {version}" if version is not None else "any version"
+        raise UnknownDefinition(f"no saga definition {name!r} ({which}) is registered")
+    definition = SagaDefinition.from_document(
+        row["name"], row["version"], document(row["steps"]), timeout=row["timeout_seconds"]
+    )
+    return StoredDefinition(row["id"], definition)

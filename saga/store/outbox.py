@@ -1,0 +1,90 @@
+"""Outbox tables: marking rows published and claiming the ones a crash left behind.
+
+Every outbox (the coordinator's ``shared.saga_outbox`` and each journey's) has the same
+columns, so these statements take the table's qualified name.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from saga.store.driver import DriverConnection, document
+
+_QUALIFIED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
+
+
+def check_table(table: str) -> str:
+    """Outbox names are interpolated into SQL, so only plain ``schema.table`` passes."""
+    if not _QUALIFIED.match(table):
+        raise ValueError(f"an outbox table must be 'schema.table' in lower case, got {table!r}")
+    return table
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    message_id: uuid.UUID
+    topic: str
+    key: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+async def mark_published(
+    conn: DriverConnection, table: str, message_ids: Sequence[uuid.UUID]
+) -> None:
+    await conn.execute(
+        f"UPDATE {check_table(table)} SET published_at = now() "
+        "WHERE message_id = ANY($1::uuid[]) AND published_at IS NULL",
+        list(message_ids),
+    )
+
+
+async def record_failure(
+    conn: DriverConnection, table: str, message_ids: Sequence[uuid.UUID], error: str
+) -> None:
+    await conn.execute(
+        f"UPDATE {check_table(table)} SET last_error = $2 WHERE message_id = ANY($1::uuid[])",
+        list(message_ids),
+        error[:2000],
+    )
+
+
+async def claim_due(
+    conn: DriverConnection, table: str, *, older_than: float, lease: float, limit: int
+) -> list[PendingMessage]:
+    """Take up to ``limit`` unpublished rows due for ``older_than`` seconds: the process
+    that committed them should have published them by then. Claiming pushes their
+    ``available_at`` out by ``lease`` seconds so no other relay takes them meanwhile; if
+    this one dies before publishing, they come due again when the lease runs out."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE {check_table(table)} AS o SET
+            available_at = now() + make_interval(secs => $2),
+            publish_attempts = o.publish_attempts + 1
+        FROM (
+            SELECT id FROM {table}
+            WHERE published_at IS NULL AND available_at <= now() - make_interval(secs => $1)
+            ORDER BY available_at
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        ) AS due
+        WHERE o.id = due.id
+        RETURNING o.message_id, o.topic, o.message_key, o.payload::text AS payload, o.headers
+        """,
+        older_than,
+        lease,
+        limit,
+    )
+    return [
+        PendingMessage(
+            row["message_id"],
+            row["topic"],
+            row["message_key"],
+            row["payload"].encode(),
+            document(row["headers"]),
+        )
+        for row in rows
+    ]

@@ -1,0 +1,305 @@
+"""The coordinator's writes to the saga log: instances, step-log rows, outbox commands.
+
+Each write is ONE statement (data-modifying CTEs), which PostgreSQL runs as one atomic
+transaction: no ``BEGIN``/``COMMIT`` round trips on the hot path. Concurrency control is
+optimistic: a transition is written only if the instance's ``version`` is still the one
+the decision was made on, so two coordinators that raced on one saga cannot both move it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from saga.machine import InstanceState, LogEntry, SagaStatus
+from saga.store.driver import DriverConnection, document
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    id: uuid.UUID
+    definition_name: str
+    definition_version: int
+    state: InstanceState
+    payload: Mapping[str, Any]
+    version: int
+    step_started_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """A step-log entry with the names the machine does not know."""
+
+    entry: LogEntry
+    step_name: str
+    journey: str
+    message_id: uuid.UUID | None
+    request: Mapping[str, Any] | None = None
+    started_at: datetime | None = None
+    """When the attempt was dispatched; ``None`` means now (plus any retry delay)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    message_id: uuid.UUID
+    topic: str
+    key: str
+    payload: bytes
+    headers: Mapping[str, str]
+    delay: float = 0.0
+
+
+_LOG_COLUMNS = """
+    saga_instance_id, step_index, step_name, journey, action, status, attempt,
+    message_id, request, response, error, started_at, finished_at
+"""
+
+# The log rows arrive as parallel arrays; a dispatched row is open (no finished_at) and
+# starts when its command becomes available, every other row is an outcome ending now.
+_LOG_FROM_ARRAYS = f"""
+    INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
+    SELECT i.id, e.step_index, e.step_name, e.journey, e.action, e.status, e.attempt,
+           e.message_id, e.request::jsonb, e.response::jsonb, e.error,
+           COALESCE(e.started_at, now() + make_interval(secs => $DELAY)),
+           CASE WHEN e.status = 'dispatched' THEN NULL ELSE now() END
+    FROM {{source}} i,
+         unnest($LOG1::integer[], $LOG2::text[], $LOG3::text[], $LOG4::text[], $LOG5::text[],
+                $LOG6::integer[], $LOG7::uuid[], $LOG8::text[], $LOG9::text[], $LOG10::text[],
+                $LOG11::timestamptz[])
+         AS e(step_index, step_name, journey, action, status, attempt, message_id,
+              request, response, error, started_at)
+"""
+
+_OUTBOX_FROM = """
+    INSERT INTO shared.saga_outbox
+        (message_id, saga_instance_id, topic, message_key, payload, headers, available_at)
+    SELECT $OB1, i.id, $OB2, $OB3, $OB4::jsonb, $OB5::jsonb,
+           now() + make_interval(secs => $DELAY)
+    FROM {source} i WHERE $OB1::uuid IS NOT NULL
+"""
+
+
+def _numbered(sql: str, names: Sequence[str], first: int) -> str:
+    """Give each named placeholder its ``$n`` (longest names first: $LOG10 before $LOG1)."""
+    for offset, name in sorted(enumerate(names), key=lambda item: -len(item[1])):
+        sql = sql.replace(f"${name}", f"${first + offset}")
+    return sql
+
+
+_SHARED_PARAMS = ["DELAY", *(f"LOG{n}" for n in range(1, 12)), *(f"OB{n}" for n in range(1, 6))]
+
+
+def _shared_args(log: Sequence[LogRow], outbox: OutboxRow | None, delay: float) -> list[Any]:
+    return [
+        delay,
+        [r.entry.step_index for r in log],
+        [r.step_name for r in log],
+        [r.journey for r in log],
+        [r.entry.phase.value for r in log],
+        [r.entry.status.value for r in log],
+        [r.entry.attempt for r in log],
+        [r.message_id for r in log],
+        [_json_or_none(r.request) for r in log],
+        [_json_or_none(r.entry.response) for r in log],
+        [r.entry.error for r in log],
+        [r.started_at for r in log],
+        outbox.message_id if outbox else None,
+        outbox.topic if outbox else None,
+        outbox.key if outbox else None,
+        outbox.payload.decode() if outbox else None,
+        json.dumps(dict(outbox.headers)) if outbox else None,
+    ]
+
+
+_START = _numbered(
+    f"""
+    WITH inserted AS (
+        INSERT INTO shared.saga_instance
+            (id, saga_definition_id, definition_name, definition_version, status,
+             current_step, step_attempt, step_started_at, step_deadline, payload, context,
+             idempotency_key, deadline)
+        VALUES ($1, $2, $3, $4, 'running', 0, 1, now(),
+                now() + make_interval(secs => $5), $6::jsonb, '{{}}'::jsonb, $7,
+                now() + make_interval(secs => $8))
+        ON CONFLICT (definition_name, idempotency_key) WHERE idempotency_key IS NOT NULL
+        DO NOTHING
+        RETURNING id
+    ),
+    log AS ({_LOG_FROM_ARRAYS.format(source="inserted")}),
+    box AS ({_OUTBOX_FROM.format(source="inserted")})
+    SELECT id FROM inserted
+    """,
+    _SHARED_PARAMS,
+    9,
+)
+
+
+async def insert_start(
+    conn: DriverConnection,
+    *,
+    saga_id: uuid.UUID,
+    definition_id: uuid.UUID,
+    definition_name: str,
+    definition_version: int,
+    payload: Mapping[str, Any],
+    idempotency_key: str | None,
+    step_timeout: float,
+    saga_timeout: float | None,
+    log: Sequence[LogRow],
+    outbox: OutboxRow,
+) -> uuid.UUID:
+    """Insert a new running instance with its first log row and command; with an
+    idempotency key already used, insert nothing and return the first instance's id."""
+    inserted = await conn.fetchval(
+        _START,
+        saga_id,
+        definition_id,
+        definition_name,
+        definition_version,
+        step_timeout,
+        json.dumps(dict(payload)),
+        idempotency_key,
+        saga_timeout,
+        *_shared_args(log, outbox, 0.0),
+    )
+    if inserted is not None:
+        return uuid.UUID(str(inserted))
+    existing = await conn.fetchval(
+        "SELECT id FROM shared.saga_instance WHERE definition_name = $1 AND idempotency_key = $2",
+        definition_name,
+        idempotency_key,
+    )
+    return uuid.UUID(str(existing))
+
+
+async def load_instance(conn: DriverConnection, saga_id: uuid.UUID) -> InstanceRow | None:
+    row = await conn.fetchrow(
+        """
+        SELECT id, definition_name, definition_version, status, current_step, step_attempt,
+               context, error, payload, version, step_started_at
+        FROM shared.saga_instance WHERE id = $1
+        """,
+        saga_id,
+    )
+    if row is None:
+        return None
+    return InstanceRow(
+        id=row["id"],
+        definition_name=row["definition_name"],
+        definition_version=row["definition_version"],
+        state=InstanceState(
+            SagaStatus(row["status"]),
+            row["current_step"],
+            row["step_attempt"],
+            document(row["context"]),
+            row["error"],
+        ),
+        payload=document(row["payload"]),
+        version=row["version"],
+        step_started_at=row["step_started_at"],
+    )
+
+
+_TRANSITION = _numbered(
+    f"""
+    WITH updated AS (
+        UPDATE shared.saga_instance SET
+            status = $3, current_step = $4, step_attempt = $5, context = $6::jsonb,
+            error = $7, version = version + 1,
+            step_started_at = CASE WHEN $8::boolean
+                THEN now() + make_interval(secs => $DELAY) ELSE step_started_at END,
+            step_deadline = CASE WHEN $8::boolean
+                THEN now() + make_interval(secs => $DELAY + $9) ELSE NULL END,
+            finished_at = CASE WHEN $3 IN ('completed', 'compensated') THEN now() END
+        WHERE id = $1 AND version = $2
+        RETURNING id
+    ),
+    log AS ({_LOG_FROM_ARRAYS.format(source="updated")}),
+    box AS ({_OUTBOX_FROM.format(source="updated")})
+    SELECT count(*) FROM updated
+    """,
+    _SHARED_PARAMS,
+    10,
+)
+
+
+async def write_transition(
+    conn: DriverConnection,
+    instance: InstanceRow,
+    state: InstanceState,
+    *,
+    log: Sequence[LogRow],
+    outbox: OutboxRow | None,
+    step_timeout: float,
+) -> bool:
+    """Persist one transition; False when another process moved the instance first."""
+    delay = outbox.delay if outbox else 0.0
+    written = await conn.fetchval(
+        _TRANSITION,
+        instance.id,
+        instance.version,
+        state.status.value,
+        state.current_step,
+        state.step_attempt,
+        json.dumps(dict(state.context)),
+        state.error,
+        outbox is not None,
+        step_timeout,
+        *_shared_args(log, outbox, delay),
+    )
+    return bool(written)
+
+
+async def record_ignored(conn: DriverConnection, saga_id: uuid.UUID, row: LogRow) -> None:
+    """Note a stale or duplicate reply in the log without touching the instance."""
+    await conn.execute(
+        f"""
+        INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
+        VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9, now(), now())
+        """,
+        saga_id,
+        row.entry.step_index,
+        row.step_name,
+        row.journey,
+        row.entry.phase.value,
+        row.entry.attempt,
+        row.message_id,
+        _json_or_none(row.entry.response),
+        row.entry.error,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSummary:
+    id: uuid.UUID
+    status: SagaStatus
+    context: Mapping[str, Any]
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+async def summary(conn: DriverConnection, saga_id: uuid.UUID) -> SagaSummary | None:
+    row = await conn.fetchrow(
+        "SELECT id, status, context, error, started_at, finished_at "
+        "FROM shared.saga_instance WHERE id = $1",
+        saga_id,
+    )
+    if row is None:
+        return None
+    return SagaSummary(
+        row["id"],
+        SagaStatus(row["status"]),
+        document(row["context"]),
+        row["error"],
+        row["started_at"],
+        row["finished_at"],
+    )
+
+
+def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(dict(value))
