@@ -1,4 +1,5 @@
-"""The ``saga`` command: ``saga db ...`` for migrations, lint and seeds; ``saga demo``.
+"""The ``saga`` command: ``saga db ...`` for migrations, lint and seeds; ``saga demo``;
+``saga run coordinator``.
 
 Every failure is one line on stderr and a non-zero exit: 1 when the work found a problem
 (lint findings, a refused migration), 2 when the command or configuration was wrong.
@@ -10,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from saga.cli import db, demo
+from saga.cli import db, demo, run
 from saga.errors import ConfigurationError, SagaError
 
 EXIT_PROBLEM = 1
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     db.add_parser(commands)
     demo.add_parser(commands)
+    run.add_parser(commands)
     return parser
 
 

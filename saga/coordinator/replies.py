@@ -1,0 +1,190 @@
+"""Applying one reply: load the instance, let the machine decide, write it in one
+statement, publish the next command after the commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from saga.coordinator.commands import build_command, log_rows, outbox_row
+from saga.definition import SagaDefinition
+from saga.errors import MessageRejected
+from saga.machine import LogEntry, LogStatus, SagaStatus, StepEvent, advance
+from saga.messages import TRACEPARENT, Reply, decode
+from saga.outbox import OutboxPublisher
+from saga.store import saga_log
+from saga.store.database import Database
+from saga.store.driver import DriverConnection
+from saga.store.outbox import PendingMessage
+from saga.store.saga_log import InstanceRow, LogRow
+from saga.transport import Incoming, Topics
+
+log = structlog.get_logger("saga.coordinator")
+
+DefinitionLookup = Callable[[str, int], Awaitable[SagaDefinition]]
+FinishedCallback = Callable[[uuid.UUID, SagaStatus], None]
+
+# Optimistic writes lose only when another process moved the same saga in between;
+# each loss re-reads the instance, which then shows the reply as stale.
+_MAX_RACES = 20
+
+
+class ReplyProcessor:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        publisher: OutboxPublisher,
+        topics: Topics,
+        definitions: DefinitionLookup,
+        on_finished: FinishedCallback,
+    ) -> None:
+        self._database = database
+        self._publisher = publisher
+        self._topics = topics
+        self._definitions = definitions
+        self._on_finished = on_finished
+        self.applied = 0
+        self.ignored = 0
+        self.races = 0
+
+    async def handle(self, incoming: Incoming) -> None:
+        reply = decode(incoming.value)
+        if not isinstance(reply, Reply):
+            raise MessageRejected(f"a {reply.kind} on the reply topic {incoming.topic}")
+        with structlog.contextvars.bound_contextvars(
+            saga_id=str(reply.saga_id),
+            definition=reply.definition,
+            step=reply.step_name,
+            phase=reply.phase.value,
+            attempt=reply.attempt,
+            traceparent=reply.trace.get(TRACEPARENT),
+        ):
+            await self._apply(reply)
+
+    async def _apply(self, reply: Reply) -> None:
+        for _ in range(_MAX_RACES):
+            instance = await self._database.run_driver(
+                lambda conn: saga_log.load_instance(conn, reply.saga_id),
+                transaction=False,
+                name="coordinator.load",
+            )
+            if instance is None:
+                raise MessageRejected(f"unknown saga {reply.saga_id}")
+            if (instance.definition_name, instance.definition_version) != (
+                reply.definition,
+                reply.definition_version,
+            ):
+                raise MessageRejected(
+                    f"reply names {reply.definition} v{reply.definition_version} but saga "
+                    f"{reply.saga_id} runs {instance.definition_name} "
+                    f"v{instance.definition_version}"
+                )
+            definition = await self._definitions(reply.definition, reply.definition_version)
+            if await self._try_apply(definition, instance, reply):
+                return
+            self.races += 1
+        raise RuntimeError(f"saga {reply.saga_id} kept changing under {_MAX_RACES} attempts")
+
+    async def _try_apply(
+        self, definition: SagaDefinition, instance: InstanceRow, reply: Reply
+    ) -> bool:
+        event = StepEvent(
+            reply.step_index, reply.phase, reply.attempt, reply.outcome, reply.result, reply.reason
+        )
+        transition = advance(definition, instance.state, event)
+        if transition.ignored is not None:
+            await self._record_ignored(definition, instance, reply, transition.ignored)
+            return True
+
+        command = None
+        if transition.dispatch is not None:
+            command = build_command(
+                saga_id=instance.id,
+                definition=definition,
+                dispatch=transition.dispatch,
+                payload=instance.payload,
+                context=transition.state.context,
+                reply_to=self._topics.replies,
+            )
+        delay = transition.dispatch.delay if transition.dispatch else 0.0
+        outbox = (
+            outbox_row(command, self._topics.commands(command.journey), delay)
+            if command is not None
+            else None
+        )
+        rows = log_rows(
+            instance.id,
+            definition,
+            transition.log,
+            command=command,
+            attempt_started_at=instance.step_started_at,
+        )
+        step_timeout = definition.steps[transition.state.current_step].timeout
+
+        async def write(conn: DriverConnection) -> bool:
+            return await saga_log.write_transition(
+                conn,
+                instance,
+                transition.state,
+                log=rows,
+                outbox=outbox,
+                step_timeout=step_timeout,
+            )
+
+        if not await self._database.run_driver(
+            write, transaction=False, name="coordinator.transition"
+        ):
+            return False
+        self.applied += 1
+        state = transition.state
+        log.info(
+            "saga_transition",
+            outcome=reply.outcome.value,
+            status=state.status.value,
+            next_step=definition.steps[state.current_step].name if command else None,
+            next_action=command.action if command else None,
+            next_attempt=command.attempt if command else None,
+            error=state.error,
+        )
+        if outbox is not None:
+            pending = PendingMessage(
+                outbox.message_id, outbox.topic, outbox.key, outbox.payload, dict(outbox.headers)
+            )
+            if outbox.delay > 0:
+                self._publisher.publish_later(pending, outbox.delay)
+            else:
+                await self._publisher.publish([pending])
+        if not state.status.in_flight:
+            if state.status is SagaStatus.PARKED:
+                log.error("saga_parked", reason=state.error)
+            self._on_finished(instance.id, state.status)
+        return True
+
+    async def _record_ignored(
+        self, definition: SagaDefinition, instance: InstanceRow, reply: Reply, why: str
+    ) -> None:
+        self.ignored += 1
+        log.info("reply_ignored", reason=why, outcome=reply.outcome.value)
+        step_index = min(reply.step_index, len(definition.steps) - 1)
+        step = definition.steps[step_index]
+        row = LogRow(
+            entry=LogEntry(
+                step_index,
+                reply.phase,
+                LogStatus.IGNORED,
+                reply.attempt,
+                response={"outcome": reply.outcome.value, **reply.result},
+                error=f"ignored: {why}",
+            ),
+            step_name=step.name,
+            journey=step.journey,
+            message_id=reply.in_reply_to,
+        )
+        await self._database.run_driver(
+            lambda conn: saga_log.record_ignored(conn, instance.id, row),
+            transaction=False,
+            name="coordinator.ignored",
+        )

@@ -1,0 +1,283 @@
+"""The coordinator: registers definitions, starts sagas, drives them from replies.
+
+::
+
+    async with Coordinator(settings=settings, database=database) as coordinator:
+        await coordinator.register(BOOK_APPOINTMENT)
+        saga_id = await coordinator.start(BOOK_APPOINTMENT, {"slot_id": ...},
+                                          idempotency_key=request_id)
+        outcome = await coordinator.wait(saga_id, timeout=30)
+
+A process that only starts sagas uses it without :meth:`run`; coordinator processes call
+:meth:`run` and share the reply topic's partitions as one consumer group. Everything a
+coordinator needs to go on is in the database, so any member can finish any saga.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from saga.coordinator.commands import build_command, log_rows, outbox_row
+from saga.coordinator.replies import ReplyProcessor
+from saga.definition import SagaDefinition
+from saga.errors import SagaNotFound, SagaTimeout
+from saga.machine import SagaStatus, begin
+from saga.outbox import RelaySettings
+from saga.runtime import MessagingRuntime
+from saga.settings import Settings
+from saga.store import definitions as stored_definitions
+from saga.store import saga_log
+from saga.store.database import Database
+from saga.store.driver import DriverConnection
+from saga.store.outbox import PendingMessage
+from saga.store.saga_log import SagaSummary
+from saga.transport import Topics
+
+log = structlog.get_logger("saga.coordinator")
+
+COORDINATOR_OUTBOX = "shared.saga_outbox"
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        database: Database,
+        bootstrap_servers: str | None = None,
+        group_id: str | None = None,
+        name: str = "coordinator",
+        max_concurrency: int = 128,
+        relay: RelaySettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.topics = Topics.from_settings(settings)
+        self.group_id = group_id or f"{self.topics.prefix}.coordinator"
+        self._max_concurrency = max_concurrency
+        self._ids: dict[tuple[str, int], uuid.UUID] = {}
+        self._definitions: dict[tuple[str, int], SagaDefinition] = {}
+        self._finished: dict[uuid.UUID, asyncio.Event] = {}
+        self._runtime = MessagingRuntime(
+            name=name,
+            settings=settings,
+            database=database,
+            bootstrap_servers=bootstrap_servers,
+            outbox_table=COORDINATOR_OUTBOX,
+            topics=self.topics,
+            own_topics=[self.topics.replies],
+            relay=relay,
+        )
+        self.replies = ReplyProcessor(
+            database=database,
+            publisher=self._runtime.publisher,
+            topics=self.topics,
+            definitions=self.definition,
+            on_finished=self._notify_finished,
+        )
+
+    async def __aenter__(self) -> Coordinator:
+        await self._runtime.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def runtime(self) -> MessagingRuntime:
+        return self._runtime
+
+    async def register(self, definition: SagaDefinition) -> None:
+        """Check ``definition`` and store it; the same content again is a no-op, other
+        content under a stored version raises :class:`~saga.errors.DefinitionConflict`."""
+        definition.validate()
+
+        async def store(conn: DriverConnection) -> stored_definitions.StoredDefinition:
+            return await stored_definitions.register(conn, definition)
+
+        stored = await self.database.run_driver(store, name="coordinator.register")
+        self._ids[definition.key] = stored.id
+        self._definitions[definition.key] = definition
+        log.info("definition_registered", definition=definition.name, version=definition.version)
+
+    async def definition(self, name: str, version: int) -> SagaDefinition:
+        """The stored definition (instances keep the version they started with)."""
+        key = (name, version)
+        if key not in self._definitions:
+            stored = await self.database.run_driver(
+                lambda conn: stored_definitions.load(conn, name, version),
+                transaction=False,
+                name="coordinator.load_definition",
+            )
+            self._ids[key] = stored.id
+            self._definitions[key] = stored.definition
+        return self._definitions[key]
+
+    async def start(
+        self,
+        definition: SagaDefinition | str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> uuid.UUID:
+        """Start an instance and return its id; a key used before returns the first id."""
+        definition = await self._resolve(definition)
+        _check_payload(payload)
+        await self._runtime.start()
+        saga_id = uuid.uuid4()
+        transition = begin(definition)
+        assert transition.dispatch is not None
+        command = build_command(
+            saga_id=saga_id,
+            definition=definition,
+            dispatch=transition.dispatch,
+            payload=payload,
+            context={},
+            reply_to=self.topics.replies,
+        )
+        topic = self.topics.commands(command.journey)
+        await self._runtime.ensure_topics([topic])
+        outbox = outbox_row(command, topic, 0.0)
+        if len(outbox.payload) > self.settings.kafka_max_message_bytes:
+            raise ValueError(
+                f"the first command of {definition.name} would be {len(outbox.payload)} bytes, "
+                f"over KAFKA_MAX_MESSAGE_BYTES={self.settings.kafka_max_message_bytes}"
+            )
+        rows = log_rows(
+            saga_id, definition, transition.log, command=command, attempt_started_at=None
+        )
+
+        async def insert(conn: DriverConnection) -> uuid.UUID:
+            return await saga_log.insert_start(
+                conn,
+                saga_id=saga_id,
+                definition_id=self._ids[definition.key],
+                definition_name=definition.name,
+                definition_version=definition.version,
+                payload=payload,
+                idempotency_key=idempotency_key,
+                step_timeout=definition.steps[0].timeout,
+                saga_timeout=definition.timeout,
+                log=rows,
+                outbox=outbox,
+            )
+
+        started = await self.database.run_driver(
+            insert, transaction=False, name="coordinator.start"
+        )
+        if started != saga_id:
+            log.info("saga_start_repeated", saga_id=str(started), idempotency_key=idempotency_key)
+            return started
+        log.info(
+            "saga_started",
+            saga_id=str(saga_id),
+            definition=definition.name,
+            version=definition.version,
+            step=command.step_name,
+            action=command.action,
+            attempt=1,
+        )
+        await self._runtime.publisher.publish(
+            [
+                PendingMessage(
+                    outbox.message_id, topic, outbox.key, outbox.payload, dict(outbox.headers)
+                )
+            ]
+        )
+        return saga_id
+
+    async def status(self, saga_id: uuid.UUID) -> SagaSummary:
+        found = await self.database.run_driver(
+            lambda conn: saga_log.summary(conn, saga_id), transaction=False, name="saga.status"
+        )
+        if found is None:
+            raise SagaNotFound(f"no saga {saga_id}")
+        return found
+
+    async def wait(
+        self,
+        saga_id: uuid.UUID,
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - polls the database up to this deadline
+        until_parked: bool = True,
+    ) -> SagaSummary:
+        """Wait until the saga is completed or compensated (or parked, unless
+        ``until_parked`` is False) and return how it ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        event = self._finished.setdefault(saga_id, asyncio.Event())
+        pause = 0.005
+        try:
+            while True:
+                summary = await self.status(saga_id)
+                if summary.status.finished or (
+                    until_parked and summary.status is SagaStatus.PARKED
+                ):
+                    return summary
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise SagaTimeout(
+                        f"saga {saga_id} still {summary.status.value} after {timeout} s"
+                    )
+                # Woken early when this process finishes the saga; else poll, since any
+                # coordinator of the group may be the one that finishes it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(pause, left))
+                event.clear()
+                pause = min(pause * 2, 0.2)
+        finally:
+            self._finished.pop(saga_id, None)
+
+    async def run(self) -> None:
+        """Consume replies and drive sagas until :meth:`stop`."""
+        await self._runtime.consume(
+            topic=self.topics.replies,
+            group_id=self.group_id,
+            handle=self.replies.handle,
+            max_concurrency=self._max_concurrency,
+        )
+
+    async def stop(self) -> None:
+        await self._runtime.stop()
+
+    def _notify_finished(self, saga_id: uuid.UUID, status: SagaStatus) -> None:
+        event = self._finished.get(saga_id)
+        if event is not None:
+            event.set()
+
+    async def _resolve(self, definition: SagaDefinition | str) -> SagaDefinition:
+        if isinstance(definition, SagaDefinition):
+            if definition.key not in self._ids:
+                await self.register(definition)
+            return definition
+        stored = await self.database.run_driver(
+            lambda conn: stored_definitions.load(conn, definition),
+            transaction=False,
+            name="coordinator.load_definition",
+        )
+        if stored.definition.key not in self._ids:
+            self._ids[stored.definition.key] = stored.id
+            self._definitions[stored.definition.key] = stored.definition
+        return stored.definition
+
+
+def _check_payload(payload: Mapping[str, Any]) -> None:
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"a saga payload must be a mapping, got {type(payload).__name__}")
+    try:
+        json.dumps(dict(payload))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"a saga payload must be JSON-serialisable: {exc}") from exc

@@ -1,0 +1,310 @@
+"""The participant runtime: a journey service's side of the protocol.
+
+For each command on the journey's topic it runs ONE transaction, at the step's isolation
+level with the step's timeout as the statement timeout, that checks the inbox, runs the
+handler and records the inbox row and the reply's outbox row; after the commit it
+publishes the reply. A repeated command is answered from the inbox and never runs twice.
+
+How each kind of end is answered:
+
+- the handler returns: *succeeded* with its result (stored, published);
+- the handler raises :class:`~saga.errors.StepRefused`: its writes are rolled back and
+  *failed* with the reason is stored and published, in a second short transaction;
+- serialization failures and deadlocks: the whole transaction is re-run with backoff;
+- any other error: *error* is published but not stored (nothing was committed, so a
+  retry of the same command may run it again); the coordinator decides whether to retry;
+- the database is unreachable: the message is kept and retried by the consumer.
+
+A compensation first bars the command it undoes: if that command never ran here, the
+compensation has nothing to undo and a late delivery of it is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from saga.errors import (
+    DatabaseUnavailable,
+    MessageRejected,
+    SagaError,
+    StepRefused,
+    UniqueViolation,
+)
+from saga.machine import Outcome, Phase
+from saga.messages import TRACEPARENT, Command, Reply, decode
+from saga.outbox import OutboxPublisher
+from saga.retry import RetryPolicy
+from saga.store import inbox
+from saga.store.database import Database
+from saga.store.driver import DriverConnection
+from saga.store.inbox import InboxEntry, JourneyTables, ReplyRow
+from saga.store.outbox import PendingMessage
+from saga.transport.consumer import Incoming
+from saga.transport.producer import OutgoingMessage, Producer
+
+log = structlog.get_logger("saga.participant")
+
+_REPLY_NAMESPACE = uuid.UUID("0b7f4a52-3c1e-4d7b-a0e6-5f2d8c9e1a34")
+_NEVER_RAN = "compensated before it ran"
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What a handler gets: the open transaction and the command it serves."""
+
+    connection: DriverConnection
+    command: Command
+
+    @property
+    def saga_id(self) -> uuid.UUID:
+        return self.command.saga_id
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The saga's input, as given to ``start``."""
+        return self.command.payload
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """Every earlier step's result, merged."""
+        return self.command.context
+
+    @property
+    def attempt(self) -> int:
+        return self.command.attempt
+
+    @property
+    def phase(self) -> Phase:
+        return self.command.phase
+
+
+Handler = Callable[[StepContext], Awaitable[Mapping[str, Any] | None]]
+
+
+@dataclass(slots=True)
+class ParticipantStats:
+    executed: int = 0
+    refused: int = 0
+    errored: int = 0
+    duplicates: int = 0
+    nothing_to_undo: int = 0
+    by_action: dict[str, int] = field(default_factory=dict)
+
+
+class CommandProcessor:
+    """Turns one command message into one transaction and one reply."""
+
+    def __init__(
+        self,
+        *,
+        journey: str,
+        tables: JourneyTables,
+        database: Database,
+        producer: Producer,
+        publisher: OutboxPublisher,
+        handlers: Mapping[str, Handler],
+        retry: RetryPolicy,
+    ) -> None:
+        self.journey = journey
+        self.tables = tables
+        self._database = database
+        self._producer = producer
+        self._publisher = publisher
+        self._handlers = handlers
+        self._retry = retry
+        self.stats = ParticipantStats()
+
+    async def handle(self, incoming: Incoming) -> None:
+        message = decode(incoming.value)
+        if not isinstance(message, Command):
+            raise MessageRejected(f"a {message.kind} on the command topic {incoming.topic}")
+        if message.journey != self.journey:
+            raise MessageRejected(
+                f"a command for journey {message.journey!r} reached {self.journey!r}"
+            )
+        with structlog.contextvars.bound_contextvars(
+            saga_id=str(message.saga_id),
+            definition=message.definition,
+            step=message.step_name,
+            action=message.action,
+            phase=message.phase.value,
+            attempt=message.attempt,
+            traceparent=message.trace.get(TRACEPARENT),
+        ):
+            await self._serve(message)
+
+    async def _serve(self, command: Command) -> None:
+        handler = self._handlers.get(command.action)
+        if handler is None:
+            reason = f"journey {self.journey!r} has no action {command.action!r}"
+            # Answer, so the saga compensates now instead of waiting out its timeout,
+            # and dead-letter the command for whoever deployed the definition.
+            await self._send_now(command, self._reply(command, Outcome.FAILED, reason=reason))
+            raise MessageRejected(reason)
+        try:
+            reply, fresh = await self._database.run_driver(
+                lambda conn: self._run(conn, command, handler),
+                isolation=command.isolation,
+                statement_timeout_ms=command.timeout_ms,
+                retry=self._retry,
+                name=f"{self.journey}.{command.action}",
+            )
+        except StepRefused as refusal:
+            reply, fresh = await self._record_refusal(command, refusal.reason)
+        except DatabaseUnavailable:
+            raise  # the consumer keeps the message and tries again
+        except SagaError as exc:
+            self.stats.errored += 1
+            log.warning("step_errored", error=str(exc), error_type=type(exc).__name__)
+            await self._send_now(command, self._reply(command, Outcome.ERROR, reason=str(exc)))
+            return
+        except Exception as exc:
+            self.stats.errored += 1
+            log.exception("step_handler_crashed")
+            reason = f"{type(exc).__name__}: {exc}"
+            await self._send_now(command, self._reply(command, Outcome.ERROR, reason=reason))
+            return
+        if fresh is not None:
+            await self._publisher.publish([fresh])
+        else:
+            self.stats.duplicates += 1
+            log.info("duplicate_command_answered_from_inbox", outcome=reply.outcome.value)
+            await self._send_now(command, reply)
+
+    async def _run(
+        self, conn: DriverConnection, command: Command, handler: Handler
+    ) -> tuple[Reply, PendingMessage | None]:
+        stored = await inbox.stored_reply(conn, self.tables, command.message_id)
+        if stored is not None:
+            return self._reply_from(command, stored), None
+        if command.phase is Phase.COMPENSATE and command.undoes is not None:
+            undone = await self._nothing_to_undo(conn, command, command.undoes)
+            if undone is not None:
+                self.stats.nothing_to_undo += 1
+                return await self._record(conn, command, Outcome.SUCCEEDED, result=undone)
+        result = await handler(StepContext(conn, command))
+        self.stats.executed += 1
+        self.stats.by_action[command.action] = self.stats.by_action.get(command.action, 0) + 1
+        return await self._record(conn, command, Outcome.SUCCEEDED, result=dict(result or {}))
+
+    async def _nothing_to_undo(
+        self, conn: DriverConnection, command: Command, undoes: uuid.UUID
+    ) -> dict[str, Any] | None:
+        """None when the command being undone committed effects here; else the result
+        the compensation answers with, having barred that command from ever running."""
+        barred = InboxEntry(
+            undoes,
+            command.saga_id,
+            command.step_name,
+            command.action,
+            command.attempt,
+            {"outcome": Outcome.FAILED.value, "result": {}, "reason": _NEVER_RAN},
+        )
+        if await inbox.bar(conn, self.tables, barred):
+            return {"undone": False, "why": "the step never ran here"}
+        executed = await inbox.stored_reply(conn, self.tables, undoes)
+        if executed is not None and executed.get("outcome") == Outcome.SUCCEEDED.value:
+            return None
+        return {"undone": False, "why": "the step did not succeed here"}
+
+    async def _record(
+        self,
+        conn: DriverConnection,
+        command: Command,
+        outcome: Outcome,
+        *,
+        result: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> tuple[Reply, PendingMessage]:
+        reply = self._reply(command, outcome, result=result, reason=reason)
+        pending = _pending(reply, command.reply_to)
+        entry = InboxEntry(
+            command.message_id,
+            command.saga_id,
+            command.step_name,
+            command.action,
+            command.attempt,
+            {"outcome": outcome.value, "result": reply.result, "reason": reason},
+        )
+        await inbox.record(
+            conn,
+            self.tables,
+            entry,
+            ReplyRow(
+                pending.message_id, pending.topic, pending.key, pending.payload, pending.headers
+            ),
+        )
+        return reply, pending
+
+    async def _record_refusal(
+        self, command: Command, reason: str
+    ) -> tuple[Reply, PendingMessage | None]:
+        self.stats.refused += 1
+        log.info("step_refused", reason=reason)
+
+        async def unit(conn: DriverConnection) -> tuple[Reply, PendingMessage | None]:
+            stored = await inbox.stored_reply(conn, self.tables, command.message_id)
+            if stored is not None:
+                return self._reply_from(command, stored), None
+            return await self._record(conn, command, Outcome.FAILED, reason=reason)
+
+        try:
+            return await self._database.run_driver(
+                unit, retry=self._retry, name=f"{self.journey}.refusal"
+            )
+        except UniqueViolation:
+            # A duplicate delivery recorded its answer first: that answer stands.
+            return await self._database.run_driver(unit, name=f"{self.journey}.refusal")
+
+    def _reply(
+        self,
+        command: Command,
+        outcome: Outcome,
+        *,
+        result: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> Reply:
+        return Reply(
+            message_id=uuid.uuid5(_REPLY_NAMESPACE, f"{command.message_id}/{command.attempt}"),
+            saga_id=command.saga_id,
+            definition=command.definition,
+            definition_version=command.definition_version,
+            step_index=command.step_index,
+            step_name=command.step_name,
+            journey=self.journey,
+            phase=command.phase,
+            attempt=command.attempt,
+            trace=command.trace,
+            in_reply_to=command.message_id,
+            outcome=outcome,
+            result=dict(result or {}),
+            reason=reason,
+        )
+
+    def _reply_from(self, command: Command, stored: Mapping[str, Any]) -> Reply:
+        return self._reply(
+            command,
+            Outcome(stored["outcome"]),
+            result=stored.get("result") or {},
+            reason=stored.get("reason"),
+        )
+
+    async def _send_now(self, command: Command, reply: Reply) -> None:
+        """Replies that were not stored go straight out; if one is lost the step times
+        out and is sent again."""
+        pending = _pending(reply, command.reply_to)
+        await self._producer.send(
+            OutgoingMessage(pending.topic, pending.key, pending.payload, pending.headers)
+        )
+
+
+def _pending(reply: Reply, topic: str) -> PendingMessage:
+    # Serialising here, inside the transaction, makes a result that is not JSON fail the
+    # step instead of failing after the commit.
+    headers = {TRACEPARENT: reply.trace[TRACEPARENT]} if TRACEPARENT in reply.trace else {}
+    return PendingMessage(reply.message_id, topic, reply.key, reply.to_bytes(), headers)
