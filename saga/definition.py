@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ class Step:
             "compensation": self.compensation,
             "no_compensation": self.no_compensation.value if self.no_compensation else None,
             "isolation": self.isolation.value,
-            "timeout": self.timeout,
+            "timeout": float(self.timeout),
             "retry": _retry_document(self.retry),
             "compensation_retry": _retry_document(self.compensation_retry),
         }
@@ -147,7 +148,7 @@ class SagaDefinition:
             {
                 "name": self.name,
                 "version": self.version,
-                "timeout": self.timeout,
+                "timeout": None if self.timeout is None else float(self.timeout),
                 "steps": self.to_document(),
             },
             sort_keys=True,
@@ -177,6 +178,15 @@ def _retry_document(policy: RetryPolicy) -> dict[str, Any]:
     }
 
 
+def _positive_seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def _check_definition(definition: SagaDefinition) -> None:
     name = definition.name
 
@@ -194,8 +204,10 @@ def _check_definition(definition: SagaDefinition) -> None:
         or definition.version < 1
     ):
         raise fail(f"the version must be an integer >= 1, got {definition.version!r}")
-    if definition.timeout is not None and not definition.timeout > 0:
-        raise fail(f"the saga timeout must be > 0 seconds, got {definition.timeout!r}")
+    if definition.timeout is not None and not _positive_seconds(definition.timeout):
+        raise fail(
+            f"the saga timeout must be a finite number > 0 seconds, got {definition.timeout!r}"
+        )
     if not definition.steps:
         raise fail("it has no steps")
 
@@ -209,7 +221,7 @@ def _check_definition(definition: SagaDefinition) -> None:
         if not isinstance(step.name, str) or not _NAME.match(step.name):
             raise fail(
                 "a step name must be 1-100 lower-case letters, digits, '_', '.' or '-'",
-                step=str(step.name),
+                step=str(step.name) or f"#{index + 1}",
             )
         if step.name in seen:
             raise fail("the step name is used twice", step=label)
@@ -228,12 +240,10 @@ def _check_definition(definition: SagaDefinition) -> None:
                     step=label,
                 ) from None
             raise fail(f"isolation must be an IsolationLevel, got {step.isolation!r}", step=label)
-        if (
-            isinstance(step.timeout, bool)
-            or not isinstance(step.timeout, int | float)
-            or not step.timeout > 0
-        ):
-            raise fail(f"the timeout must be > 0 seconds, got {step.timeout!r}", step=label)
+        if not _positive_seconds(step.timeout):
+            raise fail(
+                f"the timeout must be a finite number > 0 seconds, got {step.timeout!r}", step=label
+            )
         for what in ("retry", "compensation_retry"):
             if not isinstance(getattr(step, what), RetryPolicy):
                 raise fail(f"{what} must be a RetryPolicy", step=label)

@@ -238,7 +238,12 @@ def _after_execute(
     why = f"step {step.name!r} out of attempts ({attempt}): {reason}"
     if step.retriable_only:
         return _park(state, failed, why)
-    # The outcome is unknown (a late delivery may still commit it): undo this step too.
+    if event.outcome is Outcome.TIMED_OUT and not step.compensatable:
+        # It may yet commit and nothing could undo it: a person must look before
+        # anything is undone around it.
+        return _park(state, failed, f"{why}; the final step's outcome is unknown")
+    # A late delivery may still commit it: undo this step too (the participant's inbox
+    # makes undoing a step that never ran a no-op, and bars it from running later).
     return _compensate_from(definition, state, index, why, failed)
 
 
@@ -266,7 +271,8 @@ def _after_compensate(
     return _park(
         state,
         failed,
-        f"compensation of step {step.name!r} failed after {attempt} attempts: {reason}",
+        f"compensation of step {step.name!r} failed after {attempt} attempts: {reason}"
+        f" (compensating because {state.error})",
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
 from saga.errors import MessageRejected
 from saga.machine import Outcome, Phase
@@ -25,20 +25,20 @@ TRACEPARENT = "traceparent"
 
 
 class _Envelope(BaseModel):
-    # Unknown fields are ignored so a newer writer of the same schema version can add
-    # optional data without stopping older readers.
+    # Numbers are strict (``true`` is not attempt 1). Unknown fields are ignored so a newer
+    # writer of the same schema version can add optional data without stopping old readers.
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: Annotated[int, Field(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+    schema_version: Annotated[StrictInt, Field(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
     message_id: uuid.UUID
     saga_id: uuid.UUID
     definition: str
-    definition_version: Annotated[int, Field(ge=1)]
-    step_index: Annotated[int, Field(ge=0)]
+    definition_version: Annotated[StrictInt, Field(ge=1)]
+    step_index: Annotated[StrictInt, Field(ge=0)]
     step_name: str
     journey: str
     phase: Phase
-    attempt: Annotated[int, Field(ge=1)]
+    attempt: Annotated[StrictInt, Field(ge=1)]
     trace: dict[str, str] = Field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -58,7 +58,7 @@ class Command(_Envelope):
     kind: Literal["command"] = "command"
     action: str
     isolation: IsolationLevel = IsolationLevel.READ_COMMITTED
-    timeout_ms: Annotated[int, Field(gt=0)]
+    timeout_ms: Annotated[StrictInt, Field(gt=0)]
     payload: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     reply_to: str
