@@ -1,0 +1,282 @@
+"""Stale replies, poison messages, a coordinator killed for real, and two coordinators."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from saga.coordinator import Coordinator
+from saga.machine import Outcome, Phase, SagaStatus, command_message_id
+from saga.messages import Command, Reply
+from saga.transport import Incoming, OutgoingMessage, Producer
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import SagaEnvironment
+from tests.integration.sagas import (
+    BOOKING,
+    FAST_RELAY,
+    cluster,
+    create_effect_tables,
+    executions,
+    step_log,
+)
+
+pytestmark = pytest.mark.integration
+
+ALL_DONE = [("reserve", "do"), ("authorize", "do"), ("award", "do"), ("confirm", "do")]
+
+
+def reply(saga_id: uuid.UUID, step: int, attempt: int, outcome: Outcome) -> Incoming:
+    message = Reply(
+        message_id=uuid.uuid4(),
+        saga_id=saga_id,
+        definition=BOOKING.name,
+        definition_version=BOOKING.version,
+        step_index=step,
+        step_name=BOOKING.steps[step].name,
+        journey=BOOKING.steps[step].journey,
+        phase=Phase.EXECUTE,
+        attempt=attempt,
+        in_reply_to=command_message_id(saga_id, step, Phase.EXECUTE),
+        outcome=outcome,
+        result={"step": step, "attempt": attempt},
+        reason=None if outcome is Outcome.SUCCEEDED else "test",
+    )
+    return Incoming("replies", 0, 0, str(saga_id), message.to_bytes(), {}, 0)
+
+
+async def test_replies_for_an_old_attempt_or_a_past_step_are_ignored(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    async with Coordinator(
+        settings=env.settings, database=env.database, bootstrap_servers=env.bootstrap
+    ) as coordinator:
+        saga_id = await coordinator.start(BOOKING, {})
+        handle = coordinator.replies.handle
+
+        await handle(reply(saga_id, 0, 1, Outcome.ERROR))  # attempt 2 dispatched
+        await handle(reply(saga_id, 0, 1, Outcome.SUCCEEDED))  # the old attempt answers late
+        summary = await coordinator.status(saga_id)
+        assert summary.status is SagaStatus.RUNNING
+        assert summary.context == {}
+
+        await handle(reply(saga_id, 0, 2, Outcome.SUCCEEDED))
+        await handle(reply(saga_id, 0, 2, Outcome.SUCCEEDED))  # a duplicate of it
+        await handle(reply(saga_id, 0, 2, Outcome.FAILED))  # and a contradiction, too late
+        summary = await coordinator.status(saga_id)
+        assert summary.status is SagaStatus.RUNNING
+        assert summary.context == {"step": 0, "attempt": 2}
+
+    rows = [
+        (r["step_name"], r["attempt"], r["status"], r["error"])
+        for r in await step_log(env.database, saga_id)
+    ]
+    assert rows[:4] == [
+        ("reserve", 1, "dispatched", None),
+        ("reserve", 1, "retried", "test"),
+        ("reserve", 2, "dispatched", None),
+        ("reserve", 1, "ignored", "ignored: reply for attempt 1 but the step is at attempt 2"),
+    ]
+    ignored = [r[3] for r in rows if r[2] == "ignored"]
+    assert (
+        ignored[1:]
+        == ["ignored: reply for step 0 (execute) but the saga is at step 1 (execute)"] * 2
+    )
+    assert coordinator.replies.ignored == 3
+
+
+async def dead_letters(
+    bootstrap: str, topic: str, count: int
+) -> list[tuple[bytes, dict[str, str]]]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"dlq-reader-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[tuple[bytes, dict[str, str]]] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(found) < count:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    found += [
+                        (r.value or b"", {k: v.decode() for k, v in r.headers}) for r in records
+                    ]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_poison_messages_are_dead_lettered_and_the_messages_behind_them_processed(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    await create_effect_tables(env.database)
+    topics = env.settings.kafka_topic_prefix
+    limit = env.settings.kafka_max_message_bytes
+    async with cluster(env.settings, env.database, env.bootstrap) as running:
+        coordinator = running.coordinators[0]
+        await coordinator.register(BOOKING)
+        stranger = uuid.uuid4()
+        unknown_action = Command(
+            message_id=uuid.uuid4(),
+            saga_id=stranger,
+            definition=BOOKING.name,
+            definition_version=1,
+            step_index=0,
+            step_name="reserve",
+            journey="care",
+            phase=Phase.EXECUTE,
+            attempt=1,
+            action="teleport",
+            timeout_ms=1000,
+            reply_to=f"{topics}.replies",
+        )
+        poison = [
+            OutgoingMessage(f"{topics}.replies", "k", b"\x00not json"),
+            OutgoingMessage(f"{topics}.care.commands", "k", b'{"kind": "command"}'),
+            OutgoingMessage(f"{topics}.plan.commands", "k", b"x" * (limit + 10)),
+            OutgoingMessage(
+                f"{topics}.replies",
+                str(stranger),
+                reply(stranger, 0, 1, Outcome.SUCCEEDED).value or b"",
+            ),
+            OutgoingMessage(f"{topics}.care.commands", str(stranger), unknown_action.to_bytes()),
+        ]
+        async with Producer(
+            env.bootstrap, client_id="poisoner", max_message_bytes=limit * 2
+        ) as producer:
+            for message in poison:
+                await producer.send(message)
+        saga_id = await coordinator.start(BOOKING, {"n": 1})
+        summary = await coordinator.wait(saga_id, timeout=30)
+        assert summary.status is SagaStatus.COMPLETED
+
+        # The five, plus the unknown action's failed reply for a saga nobody knows.
+        letters = await dead_letters(env.bootstrap, f"{topics}.dead-letter", 6)
+    reasons = sorted(headers["x-dead-letter-reason"] for _, headers in letters)
+    assert len(reasons) == 6
+    assert sum("invalid envelope" in r for r in reasons) == 2
+    assert sum(f"unknown saga {stranger}" in r for r in reasons) == 2
+    assert any("has no action 'teleport'" in r for r in reasons)
+    assert any(str(limit) in r for r in reasons)
+    assert await executions(env.database, saga_id) == ALL_DONE
+
+
+@contextmanager
+def coordinator_process(env: SagaEnvironment) -> Iterator[subprocess.Popen[bytes]]:
+    environment = {
+        **os.environ,
+        "APP_ENV": "test",
+        "DATABASE_URL": env.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": env.bootstrap,
+        "KAFKA_TOPIC_PREFIX": env.settings.kafka_topic_prefix,
+        "KAFKA_TOPIC_PARTITIONS": str(env.settings.kafka_topic_partitions),
+        "KAFKA_SESSION_TIMEOUT_MS": str(env.settings.kafka_session_timeout_ms),
+        "KAFKA_HEARTBEAT_INTERVAL_MS": str(env.settings.kafka_heartbeat_interval_ms),
+        "DATABASE_POOL_SIZE": "8",
+        "LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "saga", "run", "coordinator"],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+async def wait_for_step(env: SagaEnvironment, saga_id: uuid.UUID, step: str, status: str) -> None:
+    async with asyncio.timeout(30):
+        while not any(
+            r["step_name"] == step and r["status"] == status
+            for r in await step_log(env.database, saga_id)
+        ):
+            await asyncio.sleep(0.05)
+
+
+async def test_a_coordinator_killed_mid_saga_and_restarted_finishes_it(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    await create_effect_tables(env.database)
+    async with cluster(env.settings, env.database, env.bootstrap, coordinators=0) as running:
+        async with Coordinator(
+            settings=env.settings,
+            database=env.database,
+            bootstrap_servers=env.bootstrap,
+            relay=FAST_RELAY,
+        ) as starter:
+            with coordinator_process(env) as first:
+                saga_id = await starter.start(BOOKING, {"sleep": {"authorize": 1.0}})
+                await wait_for_step(env, saga_id, "authorize", "dispatched")
+                first.send_signal(signal.SIGKILL)  # while authorize is running
+                first.wait(10)
+            assert (await starter.status(saga_id)).status is SagaStatus.RUNNING
+            with coordinator_process(env) as second:
+                summary = await starter.wait(saga_id, timeout=45)
+                assert second.poll() is None, "the restarted coordinator keeps running"
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(20) == 0
+        assert running.participants
+    assert summary.status is SagaStatus.COMPLETED
+    assert await executions(env.database, saga_id) == ALL_DONE
+
+
+async def test_two_coordinators_share_the_sagas_and_none_is_driven_twice(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    await create_effect_tables(env.database)
+    async with cluster(env.settings, env.database, env.bootstrap, coordinators=2) as running:
+        first, second = running.coordinators
+        await _until_both_consume(first, second)
+        payloads = [{"n": n} if n % 4 else {"refuse": "award"} for n in range(60)]
+        ids = [await first.start(BOOKING, payload) for payload in payloads]
+        results = await asyncio.gather(*(first.wait(s, timeout=60) for s in ids))
+
+    assert first.replies.applied > 0
+    assert second.replies.applied > 0
+    for payload, saga_id, result in zip(payloads, ids, results, strict=True):
+        if "refuse" in payload:
+            assert result.status is SagaStatus.COMPENSATED
+            continue
+        assert result.status is SagaStatus.COMPLETED
+        assert await executions(env.database, saga_id) == ALL_DONE
+        decided = [
+            (r["step_name"], r["status"])
+            for r in await step_log(env.database, saga_id)
+            if r["status"] != "ignored"
+        ]
+        assert decided == [
+            (s.name, st) for s in BOOKING.steps for st in ("dispatched", "succeeded")
+        ]
+
+
+async def _until_both_consume(*coordinators: Coordinator) -> None:
+    async with asyncio.timeout(30):
+        while not all(
+            c.runtime.consumer is not None and c.runtime.consumer.assignment() for c in coordinators
+        ):
+            await asyncio.sleep(0.1)
