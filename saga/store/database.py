@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, TypeVar, cast
@@ -166,9 +167,7 @@ class Database:
                 try:
                     if not transaction:
                         return await unit(DriverConnection(raw, self.queries))
-                    async with raw.transaction(isolation=isolation.driver_name):
-                        if statement_timeout_ms is not None:
-                            await raw.execute(_set_local_timeout(statement_timeout_ms))
+                    async with _driver_transaction(raw, isolation, statement_timeout_ms):
                         return await unit(DriverConnection(raw, self.queries))
                 except Exception as exc:
                     if not raw.is_closed():
@@ -176,11 +175,11 @@ class Database:
                     # SQLAlchemy saw none of this connection's statements, so it cannot
                     # know it died: take it out of the pool before it is handed out again.
                     await conn.invalidate()
-                    if isinstance(exc, asyncpg.InterfaceError):
-                        # Leaving the transaction on a dead connection raises a misuse
-                        # error that hides the loss; the connection's state tells it.
-                        raise DatabaseUnavailable(f"connection lost: {exc}") from exc
-                    raise
+                    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
+                        raise  # the server said why (e.g. 57P01): translated as such
+                    # Otherwise the driver reports the loss as a misuse or protocol error
+                    # that hides it; the connection's state tells what happened.
+                    raise DatabaseUnavailable(f"connection lost: {exc}") from exc
 
         return await self._with_retries(once, retry or self.retry, name or _name_of(unit))
 
@@ -215,6 +214,30 @@ class Database:
                     delay_ms=round(delay * 1000, 2),
                 )
                 await asyncio.sleep(delay)
+
+
+@asynccontextmanager
+async def _driver_transaction(
+    raw: asyncpg.Connection, isolation: IsolationLevel, statement_timeout_ms: int | None
+) -> AsyncIterator[None]:
+    """``BEGIN`` and the local statement timeout in one round trip (a simple-protocol
+    query may hold several statements), ``COMMIT`` or ``ROLLBACK`` at the end."""
+    opening = f"BEGIN ISOLATION LEVEL {isolation.value}"
+    if statement_timeout_ms is not None:
+        opening += f"; {_set_local_timeout(statement_timeout_ms)}"
+    await raw.execute(opening)
+    try:
+        yield
+    except BaseException:
+        if not raw.is_closed():
+            try:
+                await raw.execute("ROLLBACK")
+            except Exception:
+                # The connection broke under us: close it so that the caller sees a lost
+                # connection and the pool never hands out one stuck in a transaction.
+                raw.terminate()
+        raise
+    await raw.execute("COMMIT")
 
 
 def _name_of(unit: object) -> str:
