@@ -3,15 +3,27 @@
 The public surface is re-exported here; everything else is an implementation detail.
 """
 
+from saga.coordinator import Coordinator, SagaSummary
+from saga.definition import NoCompensation, SagaDefinition, Step
 from saga.errors import (
+    BrokerUnavailable,
     ConfigurationError,
     DatabaseError,
+    DefinitionConflict,
+    DefinitionError,
+    MessageRejected,
     RetriableDatabaseError,
     RetriesExhausted,
     SagaError,
+    SagaNotFound,
+    SagaTimeout,
     SettingsError,
+    StepRefused,
     TransactionConflict,
+    UnknownDefinition,
 )
+from saga.machine import SagaStatus
+from saga.participant import Participant, StepContext
 from saga.retry import RetryPolicy
 from saga.settings import AppEnv, Settings, load_settings
 from saga.store import Database, IsolationLevel
@@ -21,16 +33,34 @@ __all__ = [
     "AppEnv",
     "Settings",
     "load_settings",
+    # defining sagas
+    "NoCompensation",
+    "RetryPolicy",
+    "SagaDefinition",
+    "Step",
+    "IsolationLevel",
+    # running sagas
+    "Coordinator",
+    "Participant",
+    "SagaStatus",
+    "SagaSummary",
+    "StepContext",
     # persistence
     "Database",
-    "IsolationLevel",
-    "RetryPolicy",
     # errors
+    "BrokerUnavailable",
     "ConfigurationError",
     "DatabaseError",
+    "DefinitionConflict",
+    "DefinitionError",
+    "MessageRejected",
     "RetriableDatabaseError",
     "RetriesExhausted",
     "SagaError",
+    "SagaNotFound",
+    "SagaTimeout",
     "SettingsError",
+    "StepRefused",
     "TransactionConflict",
+    "UnknownDefinition",
 ]

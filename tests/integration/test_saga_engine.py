@@ -11,8 +11,9 @@ import pytest
 
 from saga.coordinator import Coordinator
 from saga.definition import SagaDefinition, Step
-from saga.errors import DefinitionConflict
+from saga.errors import DefinitionConflict, SagaFailed
 from saga.machine import SagaStatus
+from saga.testing import run_saga
 from saga.transport import OutgoingMessage, Producer
 from tests.integration.conftest import SagaEnvironment
 from tests.integration.sagas import (
@@ -35,6 +36,19 @@ async def run_one(
     saga_id = await coordinator.start(BOOKING, payload)
     summary = await coordinator.wait(saga_id, timeout=within)
     return saga_id, summary.status, summary.error, dict(summary.context)
+
+
+async def test_run_saga_raises_when_the_saga_does_not_complete(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    await create_effect_tables(env.database)
+    async with cluster(env.settings, env.database, env.bootstrap) as running:
+        done = await run_saga(running.coordinators[0], BOOKING, {"n": 1})
+        assert done.status is SagaStatus.COMPLETED
+        with pytest.raises(SagaFailed, match="compensated: step 'award' failed") as caught:
+            await run_saga(running.coordinators[0], BOOKING, {"refuse": "award"})
+    assert caught.value.status == "compensated"
 
 
 async def test_a_saga_completes_and_merges_each_result_into_the_context(
