@@ -170,6 +170,7 @@ class CommandProcessor:
             await self._send_now(command, self._reply(command, Outcome.ERROR, reason=reason))
             return
         if fresh is not None:
+            log.info("step_answered", outcome=reply.outcome.value, reason=reply.reason)
             await self._publisher.publish([fresh])
         else:
             self.stats.duplicates += 1

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from saga.coordinator import Coordinator
 from saga.machine import Outcome, Phase, SagaStatus, command_message_id
 from saga.messages import Command, Reply
+from saga.store.outbox import PendingMessage
 from saga.transport import Incoming, OutgoingMessage, Producer
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import SagaEnvironment
@@ -280,3 +281,32 @@ async def _until_both_consume(*coordinators: Coordinator) -> None:
             c.runtime.consumer is not None and c.runtime.consumer.assignment() for c in coordinators
         ):
             await asyncio.sleep(0.1)
+
+
+async def test_a_command_committed_but_never_published_is_sent_by_the_relay(
+    saga_env: SagaEnvironment,
+) -> None:
+    """The process that commits publishes right after; if it dies in between, the relay
+    of whichever process runs next sweeps the row up."""
+    env = saga_env
+    await create_effect_tables(env.database)
+    async with cluster(env.settings, env.database, env.bootstrap) as running:
+        coordinator = running.coordinators[0]
+        publisher = coordinator.runtime.publisher
+        publish = publisher.publish
+
+        async def crash_before_publishing(messages: Sequence[PendingMessage]) -> None:
+            publisher.publish = publish  # type: ignore[method-assign]
+
+        publisher.publish = crash_before_publishing  # type: ignore[method-assign]
+        saga_id = await coordinator.start(BOOKING, {"n": 1})
+        unpublished = await env.database.run_driver(
+            lambda conn: conn.fetchval(
+                "SELECT count(*) FROM shared.saga_outbox WHERE published_at IS NULL"
+            )
+        )
+        assert unpublished == 1
+        summary = await coordinator.wait(saga_id, timeout=30)
+    assert summary.status is SagaStatus.COMPLETED
+    assert publisher.relayed >= 1
+    assert await executions(env.database, saga_id) == ALL_DONE
