@@ -4,6 +4,7 @@ statement, publish the next command after the commit."""
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -31,6 +32,26 @@ FinishedCallback = Callable[[uuid.UUID, SagaStatus], None]
 _MAX_RACES = 20
 
 
+class InstanceCache:
+    """The instance as this process last wrote it, per in-flight saga: the next reply of
+    that saga then needs no read. Safe because every write is conditional on the version;
+    a copy gone stale (another coordinator or a worker moved the saga) loses that write
+    and is re-read, and a reply that a cached copy would ignore is judged again on a
+    fresh read before it is ignored."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._rows: OrderedDict[uuid.UUID, InstanceRow] = OrderedDict()
+
+    def pop(self, saga_id: uuid.UUID) -> InstanceRow | None:
+        return self._rows.pop(saga_id, None)
+
+    def put(self, row: InstanceRow) -> None:
+        self._rows[row.id] = row
+        if len(self._rows) > self._capacity:
+            self._rows.popitem(last=False)
+
+
 class ReplyProcessor:
     def __init__(
         self,
@@ -40,12 +61,14 @@ class ReplyProcessor:
         topics: Topics,
         definitions: DefinitionLookup,
         on_finished: FinishedCallback,
+        cache_size: int = 50_000,
     ) -> None:
         self._database = database
         self._publisher = publisher
         self._topics = topics
         self._definitions = definitions
         self._on_finished = on_finished
+        self._cache = InstanceCache(cache_size)
         self.applied = 0
         self.ignored = 0
         self.races = 0
@@ -65,37 +88,49 @@ class ReplyProcessor:
             await self._apply(reply)
 
     async def _apply(self, reply: Reply) -> None:
+        # One saga's replies are handled one at a time (same key), so taking its cached
+        # copy out cannot race with another handler of this process.
+        cached = self._cache.pop(reply.saga_id)
         for _ in range(_MAX_RACES):
-            instance = await self._database.run_driver(
-                lambda conn: saga_log.load_instance(conn, reply.saga_id),
-                transaction=False,
-                name="coordinator.load",
-            )
-            if instance is None:
-                raise MessageRejected(f"unknown saga {reply.saga_id}")
-            if (instance.definition_name, instance.definition_version) != (
-                reply.definition,
-                reply.definition_version,
-            ):
-                raise MessageRejected(
-                    f"reply names {reply.definition} v{reply.definition_version} but saga "
-                    f"{reply.saga_id} runs {instance.definition_name} "
-                    f"v{instance.definition_version}"
-                )
+            instance = cached or await self._load(reply)
             definition = await self._definitions(reply.definition, reply.definition_version)
-            if await self._try_apply(definition, instance, reply):
+            if await self._try_apply(definition, instance, reply, trusted=cached is None):
                 return
+            # Another process moved the saga, or the cached copy was too old to judge
+            # the reply by: decide again on what the database holds.
+            cached = None
             self.races += 1
         raise RuntimeError(f"saga {reply.saga_id} kept changing under {_MAX_RACES} attempts")
 
+    async def _load(self, reply: Reply) -> InstanceRow:
+        instance = await self._database.run_driver(
+            lambda conn: saga_log.load_instance(conn, reply.saga_id),
+            transaction=False,
+            name="coordinator.load",
+        )
+        if instance is None:
+            raise MessageRejected(f"unknown saga {reply.saga_id}")
+        if (instance.definition_name, instance.definition_version) != (
+            reply.definition,
+            reply.definition_version,
+        ):
+            raise MessageRejected(
+                f"reply names {reply.definition} v{reply.definition_version} but saga "
+                f"{reply.saga_id} runs {instance.definition_name} "
+                f"v{instance.definition_version}"
+            )
+        return instance
+
     async def _try_apply(
-        self, definition: SagaDefinition, instance: InstanceRow, reply: Reply
+        self, definition: SagaDefinition, instance: InstanceRow, reply: Reply, *, trusted: bool
     ) -> bool:
         event = StepEvent(
             reply.step_index, reply.phase, reply.attempt, reply.outcome, reply.result, reply.reason
         )
         transition = advance(definition, instance.state, event)
         if transition.ignored is not None:
+            if not trusted:
+                return False
             await self._record_ignored(definition, instance, reply, transition.ignored)
             return True
 
@@ -124,7 +159,7 @@ class ReplyProcessor:
         )
         step_timeout = definition.steps[transition.state.current_step].timeout
 
-        async def write(conn: DriverConnection) -> bool:
+        async def write(conn: DriverConnection) -> InstanceRow | None:
             return await saga_log.write_transition(
                 conn,
                 instance,
@@ -134,12 +169,15 @@ class ReplyProcessor:
                 step_timeout=step_timeout,
             )
 
-        if not await self._database.run_driver(
+        written = await self._database.run_driver(
             write, transaction=False, name="coordinator.transition"
-        ):
+        )
+        if written is None:
             return False
         self.applied += 1
         state = transition.state
+        if state.status.in_flight:
+            self._cache.put(written)
         log.info(
             "saga_transition",
             outcome=reply.outcome.value,

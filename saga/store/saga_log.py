@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -216,11 +216,11 @@ _TRANSITION = _numbered(
                 THEN now() + make_interval(secs => $DELAY + $9) ELSE NULL END,
             finished_at = CASE WHEN $3 IN ('completed', 'compensated') THEN now() END
         WHERE id = $1 AND version = $2
-        RETURNING id
+        RETURNING id, step_started_at
     ),
     log AS ({_LOG_FROM_ARRAYS.format(source="updated")}),
     box AS ({_OUTBOX_FROM.format(source="updated")})
-    SELECT count(*) FROM updated
+    SELECT step_started_at FROM updated
     """,
     _SHARED_PARAMS,
     10,
@@ -235,10 +235,11 @@ async def write_transition(
     log: Sequence[LogRow],
     outbox: OutboxRow | None,
     step_timeout: float,
-) -> bool:
-    """Persist one transition; False when another process moved the instance first."""
+) -> InstanceRow | None:
+    """Persist one transition and return the instance as now stored; None when another
+    process moved the instance first."""
     delay = outbox.delay if outbox else 0.0
-    written = await conn.fetchval(
+    written = await conn.fetchrow(
         _TRANSITION,
         instance.id,
         instance.version,
@@ -251,7 +252,14 @@ async def write_transition(
         step_timeout,
         *_shared_args(log, outbox, delay),
     )
-    return bool(written)
+    if written is None:
+        return None
+    return replace(
+        instance,
+        state=state,
+        version=instance.version + 1,
+        step_started_at=written["step_started_at"],
+    )
 
 
 async def record_ignored(conn: DriverConnection, saga_id: uuid.UUID, row: LogRow) -> None:

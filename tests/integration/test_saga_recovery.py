@@ -95,6 +95,71 @@ async def test_replies_for_an_old_attempt_or_a_past_step_are_ignored(
     assert coordinator.replies.ignored == 3
 
 
+async def test_a_coordinator_whose_copy_of_a_saga_is_stale_decides_on_the_database(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+
+    def coordinator(name: str) -> Coordinator:
+        return Coordinator(
+            settings=env.settings,
+            database=env.database,
+            bootstrap_servers=env.bootstrap,
+            name=name,
+        )
+
+    async with coordinator("first") as first, coordinator("second") as second:
+        saga_id = await first.start(BOOKING, {})
+        await first.replies.handle(reply(saga_id, 0, 1, Outcome.ERROR))  # first caches it
+        await second.replies.handle(reply(saga_id, 0, 2, Outcome.SUCCEEDED))  # moves on
+        # first's copy says step 0 attempt 2: the reply looks stale to it, but is not.
+        await first.replies.handle(reply(saga_id, 1, 1, Outcome.SUCCEEDED))
+        # Now second's copy is the stale one.
+        await second.replies.handle(reply(saga_id, 2, 1, Outcome.SUCCEEDED))
+        await first.replies.handle(reply(saga_id, 3, 1, Outcome.SUCCEEDED))
+        summary = await first.status(saga_id)
+    assert summary.status is SagaStatus.COMPLETED
+    assert first.replies.ignored == second.replies.ignored == 0
+    decided = [
+        (r["step_name"], r["attempt"], r["status"])
+        for r in await step_log(env.database, saga_id)
+        if r["status"] != "dispatched"
+    ]
+    assert decided == [
+        ("reserve", 1, "retried"),
+        ("reserve", 2, "succeeded"),
+        ("authorize", 1, "succeeded"),
+        ("award", 1, "succeeded"),
+        ("confirm", 1, "succeeded"),
+    ]
+
+
+async def test_a_write_decided_on_a_stale_copy_loses_and_the_reply_is_judged_again(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    async with Coordinator(
+        settings=env.settings, database=env.database, bootstrap_servers=env.bootstrap
+    ) as coordinator:
+        saga_id = await coordinator.start(BOOKING, {})
+        await coordinator.replies.handle(reply(saga_id, 0, 1, Outcome.SUCCEEDED))
+        # Another process re-sends step 1 as attempt 2 (as the timeout worker does).
+        await env.database.run_driver(
+            lambda conn: conn.execute(
+                "UPDATE shared.saga_instance SET step_attempt = 2, version = version + 1 "
+                "WHERE id = $1",
+                saga_id,
+            )
+        )
+        # The cached copy says attempt 1 and would apply this; the database says no.
+        await coordinator.replies.handle(reply(saga_id, 1, 1, Outcome.SUCCEEDED))
+        summary = await coordinator.status(saga_id)
+        assert coordinator.replies.races == 1
+        assert coordinator.replies.ignored == 1
+    assert summary.status is SagaStatus.RUNNING
+    assert summary.context == {"step": 0, "attempt": 1}
+
+
 async def dead_letters(
     bootstrap: str, topic: str, count: int
 ) -> list[tuple[bytes, dict[str, str]]]:
