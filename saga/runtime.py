@@ -111,9 +111,15 @@ class MessagingRuntime:
         )
         consuming = asyncio.ensure_future(self.consumer.run())
         assert self._background is not None
-        done, _ = await asyncio.wait(
-            [consuming, self._background], return_when=asyncio.FIRST_COMPLETED
-        )
+        try:
+            done, _ = await asyncio.wait(
+                [consuming, self._background], return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            raise
         if self._background in done and not consuming.done():
             # The outbox loop died (a bug or a non-retriable error): stop consuming too.
             await self.consumer.stop()
