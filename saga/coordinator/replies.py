@@ -93,7 +93,12 @@ class ReplyProcessor:
         cached = self._cache.pop(reply.saga_id)
         for _ in range(_MAX_RACES):
             instance = cached or await self._load(reply)
-            definition = await self._definitions(reply.definition, reply.definition_version)
+            if cached is not None and not _same_definition(cached, reply):
+                cached = None
+                continue  # the read names what is wrong
+            definition = await self._definitions(
+                instance.definition_name, instance.definition_version
+            )
             if await self._try_apply(definition, instance, reply, trusted=cached is None):
                 return
             # Another process moved the saga, or the cached copy was too old to judge
@@ -110,10 +115,7 @@ class ReplyProcessor:
         )
         if instance is None:
             raise MessageRejected(f"unknown saga {reply.saga_id}")
-        if (instance.definition_name, instance.definition_version) != (
-            reply.definition,
-            reply.definition_version,
-        ):
+        if not _same_definition(instance, reply):
             raise MessageRejected(
                 f"reply names {reply.definition} v{reply.definition_version} but saga "
                 f"{reply.saga_id} runs {instance.definition_name} "
@@ -226,3 +228,10 @@ class ReplyProcessor:
             transaction=False,
             name="coordinator.ignored",
         )
+
+
+def _same_definition(instance: InstanceRow, reply: Reply) -> bool:
+    return (instance.definition_name, instance.definition_version) == (
+        reply.definition,
+        reply.definition_version,
+    )
