@@ -1,0 +1,12 @@
+"""Where the benchmark lives, and the figures every part of it shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+SERVICES = ("coordinator", "care", "plan", "gamification")
+FAIL_EVERY = 10  # one saga in ten fails at its last step
+STOP_TIMEOUT = 20.0
+IDLE_TIMEOUT_MS = 600_000
