@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, TypeVar, cast
+from typing import TypeVar, cast
 
 import asyncpg
 import structlog
@@ -52,19 +52,6 @@ class IsolationLevel(StrEnum):
     READ_COMMITTED = "READ COMMITTED"
     REPEATABLE_READ = "REPEATABLE READ"
     SERIALIZABLE = "SERIALIZABLE"
-
-    @property
-    def driver_name(self) -> DriverIsolation:
-        """The name asyncpg's ``transaction(isolation=...)`` takes."""
-        return _DRIVER_NAMES[self]
-
-
-DriverIsolation = Literal["read_committed", "repeatable_read", "serializable"]
-_DRIVER_NAMES: dict[IsolationLevel, DriverIsolation] = {
-    IsolationLevel.READ_COMMITTED: "read_committed",
-    IsolationLevel.REPEATABLE_READ: "repeatable_read",
-    IsolationLevel.SERIALIZABLE: "serializable",
-}
 
 
 @dataclass

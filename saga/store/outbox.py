@@ -42,16 +42,6 @@ async def mark_published(
     )
 
 
-async def record_failure(
-    conn: DriverConnection, table: str, message_ids: Sequence[uuid.UUID], error: str
-) -> None:
-    await conn.execute(
-        f"UPDATE {check_table(table)} SET last_error = $2 WHERE message_id = ANY($1::uuid[])",
-        list(message_ids),
-        error[:2000],
-    )
-
-
 async def claim_due(
     conn: DriverConnection, table: str, *, older_than: float, lease: float, limit: int
 ) -> list[PendingMessage]:

@@ -69,6 +69,9 @@ BOOKING = SagaDefinition(
     ],
 )
 
+# What a completed BOOKING leaves in the execution log: each action once, in order.
+ALL_DONE = [("reserve", "do"), ("authorize", "do"), ("award", "do"), ("confirm", "do")]
+
 ACTIONS: dict[str, dict[str, str | None]] = {
     "care": {"reserve": "release", "confirm": None},
     "plan": {"authorize": "void"},

@@ -22,6 +22,7 @@ from saga.transport import Incoming, OutgoingMessage, Producer
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import SagaEnvironment
 from tests.integration.sagas import (
+    ALL_DONE,
     BOOKING,
     FAST_RELAY,
     cluster,
@@ -31,8 +32,6 @@ from tests.integration.sagas import (
 )
 
 pytestmark = pytest.mark.integration
-
-ALL_DONE = [("reserve", "do"), ("authorize", "do"), ("award", "do"), ("confirm", "do")]
 
 
 def reply(saga_id: uuid.UUID, step: int, attempt: int, outcome: Outcome) -> Incoming:
