@@ -12,7 +12,7 @@ import structlog
 from saga.coordinator.commands import build_command, log_rows, outbox_row
 from saga.definition import SagaDefinition
 from saga.errors import MessageRejected
-from saga.machine import LogEntry, LogStatus, SagaStatus, StepEvent, advance
+from saga.machine import LogEntry, LogStatus, Phase, SagaStatus, StepEvent, advance
 from saga.messages import TRACEPARENT, Reply, decode
 from saga.outbox import OutboxPublisher
 from saga.store import saga_log
@@ -182,6 +182,7 @@ class ReplyProcessor:
             self._cache.put(written)
         log.info(
             "saga_transition",
+            action=_action_of(definition, reply),
             outcome=reply.outcome.value,
             status=state.status.value,
             next_step=definition.steps[state.current_step].name if command else None,
@@ -235,3 +236,9 @@ def _same_definition(instance: InstanceRow, reply: Reply) -> bool:
         reply.definition,
         reply.definition_version,
     )
+
+
+def _action_of(definition: SagaDefinition, reply: Reply) -> str | None:
+    """The action the reply answers: the step's, or its compensation."""
+    step = definition.steps[reply.step_index]
+    return step.action if reply.phase is Phase.EXECUTE else step.compensation

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from saga.coordinator import Coordinator
 from saga.machine import Outcome, Phase, SagaStatus, command_message_id
@@ -63,7 +65,20 @@ async def test_replies_for_an_old_attempt_or_a_past_step_are_ignored(
         saga_id = await coordinator.start(BOOKING, {})
         handle = coordinator.replies.handle
 
-        await handle(reply(saga_id, 0, 1, Outcome.ERROR))  # attempt 2 dispatched
+        with capture_logs(processors=[merge_contextvars]) as logs:
+            await handle(reply(saga_id, 0, 1, Outcome.ERROR))  # attempt 2 dispatched
+        transition = next(e for e in logs if e["event"] == "saga_transition")
+        expected = {
+            "saga_id": str(saga_id),
+            "definition": "test_booking",
+            "step": "reserve",
+            "action": "reserve",
+            "attempt": 1,
+            "next_attempt": 2,
+        }
+        # Every transition is logged with what identifies it.
+        assert {key: transition.get(key) for key in expected} == expected
+
         await handle(reply(saga_id, 0, 1, Outcome.SUCCEEDED))  # the old attempt answers late
         summary = await coordinator.status(saga_id)
         assert summary.status is SagaStatus.RUNNING
