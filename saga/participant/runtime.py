@@ -159,6 +159,14 @@ class CommandProcessor:
         except DatabaseUnavailable:
             raise  # the consumer keeps the message and tries again
         except SagaError as exc:
+            stored = await self._stored(command)
+            if stored is not None:
+                # A concurrent delivery of the same command (two members during a
+                # rebalance) committed first and this run collided with it: its answer
+                # stands.
+                self.stats.duplicates += 1
+                await self._send_now(command, stored)
+                return
             self.stats.errored += 1
             log.warning("step_errored", error=str(exc), error_type=type(exc).__name__)
             await self._send_now(command, self._reply(command, Outcome.ERROR, reason=str(exc)))
@@ -261,6 +269,14 @@ class CommandProcessor:
         except UniqueViolation:
             # A duplicate delivery recorded its answer first: that answer stands.
             return await self._database.run_driver(unit, name=f"{self.journey}.refusal")
+
+    async def _stored(self, command: Command) -> Reply | None:
+        stored = await self._database.run_driver(
+            lambda conn: inbox.stored_reply(conn, self.tables, command.message_id),
+            transaction=False,
+            name=f"{self.journey}.inbox",
+        )
+        return None if stored is None else self._reply_from(command, stored)
 
     def _reply(
         self,

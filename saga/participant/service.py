@@ -25,7 +25,7 @@ from saga.runtime import MessagingRuntime
 from saga.settings import Settings
 from saga.store.database import Database, retry_policy_from
 from saga.store.inbox import JourneyTables
-from saga.transport import Topics
+from saga.transport import Incoming, Topics
 
 _ACTION = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 
@@ -102,6 +102,11 @@ class Participant:
     @property
     def runtime(self) -> MessagingRuntime:
         return self._runtime
+
+    async def handle(self, incoming: Incoming) -> None:
+        """Serve one command message as :meth:`run` does for each it consumes."""
+        await self._runtime.start()
+        await self._processor.handle(incoming)
 
     async def run(self) -> None:
         """Consume the journey's commands until :meth:`stop` is called."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,8 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from saga.coordinator import Coordinator
-from saga.machine import Outcome, Phase, SagaStatus, command_message_id
+from saga.coordinator.commands import build_command
+from saga.machine import Dispatch, Outcome, Phase, SagaStatus, command_message_id
 from saga.messages import Command, Reply
 from saga.store.outbox import PendingMessage
 from saga.transport import Incoming, OutgoingMessage, Producer
@@ -30,6 +32,7 @@ from tests.integration.sagas import (
     cluster,
     create_effect_tables,
     executions,
+    participant_for,
     step_log,
 )
 
@@ -389,3 +392,45 @@ async def test_a_command_committed_but_never_published_is_sent_by_the_relay(
     assert summary.status is SagaStatus.COMPLETED
     assert publisher.relayed >= 1
     assert await executions(env.database, saga_id) == ALL_DONE
+
+
+async def test_two_members_serving_one_command_at_once_apply_it_once(
+    saga_env: SagaEnvironment,
+) -> None:
+    """During a rebalance two members of a journey's group may hold the same command."""
+    env = saga_env
+    await create_effect_tables(env.database)
+    async with Coordinator(
+        settings=env.settings, database=env.database, bootstrap_servers=env.bootstrap
+    ) as coordinator:
+        await coordinator.register(BOOKING)
+        saga_id = uuid.uuid4()
+        payload = {"sleep": {"reserve": 0.3}}  # both pass the inbox check before either commits
+        await env.database.run_driver(
+            lambda conn: conn.execute(
+                "INSERT INTO shared.saga_instance (id, saga_definition_id, definition_name, "
+                "definition_version, payload) SELECT $1, id, name, version, $2::jsonb "
+                "FROM shared.saga_definition WHERE name = $3",
+                saga_id,
+                json.dumps(payload),
+                BOOKING.name,
+            )
+        )
+        command = build_command(
+            saga_id=saga_id,
+            definition=BOOKING,
+            dispatch=Dispatch(0, Phase.EXECUTE, 1),
+            payload=payload,
+            context={},
+            reply_to=coordinator.topics.replies,
+        )
+    incoming = Incoming("commands", 0, 0, str(saga_id), command.to_bytes(), {}, 0)
+    members = [participant_for("care", env.settings, env.database, env.bootstrap) for _ in "ab"]
+    try:
+        await asyncio.gather(*(member.handle(incoming) for member in members))
+    finally:
+        for member in members:
+            await member.stop()
+    assert await executions(env.database, saga_id) == [("reserve", "do")]
+    assert sum(m.stats.duplicates for m in members) == 1
+    assert sum(m.stats.errored for m in members) == 0
