@@ -88,6 +88,10 @@ Handler = Callable[[StepContext], Awaitable[Mapping[str, Any] | None]]
 
 @dataclass(slots=True)
 class ParticipantStats:
+    """What this process did with the commands it consumed. ``executed`` and
+    ``by_action`` count handler runs, including ones a conflict rolled back and re-ran;
+    the inbox, not these counters, is the record of effects."""
+
     executed: int = 0
     refused: int = 0
     errored: int = 0
