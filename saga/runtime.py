@@ -14,23 +14,12 @@ from collections.abc import Sequence
 
 import structlog
 
-from saga.errors import ConfigurationError
 from saga.outbox import OutboxPublisher, RelaySettings
 from saga.settings import Settings
 from saga.store.database import Database
 from saga.transport import BatchConsumer, DeadLetters, Handler, Producer, Topics, ensure_topics
 
 log = structlog.get_logger("saga.runtime")
-
-
-def bootstrap_of(settings: Settings, bootstrap_servers: str | None) -> str:
-    servers = bootstrap_servers or settings.kafka_bootstrap_servers
-    if not servers:
-        raise ConfigurationError(
-            "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS (the embedded broker is only "
-            "started by the demo and the tests)"
-        )
-    return servers
 
 
 class MessagingRuntime:
@@ -51,15 +40,15 @@ class MessagingRuntime:
         self.name = name
         self.settings = settings
         self.database = database
-        self.bootstrap_servers = bootstrap_of(settings, bootstrap_servers)
+        self.producer = Producer.from_settings(
+            settings,
+            bootstrap_servers=bootstrap_servers,
+            client_id=f"{settings.kafka_client_id}-{name}",
+        )
+        self.bootstrap_servers = self.producer.bootstrap_servers
         self.topics = topics
         self._own_topics = [*own_topics, topics.dead_letter]
         self._known_topics: set[str] = set()
-        self.producer = Producer(
-            self.bootstrap_servers,
-            client_id=f"{settings.kafka_client_id}-{name}",
-            max_message_bytes=settings.kafka_max_message_bytes,
-        )
         self.publisher = OutboxPublisher(database, self.producer, outbox_table, relay=relay)
         self.dead_letters = DeadLetters(
             self.producer, topics.dead_letter, max_message_bytes=settings.kafka_max_message_bytes

@@ -59,6 +59,23 @@ async def stored_reply(
     return None if value is None else dict(document(value))
 
 
+_INSERT_ENTRY = """
+    INSERT INTO {inbox} (message_id, saga_id, step_name, action, attempt, reply)
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+"""
+
+
+def _entry_args(entry: InboxEntry) -> tuple[object, ...]:
+    return (
+        entry.message_id,
+        entry.saga_id,
+        entry.step_name,
+        entry.action,
+        entry.attempt,
+        json.dumps(dict(entry.reply)),
+    )
+
+
 async def record(
     conn: DriverConnection, tables: JourneyTables, entry: InboxEntry, reply: ReplyRow
 ) -> None:
@@ -66,20 +83,11 @@ async def record(
     makes it fail with the inbox's unique violation (``<prefix>_inbox_message_id_key``)."""
     await conn.execute(
         f"""
-        WITH entry AS (
-            INSERT INTO {tables.inbox} (message_id, saga_id, step_name, action, attempt, reply)
-            VALUES ($1, $2, $3, $4, $5, $6::jsonb)
-            RETURNING id
-        )
+        WITH entry AS ({_INSERT_ENTRY.format(inbox=tables.inbox)} RETURNING id)
         INSERT INTO {tables.outbox} (message_id, topic, message_key, payload, headers)
         SELECT $7, $8, $9, $10::jsonb, $11::jsonb FROM entry
         """,
-        entry.message_id,
-        entry.saga_id,
-        entry.step_name,
-        entry.action,
-        entry.attempt,
-        json.dumps(dict(entry.reply)),
+        *_entry_args(entry),
         reply.message_id,
         reply.topic,
         reply.key,
@@ -92,17 +100,8 @@ async def bar(conn: DriverConnection, tables: JourneyTables, entry: InboxEntry) 
     """Record a command as answered without running it (a compensation overtook it), so
     that a late delivery is refused. False when it had already been recorded."""
     inserted = await conn.fetchval(
-        f"""
-        INSERT INTO {tables.inbox} (message_id, saga_id, step_name, action, attempt, reply)
-        VALUES ($1, $2, $3, $4, $5, $6::jsonb)
-        ON CONFLICT (message_id) DO NOTHING
-        RETURNING true
-        """,
-        entry.message_id,
-        entry.saga_id,
-        entry.step_name,
-        entry.action,
-        entry.attempt,
-        json.dumps(dict(entry.reply)),
+        f"{_INSERT_ENTRY.format(inbox=tables.inbox)} "
+        "ON CONFLICT (message_id) DO NOTHING RETURNING true",
+        *_entry_args(entry),
     )
     return bool(inserted)

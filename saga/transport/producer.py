@@ -54,17 +54,23 @@ class Producer:
         self._stopped = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, bootstrap_servers: str | None = None) -> Producer:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        bootstrap_servers: str | None = None,
+        client_id: str | None = None,
+    ) -> Producer:
         """``bootstrap_servers`` wins over the setting; the embedded broker passes its own."""
         servers = bootstrap_servers or settings.kafka_bootstrap_servers
-        if servers is None:
+        if not servers:
             raise ConfigurationError(
-                "no Kafka broker to send to: set KAFKA_BOOTSTRAP_SERVERS "
-                "or pass bootstrap_servers (the embedded broker's address)"
+                "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS or pass bootstrap_servers "
+                "(the embedded broker is only started by the demo and the tests)"
             )
         return cls(
             servers,
-            client_id=settings.kafka_client_id,
+            client_id=client_id or settings.kafka_client_id,
             max_message_bytes=settings.kafka_max_message_bytes,
         )
 
