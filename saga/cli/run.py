@@ -1,4 +1,5 @@
-"""``saga run coordinator``: a long-running engine process, stopped by SIGTERM or SIGINT.
+"""``saga run coordinator|participant``: long-running engine processes, stopped by SIGTERM
+or SIGINT.
 
 On the signal it stops taking replies, lets the batch in hand finish, records what it
 published and exits 0; whatever it had not finished is redelivered to another member of
@@ -16,7 +17,9 @@ from typing import Any
 import structlog
 
 from saga.coordinator import Coordinator
+from saga.errors import ConfigurationError
 from saga.logging import configure_logging
+from saga.participant.journey import discover_journeys, journey_named
 from saga.settings import load_settings
 from saga.store import Database
 
@@ -31,6 +34,16 @@ def add_parser(commands: Any) -> None:
         "--concurrency", type=int, default=128, help="sagas handled at once (default 128)"
     )
     coordinator.set_defaults(handler=_coordinator)
+    participant = sub.add_parser(
+        "participant", help="serve one journey's step commands as its database role"
+    )
+    participant.add_argument(
+        "--journey", required=True, help="the journey service to run (care, plan, ...)"
+    )
+    participant.add_argument(
+        "--concurrency", type=int, default=64, help="commands handled at once (default 64)"
+    )
+    participant.set_defaults(handler=_participant)
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -43,7 +56,42 @@ def _coordinator(args: argparse.Namespace) -> int:
             settings=settings, database=database, max_concurrency=args.concurrency
         )
         try:
+            # The sagas the installed journey services start are known before any reply.
+            for journey in discover_journeys().values():
+                for definition in journey.definitions:
+                    await coordinator.register(definition)
             await until_signalled(coordinator.run(), coordinator.stop)
+        finally:
+            await database.dispose()
+
+    asyncio.run(main())
+    return 0
+
+
+def _participant(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings)
+    journey = journey_named(args.journey)
+    if settings.database_url is None:
+        raise ConfigurationError("`saga run participant` needs DATABASE_URL")
+
+    async def main() -> None:
+        database = Database.from_settings(
+            settings,
+            url=journey.database_url(settings.database_url or ""),
+            application_name=f"saga-participant-{journey.name}",
+        )
+        participant = journey.participant(
+            settings=settings, database=database, max_concurrency=args.concurrency
+        )
+        log.info(
+            "participant_starting",
+            journey=journey.name,
+            database_role=journey.database_role,
+            actions=sorted(participant.actions),
+        )
+        try:
+            await until_signalled(participant.run(), participant.stop)
         finally:
             await database.dispose()
 

@@ -1,0 +1,119 @@
+"""A coordinator and journey participants running as tasks of one event loop.
+
+The demo, the examples and the tests run the whole system in one process this way; in
+production each is its own process (``saga run coordinator``, ``saga run participant``),
+and the two are interchangeable: they meet only through PostgreSQL and the broker. Each
+participant logs in as its journey's own database role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from saga.coordinator import Coordinator
+from saga.participant import Participant
+from saga.participant.journey import JourneyService
+from saga.settings import Settings
+from saga.store import Database
+
+
+@dataclass
+class RunningServices:
+    coordinator: Coordinator
+    database: Database
+    participants: dict[str, Participant] = field(default_factory=dict)
+    # Each journey's own database (its role's pool), with its retry counters.
+    journey_databases: dict[str, Database] = field(default_factory=dict)
+    _tasks: list[tuple[str, asyncio.Task[None], Callable[[], Awaitable[None]]]] = field(
+        default_factory=list
+    )
+    _databases: list[Database] = field(default_factory=list)
+
+    def _launch(
+        self, name: str, work: Awaitable[None], stop: Callable[[], Awaitable[None]]
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(_run(work), name=name)
+        self._tasks.append((name, task, stop))
+
+    def failed(self) -> list[tuple[str, BaseException]]:
+        """Services whose task ended with an error (they should run until stopped)."""
+        found = []
+        for name, task, _ in self._tasks:
+            if task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    found.append((name, error))
+        return found
+
+    async def _stop(self) -> None:
+        """Stop every service, then raise the first one's failure, if any failed.
+
+        Participants stop first, so that replies already on their way still find the
+        coordinator; anything unfinished is redelivered to the next run.
+        """
+        failures: list[BaseException] = []
+        for _name, task, stop in reversed(self._tasks):
+            try:
+                await stop()
+                await asyncio.wait_for(task, 15)
+            except Exception as exc:
+                failures.append(exc)
+        for database in self._databases:
+            await database.dispose()
+        if failures:
+            raise failures[0]
+
+
+@contextlib.asynccontextmanager
+async def running_services(
+    settings: Settings,
+    *,
+    database_url: str,
+    bootstrap_servers: str,
+    journeys: Sequence[JourneyService],
+    coordinator_options: dict[str, Any] | None = None,
+    participant_options: dict[str, Any] | None = None,
+) -> AsyncIterator[RunningServices]:
+    """Start a coordinator on ``database_url`` and one participant per journey, register
+    the sagas the journeys start, and stop everything on exit."""
+    database = Database.from_settings(settings, url=database_url, application_name="saga-stack")
+    coordinator = Coordinator(
+        settings=settings,
+        database=database,
+        bootstrap_servers=bootstrap_servers,
+        **(coordinator_options or {}),
+    )
+    services = RunningServices(coordinator=coordinator, database=database)
+    services._databases.append(database)
+    try:
+        for journey in journeys:
+            for definition in journey.definitions:
+                await coordinator.register(definition)
+        services._launch("coordinator", coordinator.run(), coordinator.stop)
+        for journey in journeys:
+            role_database = Database.from_settings(
+                settings,
+                url=journey.database_url(database_url),
+                application_name=f"saga-participant-{journey.name}",
+            )
+            services._databases.append(role_database)
+            services.journey_databases[journey.name] = role_database
+            participant = journey.participant(
+                settings=settings,
+                database=role_database,
+                bootstrap_servers=bootstrap_servers,
+                **(participant_options or {}),
+            )
+            services.participants[journey.name] = participant
+            services._launch(f"participant-{journey.name}", participant.run(), participant.stop)
+        yield services
+    finally:
+        await services._stop()
+
+
+async def _run(work: Awaitable[None]) -> None:
+    await work
