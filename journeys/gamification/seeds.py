@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from journeys.care.seeds import SampleAppointment, sample_appointments
+from journeys.gamification.levels import level_for
 from journeys.health.seeds import sample_devices, sample_goals
 from journeys.plan.seeds import sample_claims
 from journeys.seeding import (
@@ -170,7 +171,6 @@ async def seed_gamification_reference(conn: AsyncConnection) -> Counts:
 
 # --- Samples: what the members did -------------------------------------------------------------
 
-XP_PER_LEVEL = 100
 BOOKING_POINTS = 10
 ATTENDANCE_POINTS = 30
 
@@ -361,10 +361,6 @@ def sample_happenings() -> tuple[Happening, ...]:
 
 def profile_id(user: SampleUser) -> uuid.UUID:
     return seed_id("gamification_profile", user.key)
-
-
-def level_for(xp: int) -> int:
-    return 1 + xp // XP_PER_LEVEL
 
 
 def profile_rows() -> list[Row]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from journeys.world import seed_reference
 from saga.settings import Settings, load_settings
 from saga.store import Database, admin, migrate
 from tests.conftest import REPO_ROOT, create_database, drop_database
@@ -34,15 +37,25 @@ async def scratch(settings: Settings, fresh_database_url: str) -> AsyncIterator[
 
 @pytest.fixture(scope="session")
 def template_database_name(admin_database_url: str) -> Iterator[str]:
-    """A migrated database nobody connects to: copying it is faster than migrating."""
+    """A migrated database holding the reference seeds (no samples), which nobody
+    connects to: copying it is faster than migrating."""
     url = create_database(admin_database_url, prefix="austa_test_template")
     try:
         migrate.upgrade(url)
+        asyncio.run(_seed_reference(url))
         name = make_url(url).database
         assert name is not None
         yield name
     finally:
         drop_database(admin_database_url, url)
+
+
+async def _seed_reference(url: str) -> None:
+    database = Database.from_settings(load_settings(env_dir=REPO_ROOT), url=url)
+    try:
+        await seed_reference(database)
+    finally:
+        await database.dispose()
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,22 @@ class SagaEnvironment:
     database: Database
     database_url: str
     bootstrap: str
+
+    def process_environment(self) -> dict[str, str]:
+        """The environment that points an engine process (``saga run ...``, an example)
+        at this test's database, broker and topics."""
+        return {
+            **os.environ,
+            "APP_ENV": "test",
+            "DATABASE_URL": self.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "KAFKA_TOPIC_PREFIX": self.settings.kafka_topic_prefix,
+            "KAFKA_TOPIC_PARTITIONS": str(self.settings.kafka_topic_partitions),
+            "KAFKA_SESSION_TIMEOUT_MS": str(self.settings.kafka_session_timeout_ms),
+            "KAFKA_HEARTBEAT_INTERVAL_MS": str(self.settings.kafka_heartbeat_interval_ms),
+            "DATABASE_POOL_SIZE": "8",
+            "LOG_LEVEL": "WARNING",
+        }
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -261,22 +260,10 @@ async def test_poison_messages_are_dead_lettered_and_the_messages_behind_them_pr
 
 @contextmanager
 def coordinator_process(env: SagaEnvironment) -> Iterator[subprocess.Popen[bytes]]:
-    environment = {
-        **os.environ,
-        "APP_ENV": "test",
-        "DATABASE_URL": env.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": env.bootstrap,
-        "KAFKA_TOPIC_PREFIX": env.settings.kafka_topic_prefix,
-        "KAFKA_TOPIC_PARTITIONS": str(env.settings.kafka_topic_partitions),
-        "KAFKA_SESSION_TIMEOUT_MS": str(env.settings.kafka_session_timeout_ms),
-        "KAFKA_HEARTBEAT_INTERVAL_MS": str(env.settings.kafka_heartbeat_interval_ms),
-        "DATABASE_POOL_SIZE": "8",
-        "LOG_LEVEL": "WARNING",
-    }
     process = subprocess.Popen(
         [sys.executable, "-m", "saga", "run", "coordinator"],
         cwd=REPO_ROOT,
-        env=environment,
+        env=env.process_environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

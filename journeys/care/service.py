@@ -1,0 +1,15 @@
+"""The care journey's service, run by `saga run participant --journey care`."""
+
+from __future__ import annotations
+
+from journeys.care.sagas import BOOK_APPOINTMENT
+from journeys.care.steps import HANDLERS
+from saga.participant.journey import JourneyService
+
+SERVICE = JourneyService(
+    name="care",
+    schema="care_journey",
+    database_role="austa_care_journey",
+    handlers=HANDLERS,
+    definitions=(BOOK_APPOINTMENT,),
+)

@@ -1,0 +1,19 @@
+"""The plan journey's service, run by `saga run participant --journey plan`."""
+
+from __future__ import annotations
+
+from journeys.plan.sagas import SUBMIT_CLAIM
+from journeys.plan.steps import HANDLERS
+from saga.participant.journey import JourneyService
+from saga.retry import RetryPolicy
+
+SERVICE = JourneyService(
+    name="plan",
+    schema="plan_journey",
+    database_role="austa_plan_journey",
+    handlers=HANDLERS,
+    definitions=(SUBMIT_CLAIM,),
+    # Every authorization and claim of a member updates their coverage row at
+    # Serializable, so concurrent ones conflict and are re-run; give them room.
+    retry=RetryPolicy(max_attempts=40, initial_delay=0.002, max_delay=0.1),
+)

@@ -1,0 +1,32 @@
+"""The health package's copy of the metric types agrees with the migration that made the
+database's CHECK constraints, and with the units the health seeds record readings in."""
+
+from __future__ import annotations
+
+import importlib
+from decimal import Decimal
+
+from journeys.health.metrics import METRIC_TYPES
+from journeys.health.seeds import METRIC_UNITS
+
+MIGRATION = "migrations.versions.20261125150100_add_health_journey_schema"
+
+
+def test_metric_types_mirror_the_migration() -> None:
+    migration = importlib.import_module(MIGRATION)
+    assert {name: (t.unit, t.lowest, t.highest) for name, t in METRIC_TYPES.items()} == {
+        name: (unit, Decimal(lowest), Decimal(highest))
+        for name, (unit, lowest, highest) in migration.METRIC_TYPES.items()
+    }
+
+
+def test_seed_units_are_the_metric_types_units() -> None:
+    assert {name: METRIC_TYPES[name].unit for name in METRIC_UNITS} == METRIC_UNITS
+
+
+def test_ranges_are_inclusive() -> None:
+    steps = METRIC_TYPES["steps"]
+    assert steps.accepts(Decimal(0))
+    assert steps.accepts(Decimal(200000))
+    assert not steps.accepts(Decimal(-1))
+    assert not steps.accepts(Decimal("200000.01"))
