@@ -39,6 +39,19 @@ class RunningServices:
         task = asyncio.get_running_loop().create_task(_run(work), name=name)
         self._tasks.append((name, task, stop))
 
+    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Wait until every service's consumer has been given its partitions, so that the
+        first saga does not wait for the consumer groups to form."""
+        runtimes = [self.coordinator.runtime] + [p.runtime for p in self.participants.values()]
+        async with asyncio.timeout(timeout):
+            for runtime in runtimes:
+                while runtime.consumer is None:
+                    if self.failed():
+                        name, error = self.failed()[0]
+                        raise RuntimeError(f"{name} failed while starting") from error
+                    await asyncio.sleep(0.01)
+                await runtime.consumer.ready.wait()
+
     def failed(self) -> list[tuple[str, BaseException]]:
         """Services whose task ended with an error (they should run until stopped)."""
         found = []
@@ -110,6 +123,7 @@ async def running_services(
             )
             services.participants[journey.name] = participant
             services._launch(f"participant-{journey.name}", participant.run(), participant.stop)
+        await services.wait_ready()
         yield services
     finally:
         await services._stop()

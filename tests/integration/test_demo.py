@@ -52,5 +52,8 @@ def test_demo_runs_on_the_embedded_default_and_cleans_up() -> None:
     assert "inserted 0 row(s)" not in first_seed
     assert "seed run 2: inserted 0 row(s)" in out
     assert "care_journey.care_appointment:" in out
+    for saga in ("book_appointment", "submit_claim", "complete_health_goal"):
+        assert f"{saga} v1: completed in" in out
+        assert f"{saga} v1: compensated in" in out
     assert "stopped everything the demo started" in out
     assert server_processes() <= before
