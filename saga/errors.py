@@ -171,6 +171,14 @@ class DatabaseUnavailable(RetriableDatabaseError):
     """
 
 
+class PoolExhausted(DatabaseUnavailable):
+    """No pooled connection came free within ``DATABASE_CONNECTION_TIMEOUT``.
+
+    Nothing was sent to the server, so the transaction runner waits and tries again within
+    its retry policy; it surfaces only when the pool stays full that long.
+    """
+
+
 class RetriesExhausted(DatabaseError):
     """A transaction conflict happened on every attempt the policy allowed."""
 

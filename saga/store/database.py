@@ -32,7 +32,12 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from saga.errors import DatabaseUnavailable, RetriesExhausted, TransactionConflict
+from saga.errors import (
+    DatabaseUnavailable,
+    PoolExhausted,
+    RetriesExhausted,
+    TransactionConflict,
+)
 from saga.retry import RetryPolicy
 from saga.settings import Settings
 from saga.store.driver import DriverConnection
@@ -61,6 +66,8 @@ class RetryStats:
     by_unit: Counter[str] = field(default_factory=Counter)
     by_sqlstate: Counter[str] = field(default_factory=Counter)
     exhausted: Counter[str] = field(default_factory=Counter)
+    # Units that found the pool full and waited for another try (not in ``total``).
+    pool_exhausted: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
@@ -201,6 +208,14 @@ class Database:
                     delay_ms=round(delay * 1000, 2),
                 )
                 await asyncio.sleep(delay)
+            except PoolExhausted:
+                # Nothing reached the server, so any unit may simply be tried again.
+                if attempt >= policy.max_attempts:
+                    raise
+                self.retries.pool_exhausted[unit_name] += 1
+                attempt += 1
+                log.warning("database_pool_exhausted", unit=unit_name, attempt=attempt)
+                await asyncio.sleep(policy.delay_before(attempt))
 
 
 @asynccontextmanager

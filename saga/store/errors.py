@@ -22,6 +22,7 @@ from saga.errors import (
     ForeignKeyViolation,
     InsufficientPrivilege,
     IntegrityViolation,
+    PoolExhausted,
     SerializationConflict,
     StatementTimeout,
     UniqueViolation,
@@ -89,7 +90,7 @@ def translate(error: BaseException) -> DatabaseError:
     if isinstance(error, asyncpg.ConnectionDoesNotExistError):
         return DatabaseUnavailable(message)
     if isinstance(error, sa_exc.TimeoutError):
-        return DatabaseUnavailable(f"no database connection free in time: {message}")
+        return PoolExhausted(f"no database connection free in time: {message}")
     if isinstance(error, OSError | ConnectionError | TimeoutError) or (
         isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
     ):

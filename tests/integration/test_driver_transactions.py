@@ -12,15 +12,17 @@ from structlog.testing import capture_logs
 from saga.errors import (
     CheckViolation,
     DatabaseUnavailable,
+    PoolExhausted,
     RetriesExhausted,
     SerializationConflict,
     StatementTimeout,
 )
 from saga.retry import RetryPolicy
-from saga.settings import to_plain_url
+from saga.settings import Settings, load_settings, to_plain_url
 from saga.store import Database, IsolationLevel
 from saga.store.database import DriverUnitOfWork
 from saga.store.driver import DriverConnection
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -169,3 +171,49 @@ async def test_every_statement_is_counted_and_slow_ones_logged(scratch: Database
     assert scratch.queries.queries - before == 4
     slow = [entry for entry in logs if entry["event"] == "slow_query"]
     assert [entry["statement"] for entry in slow] == ["SELECT pg_sleep(0.05)"]
+
+
+async def test_a_full_pool_is_waited_out_not_surfaced(
+    settings: Settings, fresh_database_url: str
+) -> None:
+    small = load_settings(
+        env_dir=REPO_ROOT,
+        database_pool_size=1,
+        database_max_overflow=0,
+        database_connection_timeout=100,
+    )
+    db = Database.from_settings(small, url=fresh_database_url, application_name="tests")
+    db.retry = RetryPolicy(max_attempts=20, initial_delay=0.01, max_delay=0.05)
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(conn: DriverConnection) -> None:
+        holding.set()
+        await release.wait()
+
+    try:
+        holder = asyncio.create_task(db.run_driver(hold))
+        await holding.wait()
+        waiter = asyncio.create_task(db.run_driver(lambda conn: conn.fetchval("SELECT 42")))
+        await asyncio.sleep(0.35)  # several checkout timeouts of 100 ms
+        release.set()
+        assert await waiter == 42
+        await holder
+        assert sum(db.retries.pool_exhausted.values()) >= 2
+        assert db.retries.total == 0  # not counted as conflicts
+
+        # A pool that stays full past the policy's attempts surfaces as such.
+        release.clear()
+        holding.clear()
+        holder = asyncio.create_task(db.run_driver(hold))
+        await holding.wait()
+        with pytest.raises(PoolExhausted, match="no database connection free in time"):
+            await db.run_driver(
+                lambda conn: conn.fetchval("SELECT 1"),
+                retry=RetryPolicy(max_attempts=2, initial_delay=0.001, max_delay=0.001),
+            )
+        release.set()
+        await holder
+    finally:
+        release.set()
+        await db.dispose()
