@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from journeys.health.metrics import METRIC_TYPES
-from journeys.shared.payload import payload_uuid
+from journeys.shared.payload import OPERATOR_TIMEZONE, payload_uuid
 from saga.errors import StepRefused
 from saga.participant import Handler, StepContext
 from saga.store.driver import DriverConnection
@@ -30,9 +30,9 @@ AT_MOST_GOALS = frozenset({"weight_target", "blood_pressure_control", "blood_glu
 VALUE_LIMIT = Decimal("1e10")
 
 # "Today" for a member's goal period is the member's day, in Brazil's main time zone.
-LOCK_GOAL = """
+LOCK_GOAL = f"""
 SELECT user_id, goal_type, target_value, unit, period_start, period_end, status,
-       points_reward, (now() AT TIME ZONE 'America/Sao_Paulo')::date AS today
+       points_reward, (now() AT TIME ZONE '{OPERATOR_TIMEZONE}')::date AS today
 FROM health_journey.health_goal
 WHERE id = $1 AND deleted_at IS NULL
 FOR UPDATE

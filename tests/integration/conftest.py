@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -84,6 +87,27 @@ class SagaEnvironment:
         }
 
 
+@contextmanager
+def engine_process(env: SagaEnvironment, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m saga *argv`` (``"run", "coordinator"``, ...) as a process of its own
+    pointed at ``env``; killed on the way out unless it has ended by then."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "saga", *argv],
+        cwd=REPO_ROOT,
+        env=env.process_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
 @pytest.fixture
 async def saga_env(
     settings: Settings,
@@ -111,3 +135,9 @@ async def saga_env(
     finally:
         await database.dispose()
         await admin.drop_database(admin_database_url, name)
+
+
+@pytest.fixture
+def owner(saga_env: SagaEnvironment) -> Database:
+    """The database owner of ``saga_env``: builds scenes and reads results."""
+    return saga_env.database

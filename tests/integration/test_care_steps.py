@@ -14,69 +14,13 @@ import pytest
 
 from journeys import world
 from journeys.care.service import SERVICE
-from journeys.care.steps import HANDLERS
 from saga.errors import StepRefused
-from saga.machine import Phase
-from saga.messages import Command
-from saga.participant import StepContext
 from saga.store import Database
 from saga.store.driver import DriverConnection
 from tests.integration.conftest import SagaEnvironment
+from tests.integration.journey_steps import refusal, role_database, run_step
 
 pytestmark = pytest.mark.integration
-
-
-def command(
-    action: str,
-    saga_id: uuid.UUID,
-    payload: Mapping[str, Any],
-    *,
-    context: Mapping[str, Any] | None = None,
-    definition: str = "book_appointment",
-) -> Command:
-    """The command the coordinator would send for ``action``."""
-    compensating = action in {"release_slot", "unmark_billed"}
-    return Command(
-        message_id=uuid.uuid4(),
-        saga_id=saga_id,
-        definition=definition,
-        definition_version=1,
-        step_index=0,
-        step_name=action,
-        journey="care",
-        phase=Phase.COMPENSATE if compensating else Phase.EXECUTE,
-        attempt=1,
-        action=action,
-        timeout_ms=5000,
-        payload=dict(payload),
-        context=dict(context or {}),
-        reply_to="replies",
-    )
-
-
-async def call(
-    care: Database,
-    action: str,
-    saga_id: uuid.UUID,
-    payload: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> Mapping[str, Any]:
-    """Run one handler in its own transaction as the care role (care steps are
-    ReadCommitted); a refusal propagates as StepRefused, its writes rolled back."""
-    cmd = command(action, saga_id, payload or {}, **options)
-    result = await care.run_driver(
-        lambda conn: HANDLERS[action](StepContext(conn, cmd)), name=f"test.{action}"
-    )
-    assert result is not None
-    return result
-
-
-async def refused(
-    care: Database, action: str, saga_id: uuid.UUID, payload: Mapping[str, Any] | None = None
-) -> str:
-    with pytest.raises(StepRefused) as caught:
-        await call(care, action, saga_id, payload)
-    return caught.value.reason
 
 
 async def row(db: Database, query: str, *args: Any) -> asyncpg.Record:
@@ -116,21 +60,8 @@ async def appointments_of_slot(db: Database, slot_id: uuid.UUID) -> int:
 @pytest.fixture
 async def care(saga_env: SagaEnvironment) -> AsyncIterator[Database]:
     """A Database logged in as the care journey's own role."""
-    db = Database.from_settings(
-        saga_env.settings,
-        url=SERVICE.database_url(saga_env.database_url),
-        application_name="test-care-steps",
-    )
-    try:
+    async with role_database(saga_env, SERVICE) as db:
         yield db
-    finally:
-        await db.dispose()
-
-
-@pytest.fixture
-def owner(saga_env: SagaEnvironment) -> Database:
-    """The database owner: builds scenes and reads results."""
-    return saga_env.database
 
 
 async def new_user(owner: Database) -> uuid.UUID:
@@ -162,7 +93,9 @@ async def test_reserve_slot_holds_the_slot_for_fifteen_minutes(
     saga_id = uuid.uuid4()
     before = datetime.now(UTC)
 
-    result = await call(care, "reserve_slot", saga_id, booking(slot, user, "dor de cabeça"))
+    result = await run_step(
+        care, SERVICE, "reserve_slot", saga_id, booking(slot, user, "dor de cabeça")
+    )
 
     held = await appointment(owner, result["appointment_id"])
     assert dict(result) == {
@@ -192,25 +125,25 @@ async def test_reserve_slot_refusals_write_nothing(care: Database, owner: Databa
     await execute(
         owner, "UPDATE care_journey.care_slot SET status = 'blocked' WHERE id = $1", blocked.slot_id
     )
-    await call(care, "reserve_slot", uuid.uuid4(), booking(taken, user))
+    await run_step(care, SERVICE, "reserve_slot", uuid.uuid4(), booking(taken, user))
 
     unknown = world.Slot(uuid.uuid4(), open_slot.provider_id, past.starts_at, past.ends_at)
-    assert (await refused(care, "reserve_slot", uuid.uuid4(), booking(unknown, user))).startswith(
-        "slot not found"
-    )
-    reason = await refused(care, "reserve_slot", uuid.uuid4(), booking(past, user))
+    assert (
+        await refusal(care, SERVICE, "reserve_slot", uuid.uuid4(), booking(unknown, user))
+    ).startswith("slot not found")
+    reason = await refusal(care, SERVICE, "reserve_slot", uuid.uuid4(), booking(past, user))
     assert reason.startswith("slot not found: it has passed")
-    reason = await refused(care, "reserve_slot", uuid.uuid4(), booking(blocked, user))
+    reason = await refusal(care, SERVICE, "reserve_slot", uuid.uuid4(), booking(blocked, user))
     assert reason.startswith("slot taken")
-    reason = await refused(
-        care, "reserve_slot", uuid.uuid4(), booking(taken, await new_user(owner))
+    reason = await refusal(
+        care, SERVICE, "reserve_slot", uuid.uuid4(), booking(taken, await new_user(owner))
     )
     assert reason.startswith("slot taken")
     stranger = booking(open_slot, uuid.uuid4())
-    reason = await refused(care, "reserve_slot", uuid.uuid4(), stranger)
+    reason = await refusal(care, SERVICE, "reserve_slot", uuid.uuid4(), stranger)
     assert reason.startswith("invalid payload: user_id")
-    reason = await refused(
-        care, "reserve_slot", uuid.uuid4(), {"slot_id": "nope", "user_id": str(user)}
+    reason = await refusal(
+        care, SERVICE, "reserve_slot", uuid.uuid4(), {"slot_id": "nope", "user_id": str(user)}
     )
     assert reason == "invalid payload: slot_id must be a uuid string, got 'nope'"
 
@@ -231,7 +164,10 @@ async def test_concurrent_reservations_of_one_slot_only_one_wins(
     users = [await new_user(owner) for _ in range(10)]
 
     outcomes = await asyncio.gather(
-        *(call(care, "reserve_slot", uuid.uuid4(), booking(slot, user)) for user in users),
+        *(
+            run_step(care, SERVICE, "reserve_slot", uuid.uuid4(), booking(slot, user))
+            for user in users
+        ),
         return_exceptions=True,
     )
 
@@ -254,11 +190,15 @@ async def test_release_slot_gives_the_slot_back_and_is_harmless_twice(
 ) -> None:
     slot, theirs = await new_slots(owner, 2)
     saga_id = uuid.uuid4()
-    held = await call(care, "reserve_slot", saga_id, booking(slot, await new_user(owner)))
-    other = await call(care, "reserve_slot", uuid.uuid4(), booking(theirs, await new_user(owner)))
+    held = await run_step(
+        care, SERVICE, "reserve_slot", saga_id, booking(slot, await new_user(owner))
+    )
+    other = await run_step(
+        care, SERVICE, "reserve_slot", uuid.uuid4(), booking(theirs, await new_user(owner))
+    )
 
-    first = await call(care, "release_slot", saga_id)
-    again = await call(care, "release_slot", saga_id)
+    first = await run_step(care, SERVICE, "release_slot", saga_id)
+    again = await run_step(care, SERVICE, "release_slot", saga_id)
 
     assert first == {"undone": True, "appointment_id": held["appointment_id"]}
     assert again == {"undone": False}
@@ -271,7 +211,9 @@ async def test_release_slot_gives_the_slot_back_and_is_harmless_twice(
     assert (await appointment(owner, other["appointment_id"]))["status"] == "held"
     assert await slot_status(owner, theirs.slot_id) == "held"
     # The slot can be booked again by someone else.
-    rebooked = await call(care, "reserve_slot", uuid.uuid4(), booking(slot, await new_user(owner)))
+    rebooked = await run_step(
+        care, SERVICE, "reserve_slot", uuid.uuid4(), booking(slot, await new_user(owner))
+    )
     assert rebooked["appointment_id"] != held["appointment_id"]
 
 
@@ -283,9 +225,11 @@ async def test_confirm_appointment_books_the_slot_and_release_undoes_it(
 ) -> None:
     (slot,) = await new_slots(owner)
     saga_id = uuid.uuid4()
-    held = await call(care, "reserve_slot", saga_id, booking(slot, await new_user(owner)))
+    held = await run_step(
+        care, SERVICE, "reserve_slot", saga_id, booking(slot, await new_user(owner))
+    )
 
-    result = await call(care, "confirm_appointment", saga_id)
+    result = await run_step(care, SERVICE, "confirm_appointment", saga_id)
 
     assert result == {"appointment_id": held["appointment_id"], "status": "confirmed"}
     confirmed = await appointment(owner, held["appointment_id"])
@@ -293,7 +237,7 @@ async def test_confirm_appointment_books_the_slot_and_release_undoes_it(
     assert confirmed["hold_expires_at"] is None
     assert await slot_status(owner, slot.slot_id) == "booked"
     # A confirmed appointment is released too when the saga is compensated.
-    assert (await call(care, "release_slot", saga_id))["undone"] is True
+    assert (await run_step(care, SERVICE, "release_slot", saga_id))["undone"] is True
     assert (await appointment(owner, held["appointment_id"]))["status"] == "released"
     assert await slot_status(owner, slot.slot_id) == "open"
 
@@ -304,19 +248,27 @@ async def test_confirm_appointment_refuses_an_expired_or_missing_hold(
     expired_slot, released_slot = await new_slots(owner, 2)
     user = await new_user(owner)
     expired_saga, released_saga = uuid.uuid4(), uuid.uuid4()
-    expired = await call(care, "reserve_slot", expired_saga, booking(expired_slot, user))
-    await call(care, "reserve_slot", released_saga, booking(released_slot, user))
+    expired = await run_step(
+        care, SERVICE, "reserve_slot", expired_saga, booking(expired_slot, user)
+    )
+    await run_step(care, SERVICE, "reserve_slot", released_saga, booking(released_slot, user))
     await execute(
         owner,
         "UPDATE care_journey.care_appointment SET hold_expires_at = now() - interval '1 second' "
         "WHERE saga_id = $1",
         expired_saga,
     )
-    await call(care, "release_slot", released_saga)
+    await run_step(care, SERVICE, "release_slot", released_saga)
 
-    assert (await refused(care, "confirm_appointment", expired_saga)).startswith("hold expired")
-    assert (await refused(care, "confirm_appointment", released_saga)).startswith("hold expired")
-    assert (await refused(care, "confirm_appointment", uuid.uuid4())).startswith("hold expired")
+    assert (await refusal(care, SERVICE, "confirm_appointment", expired_saga)).startswith(
+        "hold expired"
+    )
+    assert (await refusal(care, SERVICE, "confirm_appointment", released_saga)).startswith(
+        "hold expired"
+    )
+    assert (await refusal(care, SERVICE, "confirm_appointment", uuid.uuid4())).startswith(
+        "hold expired"
+    )
 
     assert (await appointment(owner, expired["appointment_id"]))["status"] == "held"
     assert await slot_status(owner, expired_slot.slot_id) == "held"
@@ -363,21 +315,27 @@ def claim_payload(patient: uuid.UUID, appointment_id: uuid.UUID) -> dict[str, An
 async def test_mark_billed_refusals(care: Database, owner: Database) -> None:
     patient, appointment_id = await completed_appointment(owner)
     (slot,) = await new_slots(owner)
-    held = await call(care, "reserve_slot", uuid.uuid4(), booking(slot, patient))
+    held = await run_step(care, SERVICE, "reserve_slot", uuid.uuid4(), booking(slot, patient))
     stranger = await new_user(owner)
 
-    reason = await refused(
-        care, "mark_billed", uuid.uuid4(), claim_payload(stranger, appointment_id)
+    reason = await refusal(
+        care, SERVICE, "mark_billed", uuid.uuid4(), claim_payload(stranger, appointment_id)
     )
     assert reason.startswith("appointment not found")
-    reason = await refused(care, "mark_billed", uuid.uuid4(), claim_payload(patient, uuid.uuid4()))
+    reason = await refusal(
+        care, SERVICE, "mark_billed", uuid.uuid4(), claim_payload(patient, uuid.uuid4())
+    )
     assert reason.startswith("appointment not found")
-    reason = await refused(
-        care, "mark_billed", uuid.uuid4(), claim_payload(patient, held["appointment_id"])
+    reason = await refusal(
+        care,
+        SERVICE,
+        "mark_billed",
+        uuid.uuid4(),
+        claim_payload(patient, held["appointment_id"]),
     )
     assert reason == "appointment not completed: it is held"
-    reason = await refused(
-        care, "mark_billed", uuid.uuid4(), {"appointment_id": str(appointment_id)}
+    reason = await refusal(
+        care, SERVICE, "mark_billed", uuid.uuid4(), {"appointment_id": str(appointment_id)}
     )
     assert reason == "invalid payload: user_id must be a uuid string, got None"
 
@@ -390,15 +348,15 @@ async def test_mark_billed_and_unmark_billed(care: Database, owner: Database) ->
     saga_id = uuid.uuid4()
     payload = claim_payload(patient, appointment_id)
 
-    billed = await call(care, "mark_billed", saga_id, payload, definition="submit_claim")
+    billed = await run_step(care, SERVICE, "mark_billed", saga_id, payload)
 
     assert billed == {"appointment_id": str(appointment_id), "status": "billed"}
     assert (await appointment(owner, appointment_id))["status"] == "billed"
-    reason = await refused(care, "mark_billed", uuid.uuid4(), payload)
+    reason = await refusal(care, SERVICE, "mark_billed", uuid.uuid4(), payload)
     assert reason == "appointment not completed: already billed"
 
-    first = await call(care, "unmark_billed", saga_id, payload, definition="submit_claim")
-    again = await call(care, "unmark_billed", saga_id, payload, definition="submit_claim")
+    first = await run_step(care, SERVICE, "unmark_billed", saga_id, payload)
+    again = await run_step(care, SERVICE, "unmark_billed", saga_id, payload)
 
     assert first == {"undone": True, "appointment_id": str(appointment_id)}
     assert again == {"undone": False}

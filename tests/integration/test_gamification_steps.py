@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,68 +18,25 @@ import pytest
 
 from journeys.gamification.levels import level_for
 from journeys.gamification.service import SERVICE
-from journeys.gamification.steps import HANDLERS
+from journeys.health.sagas import COMPLETE_HEALTH_GOAL
 from journeys.world import create_user
-from saga.errors import StepRefused
-from saga.machine import Phase
-from saga.messages import Command
-from saga.participant import StepContext
 from saga.store import Database
 from tests.integration.conftest import SagaEnvironment
+from tests.integration.journey_steps import refusal, role_database, run_step
 
 pytestmark = pytest.mark.integration
-
-EXECUTE_ACTIONS = {"award_points", "grant_achievement"}
 
 
 @pytest.fixture
 async def role_db(saga_env: SagaEnvironment) -> AsyncIterator[Database]:
     """The gamification service's own connection: its role, its privileges."""
-    db = Database.from_settings(
-        saga_env.settings,
-        url=SERVICE.database_url(saga_env.database_url),
-        application_name="test_gamification_steps",
-    )
-    try:
+    async with role_database(saga_env, SERVICE) as db:
         yield db
-    finally:
-        await db.dispose()
 
 
 @pytest.fixture
 async def user_id(saga_env: SagaEnvironment) -> uuid.UUID:
     return await saga_env.database.run_driver(lambda conn: create_user(conn, "Ana Souza"))
-
-
-async def run(
-    db: Database,
-    action: str,
-    saga_id: uuid.UUID,
-    payload: Mapping[str, Any],
-    *,
-    context: Mapping[str, Any] | None = None,
-    definition: str = "book_appointment",
-) -> Mapping[str, Any]:
-    """Run one handler in its own transaction, as the runtime does."""
-    command = Command(
-        message_id=uuid.uuid4(),
-        saga_id=saga_id,
-        definition=definition,
-        definition_version=1,
-        step_index=0,
-        step_name=action,
-        journey="gamification",
-        phase=Phase.EXECUTE if action in EXECUTE_ACTIONS else Phase.COMPENSATE,
-        attempt=1,
-        action=action,
-        timeout_ms=5000,
-        payload=dict(payload),
-        context=dict(context or {}),
-        reply_to="replies",
-    )
-    result = await db.run_driver(lambda conn: HANDLERS[action](StepContext(conn, command)))
-    assert result is not None
-    return result
 
 
 def booking(user_id: uuid.UUID, points: int = 10) -> dict[str, Any]:
@@ -146,7 +103,7 @@ async def test_award_points_makes_the_profile_and_records_entry_and_event(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
     saga_id = uuid.uuid4()
-    result = await run(role_db, "award_points", saga_id, booking(user_id, 30))
+    result = await run_step(role_db, SERVICE, "award_points", saga_id, booking(user_id, 30))
 
     entries = await ledger(saga_env.database, user_id)
     assert len(entries) == 1
@@ -180,13 +137,14 @@ async def test_award_points_prefers_the_goal_reward_and_raises_the_level(
 ) -> None:
     saga_id = uuid.uuid4()
     payload = {**booking(user_id, 10), "source_journey": "health", "award_reason": "goal"}
-    result = await run(
+    result = await run_step(
         role_db,
+        SERVICE,
         "award_points",
         saga_id,
         payload,
         context={"points_reward": 250},
-        definition="complete_health_goal",
+        definition=COMPLETE_HEALTH_GOAL,
     )
 
     assert (result["points"], result["xp"]) == (250, 250)
@@ -205,8 +163,8 @@ async def test_award_of_zero_points_records_nothing(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
     saga_id = uuid.uuid4()
-    result = await run(
-        role_db, "award_points", saga_id, booking(user_id), context={"points_reward": 0}
+    result = await run_step(
+        role_db, SERVICE, "award_points", saga_id, booking(user_id), context={"points_reward": 0}
     )
 
     assert result == {"points": 0}
@@ -230,10 +188,11 @@ async def test_award_points_refuses_a_bad_payload_and_writes_nothing(
     ]
     for change, reason in cases:
         saga_id = uuid.uuid4()
-        with pytest.raises(StepRefused) as refused:
-            await run(role_db, "award_points", saga_id, {**booking(user_id), **change})
+        refused = await refusal(
+            role_db, SERVICE, "award_points", saga_id, {**booking(user_id), **change}
+        )
 
-        assert refused.value.reason.startswith(reason), change
+        assert refused.startswith(reason), change
         assert await events(saga_env.database, saga_id) == []
     # Not even the profile made on the way: the refusal rolled it back.
     assert await fetch(saga_env.database, "SELECT FROM gamification.gamification_profile") == []
@@ -246,12 +205,12 @@ async def test_revoke_points_appends_a_compensating_entry_and_is_harmless_twice(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
     kept, undone = uuid.uuid4(), uuid.uuid4()
-    await run(role_db, "award_points", kept, booking(user_id, 30))
-    award = await run(role_db, "award_points", undone, booking(user_id, 150))
+    await run_step(role_db, SERVICE, "award_points", kept, booking(user_id, 30))
+    award = await run_step(role_db, SERVICE, "award_points", undone, booking(user_id, 150))
     assert award["xp"] == 180
     before = {row["id"]: dict(row) for row in await ledger(saga_env.database, user_id)}
 
-    result = await run(role_db, "revoke_points", undone, booking(user_id, 150))
+    result = await run_step(role_db, SERVICE, "revoke_points", undone, booking(user_id, 150))
 
     entries = await ledger(saga_env.database, user_id)
     assert len(entries) == 3
@@ -281,7 +240,7 @@ async def test_revoke_points_appends_a_compensating_entry_and_is_harmless_twice(
         "points_revoked",
     ]
 
-    again = await run(role_db, "revoke_points", undone, booking(user_id, 150))
+    again = await run_step(role_db, SERVICE, "revoke_points", undone, booking(user_id, 150))
 
     assert again == {"undone": False}
     assert len(await ledger(saga_env.database, user_id)) == 3
@@ -292,9 +251,11 @@ async def test_revoke_points_appends_a_compensating_entry_and_is_harmless_twice(
 async def test_revoke_of_a_saga_that_awarded_nothing_does_nothing(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
-    await run(role_db, "award_points", uuid.uuid4(), booking(user_id, 30))
+    await run_step(role_db, SERVICE, "award_points", uuid.uuid4(), booking(user_id, 30))
 
-    assert await run(role_db, "revoke_points", uuid.uuid4(), booking(user_id)) == {"undone": False}
+    assert await run_step(role_db, SERVICE, "revoke_points", uuid.uuid4(), booking(user_id)) == {
+        "undone": False
+    }
     assert await assert_xp_is_the_ledger(saga_env.database, user_id) == 30
 
 
@@ -306,14 +267,14 @@ async def test_xp_is_the_ledger_sum_through_awards_and_revokes(
     # Concurrent awards to one member: the profile lock serialises them.
     await asyncio.gather(
         *(
-            run(role_db, "award_points", s, booking(user_id, p))
+            run_step(role_db, SERVICE, "award_points", s, booking(user_id, p))
             for s, p in zip(sagas, points, strict=True)
         )
     )
     assert await assert_xp_is_the_ledger(saga_env.database, user_id) == sum(points)
 
     for saga_id in sagas[1::2]:
-        await run(role_db, "revoke_points", saga_id, booking(user_id))
+        await run_step(role_db, SERVICE, "revoke_points", saga_id, booking(user_id))
 
     assert await assert_xp_is_the_ledger(saga_env.database, user_id) == 10 + 40 + 5
     row = await profile(saga_env.database, user_id)
@@ -328,9 +289,7 @@ async def test_grant_achievement_grants_it_with_its_points(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
     saga_id = uuid.uuid4()
-    result = await run(
-        role_db, "grant_achievement", saga_id, claim(user_id), definition="submit_claim"
-    )
+    result = await run_step(role_db, SERVICE, "grant_achievement", saga_id, claim(user_id))
 
     [grant] = await fetch(
         saga_env.database,
@@ -358,7 +317,9 @@ async def test_grant_achievement_grants_it_with_its_points(
 async def test_an_achievement_without_points_writes_no_ledger_entry(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
-    result = await run(role_db, "grant_achievement", uuid.uuid4(), claim(user_id, "level_5"))
+    result = await run_step(
+        role_db, SERVICE, "grant_achievement", uuid.uuid4(), claim(user_id, "level_5")
+    )
 
     assert (result["granted"], result["points"]) == (True, 0)
     assert await ledger(saga_env.database, user_id) == []
@@ -368,16 +329,18 @@ async def test_granting_twice_keeps_one_live_grant(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
     first, second = uuid.uuid4(), uuid.uuid4()
-    await run(role_db, "grant_achievement", first, claim(user_id))
+    await run_step(role_db, SERVICE, "grant_achievement", first, claim(user_id))
 
-    result = await run(role_db, "grant_achievement", second, claim(user_id))
+    result = await run_step(role_db, SERVICE, "grant_achievement", second, claim(user_id))
 
     assert result == {"granted": False, "points": 0}
     assert len(await fetch(saga_env.database, LIVE_GRANTS)) == 1
     assert await assert_xp_is_the_ledger(saga_env.database, user_id) == 30
     assert await events(saga_env.database, second) == []
     # Its compensation then finds nothing of its own to undo, and leaves the first grant.
-    assert await run(role_db, "withdraw_achievement", second, claim(user_id)) == {"undone": False}
+    assert await run_step(role_db, SERVICE, "withdraw_achievement", second, claim(user_id)) == {
+        "undone": False
+    }
     assert len(await fetch(saga_env.database, LIVE_GRANTS)) == 1
 
 
@@ -391,7 +354,10 @@ async def test_concurrent_grants_of_one_achievement_grant_it_once(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
     results = await asyncio.gather(
-        *(run(role_db, "grant_achievement", uuid.uuid4(), claim(user_id)) for _ in range(4))
+        *(
+            run_step(role_db, SERVICE, "grant_achievement", uuid.uuid4(), claim(user_id))
+            for _ in range(4)
+        )
     )
 
     assert sorted(r["granted"] for r in results) == [False, False, False, True]
@@ -402,10 +368,11 @@ async def test_concurrent_grants_of_one_achievement_grant_it_once(
 async def test_an_unknown_achievement_is_refused_and_nothing_is_written(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
-    with pytest.raises(StepRefused) as refused:
-        await run(role_db, "grant_achievement", uuid.uuid4(), claim(user_id, "moon_landing"))
+    refused = await refusal(
+        role_db, SERVICE, "grant_achievement", uuid.uuid4(), claim(user_id, "moon_landing")
+    )
 
-    assert refused.value.reason.startswith("unknown achievement")
+    assert refused.startswith("unknown achievement")
     # The profile made on the way was rolled back with the refusal.
     assert await profile(saga_env.database, user_id) is None
 
@@ -414,10 +381,10 @@ async def test_withdraw_achievement_revokes_the_grant_and_its_points(
     saga_env: SagaEnvironment, role_db: Database, user_id: uuid.UUID
 ) -> None:
     saga_id = uuid.uuid4()
-    await run(role_db, "award_points", uuid.uuid4(), booking(user_id, 10))
-    granted = await run(role_db, "grant_achievement", saga_id, claim(user_id))
+    await run_step(role_db, SERVICE, "award_points", uuid.uuid4(), booking(user_id, 10))
+    granted = await run_step(role_db, SERVICE, "grant_achievement", saga_id, claim(user_id))
 
-    result = await run(role_db, "withdraw_achievement", saga_id, claim(user_id))
+    result = await run_step(role_db, SERVICE, "withdraw_achievement", saga_id, claim(user_id))
 
     assert result["undone"] is True
     assert result["user_achievement_ids"] == [granted["user_achievement_id"]]
@@ -433,8 +400,10 @@ async def test_withdraw_achievement_revokes_the_grant_and_its_points(
         "points_revoked",
     ]
 
-    assert await run(role_db, "withdraw_achievement", saga_id, claim(user_id)) == {"undone": False}
+    assert await run_step(role_db, SERVICE, "withdraw_achievement", saga_id, claim(user_id)) == {
+        "undone": False
+    }
     assert await assert_xp_is_the_ledger(saga_env.database, user_id) == 10
     # A withdrawn grant no longer counts: a later claim earns the achievement again.
-    again = await run(role_db, "grant_achievement", uuid.uuid4(), claim(user_id))
+    again = await run_step(role_db, SERVICE, "grant_achievement", uuid.uuid4(), claim(user_id))
     assert (again["granted"], again["points"]) == (True, 30)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,15 +20,12 @@ import asyncpg
 import pytest
 
 from journeys.health.service import SERVICE
-from journeys.health.steps import HANDLERS
 from journeys.world import create_goal, create_user
 from saga.errors import StepRefused
-from saga.machine import Phase
-from saga.messages import Command
-from saga.participant import StepContext
 from saga.store import Database
 from saga.store.driver import DriverConnection
 from tests.integration.conftest import SagaEnvironment
+from tests.integration.journey_steps import refusal, role_database, run_step
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +40,8 @@ class Scene:
 @pytest.fixture
 async def role_db(saga_env: SagaEnvironment) -> AsyncIterator[Database]:
     """The health service's own connection: its role, its privileges."""
-    db = Database.from_settings(
-        saga_env.settings,
-        url=SERVICE.database_url(saga_env.database_url),
-        application_name="test_health_steps",
-    )
-    try:
+    async with role_database(saga_env, SERVICE) as db:
         yield db
-    finally:
-        await db.dispose()
 
 
 @pytest.fixture
@@ -62,36 +52,6 @@ async def scene(saga_env: SagaEnvironment) -> Scene:
         return Scene(user_id, goal_id, await create_user(conn, "Outra Pessoa"))
 
     return await saga_env.database.run_driver(build)
-
-
-async def run(
-    db: Database,
-    action: str,
-    saga_id: uuid.UUID,
-    payload: Mapping[str, Any],
-    *,
-    context: Mapping[str, Any] | None = None,
-) -> Mapping[str, Any]:
-    """Run one handler in its own transaction, as the runtime does."""
-    command = Command(
-        message_id=uuid.uuid4(),
-        saga_id=saga_id,
-        definition="complete_health_goal",
-        definition_version=1,
-        step_index=0,
-        step_name="record_goal_completion",
-        journey="health",
-        phase=Phase.EXECUTE if action == "record_goal_completion" else Phase.COMPENSATE,
-        attempt=1,
-        action=action,
-        timeout_ms=5000,
-        payload=dict(payload),
-        context=dict(context or {}),
-        reply_to="replies",
-    )
-    result = await db.run_driver(lambda conn: HANDLERS[action](StepContext(conn, command)))
-    assert result is not None
-    return result
 
 
 def completion(
@@ -148,8 +108,12 @@ async def test_completing_a_met_goal_records_the_reading_and_completes_it(
     saga_env: SagaEnvironment, role_db: Database, scene: Scene
 ) -> None:
     saga_id = uuid.uuid4()
-    result = await run(
-        role_db, "record_goal_completion", saga_id, completion(scene.user_id, scene.goal_id)
+    result = await run_step(
+        role_db,
+        SERVICE,
+        "record_goal_completion",
+        saga_id,
+        completion(scene.user_id, scene.goal_id),
     )
 
     [metric] = await metrics(saga_env.database, scene.user_id)
@@ -183,7 +147,7 @@ async def test_a_reading_keeps_its_own_time(
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
     payload = completion(scene.user_id, scene.goal_id, recorded_at=at.isoformat())
 
-    await run(role_db, "record_goal_completion", uuid.uuid4(), payload)
+    await run_step(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), payload)
 
     [metric] = await metrics(saga_env.database, scene.user_id)
     assert metric["recorded_at"] == at
@@ -194,7 +158,7 @@ async def test_a_completion_without_a_reading_stores_none(
 ) -> None:
     payload = completion(scene.user_id, scene.goal_id, "8000", metric_type=None)
 
-    result = await run(role_db, "record_goal_completion", uuid.uuid4(), payload)
+    result = await run_step(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), payload)
 
     assert result["metric_id"] is None
     assert await metrics(saga_env.database, scene.user_id) == []
@@ -210,12 +174,11 @@ async def test_control_goals_are_met_at_or_under_their_target(
         )
     )
     over = completion(scene.user_id, weight_goal, "80.5", metric_type="weight")
-    with pytest.raises(StepRefused) as refused:
-        await run(role_db, "record_goal_completion", uuid.uuid4(), over)
-    assert refused.value.reason == "goal not met: 80.5 kg is above the target 80.00"
+    refused = await refusal(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), over)
+    assert refused == "goal not met: 80.5 kg is above the target 80.00"
 
     under = completion(scene.user_id, weight_goal, "79.5", metric_type="weight")
-    await run(role_db, "record_goal_completion", uuid.uuid4(), under)
+    await run_step(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), under)
     assert (await goal(saga_env.database, weight_goal))["status"] == "completed"
 
 
@@ -254,9 +217,8 @@ async def test_refusals_name_the_reason_and_write_nothing(
         ({**completion(user, goal_id), "goal_id": 7}, "invalid payload: goal_id must be a uuid"),
     ]
     for payload, reason in cases:
-        with pytest.raises(StepRefused) as refused:
-            await run(role_db, "record_goal_completion", uuid.uuid4(), payload)
-        assert refused.value.reason.startswith(reason), (payload, refused.value.reason)
+        refused = await refusal(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), payload)
+        assert refused.startswith(reason), (payload, refused)
 
     row = await goal(saga_env.database, goal_id)
     assert (row["status"], row["completed_at"], row["saga_id"]) == ("active", None, None)
@@ -273,9 +235,8 @@ async def test_a_goal_that_is_not_active_is_refused(
         "UPDATE health_journey.health_goal SET status = 'abandoned' WHERE id = $1",
         scene.goal_id,
     )
-    with pytest.raises(StepRefused) as refused:
-        await run(role_db, "record_goal_completion", uuid.uuid4(), payload)
-    assert refused.value.reason == "goal not active: it is abandoned"
+    refused = await refusal(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), payload)
+    assert refused == "goal not active: it is abandoned"
 
     await update(
         saga_env.database,
@@ -283,9 +244,8 @@ async def test_a_goal_that_is_not_active_is_refused(
         "period_start = period_start - 14, period_end = period_end - 7 WHERE id = $1",
         scene.goal_id,
     )
-    with pytest.raises(StepRefused) as refused:
-        await run(role_db, "record_goal_completion", uuid.uuid4(), payload)
-    assert refused.value.reason.startswith("goal not active: its period ended on ")
+    refused = await refusal(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), payload)
+    assert refused.startswith("goal not active: its period ended on ")
     assert await metrics(saga_env.database, scene.user_id) == []
 
 
@@ -294,7 +254,10 @@ async def test_concurrent_completions_of_one_goal_complete_it_once(
 ) -> None:
     payload = completion(scene.user_id, scene.goal_id)
     outcomes = await asyncio.gather(
-        *(run(role_db, "record_goal_completion", uuid.uuid4(), payload) for _ in range(3)),
+        *(
+            run_step(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), payload)
+            for _ in range(3)
+        ),
         return_exceptions=True,
     )
 
@@ -311,9 +274,11 @@ async def test_revert_restores_the_goal_and_soft_deletes_the_reading(
 ) -> None:
     saga_id = uuid.uuid4()
     payload = completion(scene.user_id, scene.goal_id)
-    recorded = await run(role_db, "record_goal_completion", saga_id, payload)
+    recorded = await run_step(role_db, SERVICE, "record_goal_completion", saga_id, payload)
 
-    result = await run(role_db, "revert_goal_completion", saga_id, payload, context=recorded)
+    result = await run_step(
+        role_db, SERVICE, "revert_goal_completion", saga_id, payload, context=recorded
+    )
 
     assert result == {
         "undone": True,
@@ -331,13 +296,15 @@ async def test_revert_restores_the_goal_and_soft_deletes_the_reading(
     [metric] = await metrics(saga_env.database, scene.user_id)
     assert metric["deleted_at"] is not None
 
-    again = await run(role_db, "revert_goal_completion", saga_id, payload, context=recorded)
+    again = await run_step(
+        role_db, SERVICE, "revert_goal_completion", saga_id, payload, context=recorded
+    )
 
     assert again == {"undone": False}
     assert await metrics(saga_env.database, scene.user_id) == [metric]
     assert (await goal(saga_env.database, scene.goal_id))["status"] == "active"
     # Active again, the goal can be completed by a later saga.
-    await run(role_db, "record_goal_completion", uuid.uuid4(), payload)
+    await run_step(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), payload)
     assert (await goal(saga_env.database, scene.goal_id))["status"] == "completed"
 
 
@@ -347,10 +314,16 @@ async def test_revert_finds_the_reading_by_its_note_without_the_context(
     saga_id, other_saga = uuid.uuid4(), uuid.uuid4()
     payload = completion(scene.user_id, scene.goal_id)
     second_goal = await saga_env.database.run_driver(lambda conn: create_goal(conn, scene.user_id))
-    await run(role_db, "record_goal_completion", saga_id, payload)
-    await run(role_db, "record_goal_completion", other_saga, completion(scene.user_id, second_goal))
+    await run_step(role_db, SERVICE, "record_goal_completion", saga_id, payload)
+    await run_step(
+        role_db,
+        SERVICE,
+        "record_goal_completion",
+        other_saga,
+        completion(scene.user_id, second_goal),
+    )
 
-    result = await run(role_db, "revert_goal_completion", saga_id, payload)
+    result = await run_step(role_db, SERVICE, "revert_goal_completion", saga_id, payload)
 
     assert result["undone"] is True
     assert (await goal(saga_env.database, scene.goal_id))["status"] == "active"
@@ -368,9 +341,11 @@ async def test_revert_of_a_saga_that_completed_nothing_does_nothing(
     saga_env: SagaEnvironment, role_db: Database, scene: Scene
 ) -> None:
     payload = completion(scene.user_id, scene.goal_id)
-    await run(role_db, "record_goal_completion", uuid.uuid4(), payload)
+    await run_step(role_db, SERVICE, "record_goal_completion", uuid.uuid4(), payload)
 
-    assert await run(role_db, "revert_goal_completion", uuid.uuid4(), payload) == {"undone": False}
+    assert await run_step(role_db, SERVICE, "revert_goal_completion", uuid.uuid4(), payload) == {
+        "undone": False
+    }
     assert (await goal(saga_env.database, scene.goal_id))["status"] == "completed"
     [metric] = await metrics(saga_env.database, scene.user_id)
     assert metric["deleted_at"] is None

@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -21,29 +19,10 @@ from saga.participant.journey import discover_journeys
 from saga.stack import running_services
 from saga.store.driver import DriverConnection
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import SagaEnvironment
+from tests.integration.conftest import SagaEnvironment, engine_process
 from tests.integration.sagas import FAST_RELAY
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def participant_process(env: SagaEnvironment, journey: str) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "saga", "run", "participant", "--journey", journey],
-        cwd=REPO_ROOT,
-        env=env.process_environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 async def logged_in_roles(env: SagaEnvironment, application: str) -> set[str]:
@@ -69,7 +48,7 @@ async def test_a_participant_process_serves_its_journey_as_its_own_role(
         return member, await world.create_slots(conn, provider, 1)
 
     member, slots = await saga_env.database.run_driver(build)
-    with participant_process(saga_env, "care") as care:
+    with engine_process(saga_env, "run", "participant", "--journey", "care") as care:
         async with running_services(
             saga_env.settings,
             database_url=saga_env.database_url,

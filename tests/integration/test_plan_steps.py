@@ -20,83 +20,22 @@ import pytest
 
 from journeys import world
 from journeys.plan.service import SERVICE
-from journeys.plan.steps import HANDLERS, WELLNESS_CREDIT_REASON
+from journeys.plan.steps import WELLNESS_CREDIT_REASON
 from saga.errors import StepRefused
-from saga.machine import Phase
-from saga.messages import Command
-from saga.participant import StepContext
 from saga.retry import RetryPolicy
-from saga.store import Database, IsolationLevel
+from saga.store import Database
 from tests.integration.conftest import SagaEnvironment
+from tests.integration.journey_steps import refusal, role_database, run_step
 
 pytestmark = pytest.mark.integration
 
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
-COMPENSATIONS = {"void_authorization", "cancel_claim", "reverse_wellness_credit"}
 # Enough for ten transactions colliding on one coverage row.
 PATIENT = RetryPolicy(max_attempts=50, initial_delay=0.001, max_delay=0.05)
 
 
 def today() -> date:
     return datetime.now(SAO_PAULO).date()
-
-
-def command(
-    action: str,
-    saga_id: uuid.UUID,
-    payload: Mapping[str, Any],
-    context: Mapping[str, Any] | None = None,
-) -> Command:
-    """The command the coordinator would send for ``action``."""
-    return Command(
-        message_id=uuid.uuid4(),
-        saga_id=saga_id,
-        definition="plan_steps_test",
-        definition_version=1,
-        step_index=0,
-        step_name=action,
-        journey="plan",
-        phase=Phase.COMPENSATE if action in COMPENSATIONS else Phase.EXECUTE,
-        attempt=1,
-        action=action,
-        isolation=IsolationLevel.SERIALIZABLE,
-        timeout_ms=5000,
-        payload=dict(payload),
-        context=dict(context or {}),
-        reply_to="replies",
-    )
-
-
-async def call(
-    plan: Database,
-    action: str,
-    saga_id: uuid.UUID,
-    payload: Mapping[str, Any] | None = None,
-    context: Mapping[str, Any] | None = None,
-) -> Mapping[str, Any]:
-    """Run one handler as the runtime does: its own Serializable transaction as the plan
-    role, conflicts re-run; a refusal propagates as StepRefused, its writes rolled back."""
-    cmd = command(action, saga_id, payload or {}, context)
-    result = await plan.run_driver(
-        lambda conn: HANDLERS[action](StepContext(conn, cmd)),
-        isolation=IsolationLevel.SERIALIZABLE,
-        retry=PATIENT,
-        name=f"test.{action}",
-    )
-    assert result is not None
-    return result
-
-
-async def refused(
-    plan: Database,
-    action: str,
-    saga_id: uuid.UUID,
-    payload: Mapping[str, Any] | None = None,
-    context: Mapping[str, Any] | None = None,
-) -> str:
-    with pytest.raises(StepRefused) as caught:
-        await call(plan, action, saga_id, payload, context)
-    return caught.value.reason
 
 
 async def row(db: Database, query: str, *args: Any) -> asyncpg.Record:
@@ -112,21 +51,8 @@ async def rows(db: Database, query: str, *args: Any) -> list[asyncpg.Record]:
 @pytest.fixture
 async def plan(saga_env: SagaEnvironment) -> AsyncIterator[Database]:
     """A Database logged in as the plan journey's own role."""
-    db = Database.from_settings(
-        saga_env.settings,
-        url=SERVICE.database_url(saga_env.database_url),
-        application_name="test-plan-steps",
-    )
-    try:
+    async with role_database(saga_env, SERVICE) as db:
         yield db
-    finally:
-        await db.dispose()
-
-
-@pytest.fixture
-def owner(saga_env: SagaEnvironment) -> Database:
-    """The database owner: builds scenes and reads results."""
-    return saga_env.database
 
 
 async def new_member(owner: Database, limit_cents: int = 100_000, used: int = 0) -> world.Member:
@@ -227,12 +153,13 @@ async def test_authorize_coverage_reserves_and_void_gives_back(
     saga_id, appointment_id = uuid.uuid4(), uuid.uuid4()
     service_date = today() + timedelta(days=1)
 
-    result = await call(
+    result = await run_step(
         plan,
+        SERVICE,
         "authorize_coverage",
         saga_id,
         booking(member, 25_000),
-        booked(appointment_id, service_date),
+        context=booked(appointment_id, service_date),
     )
 
     authorization = await row(
@@ -265,8 +192,8 @@ async def test_authorize_coverage_reserves_and_void_gives_back(
     ]
 
     # void_authorization (its compensation) gives the reservation back, once.
-    first = await call(plan, "void_authorization", saga_id, booking(member, 25_000))
-    again = await call(plan, "void_authorization", saga_id, booking(member, 25_000))
+    first = await run_step(plan, SERVICE, "void_authorization", saga_id, booking(member, 25_000))
+    again = await run_step(plan, SERVICE, "void_authorization", saga_id, booking(member, 25_000))
 
     assert first == {
         "undone": True,
@@ -297,23 +224,38 @@ async def test_authorize_coverage_refusals_write_nothing(plan: Database, owner: 
     uncovered = await owner.run_driver(world.create_user)
     sagas = [uuid.uuid4() for _ in range(6)]
 
-    reason = await refused(plan, "authorize_coverage", sagas[0], booking(member, 20_000), booked())
+    reason = await refusal(
+        plan, SERVICE, "authorize_coverage", sagas[0], booking(member, 20_000), context=booked()
+    )
     assert (
         reason == "not covered: limit exceeded (requested 20000, remaining 10000 of 100000 cents)"
     )
     stranger = {"user_id": str(uncovered), "amount_cents": 1_000}
-    reason = await refused(plan, "authorize_coverage", sagas[1], stranger, booked())
-    assert reason.startswith("not covered: no active coverage")
-    after_period = booked(on=today() + timedelta(days=400))
-    reason = await refused(
-        plan, "authorize_coverage", sagas[2], booking(member, 1_000), after_period
+    reason = await refusal(
+        plan, SERVICE, "authorize_coverage", sagas[1], stranger, context=booked()
     )
     assert reason.startswith("not covered: no active coverage")
-    reason = await refused(plan, "authorize_coverage", sagas[3], booking(member, 0), booked())
+    after_period = booked(on=today() + timedelta(days=400))
+    reason = await refusal(
+        plan,
+        SERVICE,
+        "authorize_coverage",
+        sagas[2],
+        booking(member, 1_000),
+        context=after_period,
+    )
+    assert reason.startswith("not covered: no active coverage")
+    reason = await refusal(
+        plan, SERVICE, "authorize_coverage", sagas[3], booking(member, 0), context=booked()
+    )
     assert reason.startswith("invalid payload: amount_cents")
-    reason = await refused(plan, "authorize_coverage", sagas[4], booking(member, True), booked())
+    reason = await refusal(
+        plan, SERVICE, "authorize_coverage", sagas[4], booking(member, True), context=booked()
+    )
     assert reason.startswith("invalid payload: amount_cents")
-    reason = await refused(plan, "authorize_coverage", sagas[5], booking(member, 1_000), {})
+    reason = await refusal(
+        plan, SERVICE, "authorize_coverage", sagas[5], booking(member, 1_000), context={}
+    )
     assert reason.startswith("invalid payload: appointment_id")
 
     await assert_books(owner, member, used=90_000, reserved=0, opening=90_000)
@@ -332,7 +274,15 @@ async def test_concurrent_authorizations_never_pass_the_limit(
 
     outcomes = await asyncio.gather(
         *(
-            call(plan, "authorize_coverage", uuid.uuid4(), booking(member, 30_000), booked())
+            run_step(
+                plan,
+                SERVICE,
+                "authorize_coverage",
+                uuid.uuid4(),
+                booking(member, 30_000),
+                context=booked(),
+                retry=PATIENT,
+            )
             for _ in range(10)
         ),
         return_exceptions=True,
@@ -357,7 +307,7 @@ async def test_create_claim_counts_the_amount_as_used(plan: Database, owner: Dat
     saga_id, appointment_id = uuid.uuid4(), uuid.uuid4()
     payload = claim(member, appointment_id, 40_000, diagnosis_code="j45")
 
-    result = await call(plan, "create_claim", saga_id, payload)
+    result = await run_step(plan, SERVICE, "create_claim", saga_id, payload)
 
     made = await row(
         owner, "SELECT * FROM plan_journey.plan_claim WHERE id = $1::uuid", result["claim_id"]
@@ -400,8 +350,12 @@ async def test_create_claim_refusals_write_nothing(plan: Database, owner: Databa
         ({"appointment_id": None}, "invalid payload: appointment_id"),
     ]
     for changes, expected in cases:
-        reason = await refused(
-            plan, "create_claim", uuid.uuid4(), claim(member, appointment_id, 10_000, **changes)
+        reason = await refusal(
+            plan,
+            SERVICE,
+            "create_claim",
+            uuid.uuid4(),
+            claim(member, appointment_id, 10_000, **changes),
         )
         assert reason.startswith(expected), (changes, reason)
 
@@ -410,17 +364,23 @@ async def test_create_claim_refusals_write_nothing(plan: Database, owner: Databa
 
     # Refusals that depend on the books.
     uncovered = await owner.run_driver(world.create_user)
-    await call(plan, "create_claim", uuid.uuid4(), claim(member, appointment_id, 70_000))
+    await run_step(
+        plan, SERVICE, "create_claim", uuid.uuid4(), claim(member, appointment_id, 70_000)
+    )
 
-    reason = await refused(plan, "create_claim", uuid.uuid4(), claim(member, appointment_id, 10))
+    reason = await refusal(
+        plan, SERVICE, "create_claim", uuid.uuid4(), claim(member, appointment_id, 10)
+    )
     assert reason == "claim invalid: appointment already claimed"
-    reason = await refused(plan, "create_claim", uuid.uuid4(), claim(member, uuid.uuid4(), 30_001))
+    reason = await refusal(
+        plan, SERVICE, "create_claim", uuid.uuid4(), claim(member, uuid.uuid4(), 30_001)
+    )
     assert reason.startswith("not covered: limit exceeded (requested 30001, remaining 30000")
     stranger = claim(member, uuid.uuid4(), 10) | {"user_id": str(uncovered)}
-    reason = await refused(plan, "create_claim", uuid.uuid4(), stranger)
+    reason = await refusal(plan, SERVICE, "create_claim", uuid.uuid4(), stranger)
     assert reason.startswith("not covered: no active coverage")
     long_ago = claim(member, uuid.uuid4(), 10, service_date="2001-01-01")
-    reason = await refused(plan, "create_claim", uuid.uuid4(), long_ago)
+    reason = await refusal(plan, SERVICE, "create_claim", uuid.uuid4(), long_ago)
     assert reason == "not covered: no active coverage on 2001-01-01"
 
     assert len(await rows(owner, "SELECT id FROM plan_journey.plan_claim")) == 1
@@ -433,13 +393,20 @@ async def test_claim_consumes_the_pre_authorization_and_cancel_restores_it(
     member = await new_member(owner, limit_cents=100_000)
     booking_saga, claim_saga = uuid.uuid4(), uuid.uuid4()
     appointment_id = uuid.uuid4()
-    authorized = await call(
-        plan, "authorize_coverage", booking_saga, booking(member, 60_000), booked(appointment_id)
+    authorized = await run_step(
+        plan,
+        SERVICE,
+        "authorize_coverage",
+        booking_saga,
+        booking(member, 60_000),
+        context=booked(appointment_id),
     )
 
     # 60 000 reserved + 80 000 would pass the limit: the claim fits only because the
     # reservation it consumes is released first.
-    made = await call(plan, "create_claim", claim_saga, claim(member, appointment_id, 80_000))
+    made = await run_step(
+        plan, SERVICE, "create_claim", claim_saga, claim(member, appointment_id, 80_000)
+    )
 
     assert made["pre_authorization_id"] == authorized["pre_authorization_id"]
     linked = await row(
@@ -450,8 +417,12 @@ async def test_claim_consumes_the_pre_authorization_and_cancel_restores_it(
     assert str(linked["pre_authorization_id"]) == authorized["pre_authorization_id"]
     await assert_books(owner, member, used=80_000, reserved=0)
 
-    first = await call(plan, "cancel_claim", claim_saga, claim(member, appointment_id, 80_000))
-    again = await call(plan, "cancel_claim", claim_saga, claim(member, appointment_id, 80_000))
+    first = await run_step(
+        plan, SERVICE, "cancel_claim", claim_saga, claim(member, appointment_id, 80_000)
+    )
+    again = await run_step(
+        plan, SERVICE, "cancel_claim", claim_saga, claim(member, appointment_id, 80_000)
+    )
 
     assert first == {"undone": True, "claim_id": made["claim_id"]}
     assert again == {"undone": False}
@@ -464,12 +435,16 @@ async def test_claim_consumes_the_pre_authorization_and_cancel_restores_it(
 
     # The appointment may be claimed again, and the restored reservation is consumed again.
     retry_saga = uuid.uuid4()
-    remade = await call(plan, "create_claim", retry_saga, claim(member, appointment_id, 50_000))
+    remade = await run_step(
+        plan, SERVICE, "create_claim", retry_saga, claim(member, appointment_id, 50_000)
+    )
     assert remade["pre_authorization_id"] == authorized["pre_authorization_id"]
     await assert_books(owner, member, used=50_000, reserved=0)
 
     # Voiding a pre-authorization a live claim consumed gives back no reservation.
-    voided = await call(plan, "void_authorization", booking_saga, booking(member, 60_000))
+    voided = await run_step(
+        plan, SERVICE, "void_authorization", booking_saga, booking(member, 60_000)
+    )
     assert voided["released_cents"] == 0
     await assert_books(owner, member, used=50_000, reserved=0)
 
@@ -488,7 +463,9 @@ async def test_wellness_credit_applies_once_per_goal_and_reverses(
     uncovered = await owner.run_driver(world.create_user)
     saga_id, goal_id = uuid.uuid4(), uuid.uuid4()
 
-    applied = await call(plan, "apply_wellness_credit", saga_id, credit(member, goal_id))
+    applied = await run_step(
+        plan, SERVICE, "apply_wellness_credit", saga_id, credit(member, goal_id)
+    )
 
     made = await row(
         owner,
@@ -508,16 +485,24 @@ async def test_wellness_credit_applies_once_per_goal_and_reverses(
     # Credits leave the limits alone.
     await assert_books(owner, member, used=10_000, reserved=0, opening=10_000)
 
-    reason = await refused(plan, "apply_wellness_credit", uuid.uuid4(), credit(member, goal_id))
+    reason = await refusal(
+        plan, SERVICE, "apply_wellness_credit", uuid.uuid4(), credit(member, goal_id)
+    )
     assert reason == "not covered: credit already applied for this goal"
     stranger = credit(member, uuid.uuid4()) | {"user_id": str(uncovered)}
-    reason = await refused(plan, "apply_wellness_credit", uuid.uuid4(), stranger)
+    reason = await refusal(plan, SERVICE, "apply_wellness_credit", uuid.uuid4(), stranger)
     assert reason.startswith("not covered: no active coverage")
-    reason = await refused(plan, "apply_wellness_credit", uuid.uuid4(), credit(member, goal_id, 0))
+    reason = await refusal(
+        plan, SERVICE, "apply_wellness_credit", uuid.uuid4(), credit(member, goal_id, 0)
+    )
     assert reason.startswith("invalid payload: credit_cents")
 
-    first = await call(plan, "reverse_wellness_credit", saga_id, credit(member, goal_id))
-    again = await call(plan, "reverse_wellness_credit", saga_id, credit(member, goal_id))
+    first = await run_step(
+        plan, SERVICE, "reverse_wellness_credit", saga_id, credit(member, goal_id)
+    )
+    again = await run_step(
+        plan, SERVICE, "reverse_wellness_credit", saga_id, credit(member, goal_id)
+    )
 
     assert first == {"undone": True, "wellness_credit_id": str(made["id"])}
     assert again == {"undone": False}
@@ -529,7 +514,7 @@ async def test_wellness_credit_applies_once_per_goal_and_reverses(
     assert reversed_credit["status"] == "reversed"
     assert reversed_credit["reversed_at"] is not None
     # Reversed, the goal may be credited again.
-    await call(plan, "apply_wellness_credit", uuid.uuid4(), credit(member, goal_id))
+    await run_step(plan, SERVICE, "apply_wellness_credit", uuid.uuid4(), credit(member, goal_id))
     credits = await rows(
         owner,
         "SELECT status FROM plan_journey.plan_wellness_credit WHERE source_goal_id = $1 "

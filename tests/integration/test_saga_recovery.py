@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -22,8 +19,7 @@ from saga.machine import Dispatch, Outcome, Phase, SagaStatus, command_message_i
 from saga.messages import Command, Reply
 from saga.store.outbox import PendingMessage
 from saga.transport import Incoming, OutgoingMessage, Producer
-from tests.conftest import REPO_ROOT
-from tests.integration.conftest import SagaEnvironment
+from tests.integration.conftest import SagaEnvironment, engine_process
 from tests.integration.sagas import (
     ALL_DONE,
     BOOKING,
@@ -258,25 +254,6 @@ async def test_poison_messages_are_dead_lettered_and_the_messages_behind_them_pr
     assert await executions(env.database, saga_id) == ALL_DONE
 
 
-@contextmanager
-def coordinator_process(env: SagaEnvironment) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "saga", "run", "coordinator"],
-        cwd=REPO_ROOT,
-        env=env.process_environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
-
-
 async def wait_for_step(env: SagaEnvironment, saga_id: uuid.UUID, step: str, status: str) -> None:
     async with asyncio.timeout(30):
         while not any(
@@ -298,13 +275,13 @@ async def test_a_coordinator_killed_mid_saga_and_restarted_finishes_it(
             bootstrap_servers=env.bootstrap,
             relay=FAST_RELAY,
         ) as starter:
-            with coordinator_process(env) as first:
+            with engine_process(env, "run", "coordinator") as first:
                 saga_id = await starter.start(BOOKING, {"sleep": {"authorize": 1.0}})
                 await wait_for_step(env, saga_id, "authorize", "dispatched")
                 first.send_signal(signal.SIGKILL)  # while authorize is running
                 first.wait(10)
             assert (await starter.status(saga_id)).status is SagaStatus.RUNNING
-            with coordinator_process(env) as second:
+            with engine_process(env, "run", "coordinator") as second:
                 summary = await starter.wait(saga_id, timeout=45)
                 assert second.poll() is None, "the restarted coordinator keeps running"
                 second.send_signal(signal.SIGTERM)
