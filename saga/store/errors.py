@@ -39,8 +39,11 @@ _BY_SQLSTATE: dict[str, type[DatabaseError]] = {
     "42501": InsufficientPrivilege,
 }
 
-# Class 08 is "connection exception"; 57P01..57P03 are admin shutdown / crash / cannot connect.
-_UNAVAILABLE_PREFIXES = ("08", "57P01", "57P02", "57P03")
+# Class 08 is "connection exception"; 57P01..57P03 are admin shutdown / crash / cannot
+# connect, 57P05 an idle session ended by the server; class 53 is "insufficient resources"
+# (too many connections, out of memory, disk full): the server cannot serve now, and the
+# work must wait for it rather than be dropped.
+_UNAVAILABLE_PREFIXES = ("08", "53", "57P01", "57P02", "57P03", "57P05")
 
 
 def sqlstate_of(error: BaseException) -> str | None:
