@@ -17,6 +17,7 @@ from benchmarks.saga_bench.level import run_level
 from benchmarks.saga_bench.options import parse_options
 from benchmarks.saga_bench.report import machine, print_tables, write_json
 from benchmarks.saga_bench.results import LevelResult
+from benchmarks.saga_bench.workloads import workload_for
 from saga.logging import configure_logging
 from saga.settings import load_settings
 
@@ -40,6 +41,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options, json_path = parse_options(argv)
+    workload = workload_for(options)
     # Started in the background by a shell, SIGINT would be ignored: take it back.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
@@ -53,14 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             about = machine(admin_url)
             for level in options.levels:
                 count = options.alone if level == 1 else options.sagas
-                print(f"level {level}: {count} sagas ...", flush=True)
+                print(f"level {level}: {count} {workload.name} sagas ...", flush=True)
                 quiet = wait_until_quiet(options.quiet_percent, options.quiet_wait)
-                result = run_level(level, count, options, admin_url)
+                result = run_level(level, count, workload, options, admin_url)
                 result.machine_busy_before_percent = quiet
                 results.append(result)
+                checked = result.invariants
                 print(
                     f"level {level}: {result.sagas_per_second} sagas/s, "
-                    f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms",
+                    f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
+                    + (f", {checked.violations} invariant violation(s)" if checked else ""),
                     flush=True,
                 )
     except KeyboardInterrupt:
@@ -68,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print()
     print_tables(results)
-    write_json(json_path, results, started=started, about=about, options=options, defaults=defaults)
+    write_json(
+        json_path,
+        results,
+        started=started,
+        about=about,
+        options=options,
+        defaults=defaults,
+        workload=workload,
+    )
     print(f"\nwrote {json_path}")
     return 0

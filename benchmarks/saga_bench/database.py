@@ -93,3 +93,17 @@ async def server_version(admin_url: str) -> str:
         return str(await conn.fetchval("SHOW server_version"))
     finally:
         await conn.close()
+
+
+async def free_connections(admin_url: str) -> int:
+    """Connections a client that is not a superuser can still open on the server."""
+    conn = await asyncpg.connect(to_plain_url(admin_url))
+    try:
+        free = await conn.fetchval(
+            "SELECT current_setting('max_connections')::int "
+            "- current_setting('superuser_reserved_connections')::int "
+            "- (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+        )
+        return int(free)
+    finally:
+        await conn.close()

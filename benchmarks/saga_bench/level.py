@@ -1,5 +1,6 @@
-"""One level: a fresh broker and database, the four services, the warm-up and the
-measured closed loop; everything stopped and dropped on the way out."""
+"""One level: a fresh broker and database, the workload's services, the warm-up and the
+measured closed loop, the workload's check; everything stopped and dropped on the way
+out."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import psutil
 
-from benchmarks import saga_services
-from benchmarks.saga_bench.constants import FAIL_EVERY, IDLE_TIMEOUT_MS, REPO_ROOT
-from benchmarks.saga_bench.database import backends_of, database_counters, level_database
+from benchmarks.saga_bench.constants import IDLE_TIMEOUT_MS, REPO_ROOT
+from benchmarks.saga_bench.database import (
+    backends_of,
+    database_counters,
+    free_connections,
+    level_database,
+)
 from benchmarks.saga_bench.loop import Watcher, closed_loop, warm_up
 from benchmarks.saga_bench.measure import CpuSnapshot, Measured, summarize
 from benchmarks.saga_bench.options import Options, poll_interval, pool_for
@@ -29,21 +34,11 @@ from benchmarks.saga_bench.processes import (
 )
 from benchmarks.saga_bench.results import LevelResult
 from benchmarks.saga_bench.topics import count_messages, end_offsets
-from benchmarks.saga_services import BENCH_SAGA
+from benchmarks.saga_bench.workload import Starter, Workload
 from saga.coordinator import Coordinator
 from saga.embedded import EmbeddedBroker
 from saga.settings import Settings, load_settings, to_plain_url
 from saga.store import Database
-
-
-def payloads_for(url: str, warmup: int, count: int) -> list[dict[str, Any]]:
-    """The reference rows and a payload per saga; one in ten fails at the last step, in
-    the warm-up and in the run."""
-    payloads = asyncio.run(saga_services.prepare(url, warmup + count))
-    for n, payload in enumerate(payloads):
-        index = n - warmup if n >= warmup else n
-        payload["fail"] = index % FAIL_EVERY == FAIL_EVERY - 1
-    return payloads
 
 
 def driver_settings(
@@ -68,7 +63,7 @@ def driver_settings(
 async def measured_run(
     coordinator: Coordinator,
     watcher: Watcher,
-    payloads: Sequence[Mapping[str, Any]],
+    starts: Sequence[Starter],
     level: int,
     *,
     pids: dict[str, int | None],
@@ -78,14 +73,14 @@ async def measured_run(
     bootstrap: str,
     prefix: str,
 ) -> Measured:
-    """The closed loop over ``payloads``, with every counter read before and after. The
-    rows, the effects' check and the polls' total are the caller's to fill in."""
+    """The closed loop over ``starts``, with every counter read before and after. The
+    rows and the polls' total are the caller's to fill in."""
     messages_before = await end_offsets(bootstrap, prefix)
     polls_before = watcher.polls
     backends = await backends_of(lookups, database_name)
     cpu_before = CpuSnapshot.take(pids, postmaster, backends)
     started = time.perf_counter()
-    ids, problems = await closed_loop(coordinator, watcher, payloads, level)
+    ids, problems = await closed_loop(coordinator, watcher, starts, level)
     driver_seconds = time.perf_counter() - started
     backends = await backends_of(lookups, database_name)
     cpu_after = CpuSnapshot.take(pids, postmaster, backends)
@@ -113,7 +108,8 @@ async def measured_run(
 
 async def drive(
     level: int,
-    payloads: Sequence[Mapping[str, Any]],
+    workload: Workload,
+    starts: Sequence[Starter],
     *,
     url: str,
     database_name: str,
@@ -143,8 +139,9 @@ async def drive(
         async with Coordinator(
             settings=settings, database=database, bootstrap_servers=broker.bootstrap_servers
         ) as coordinator:
-            await coordinator.register(BENCH_SAGA)
-            await warm_up(coordinator, watcher, payloads[: options.warmup])
+            for definition in workload.definitions:
+                await coordinator.register(definition)
+            await warm_up(coordinator, watcher, starts[: options.warmup])
             pids: dict[str, int | None] = {
                 **services.pids(),
                 "driver": os.getpid(),
@@ -153,7 +150,7 @@ async def drive(
             measured = await measured_run(
                 coordinator,
                 watcher,
-                payloads[options.warmup :],
+                starts[options.warmup :],
                 level,
                 pids=pids,
                 lookups=lookups,
@@ -163,12 +160,11 @@ async def drive(
                 prefix=prefix,
             )
         measured.rows = await lookups.fetch(
-            "SELECT id, status, started_at, finished_at, updated_at, error "
+            "SELECT id, definition_name, status, started_at, finished_at, updated_at, error "
             "FROM shared.saga_instance WHERE id = ANY($1::uuid[])",
             measured.ids,
         )
-        measured.problems += await saga_services.check_effects(lookups)
-        measured.own_statements += own + 2
+        measured.own_statements += own + 1
         measured.polls_total = watcher.polls
         return measured
     finally:
@@ -180,29 +176,43 @@ async def drive(
         await database.dispose()
 
 
-def run_level(level: int, count: int, options: Options, admin_url: str) -> LevelResult:
+def run_level(
+    level: int, count: int, workload: Workload, options: Options, admin_url: str
+) -> LevelResult:
     """One level on a fresh broker and a fresh database; everything is stopped and
     dropped on the way out, whatever happens."""
-    pool = pool_for(level, options)
+    commands = workload.commands(level)
+    pool = pool_for(level, options, len(commands) + 1)  # and the driver's
+    wanted = pool * (len(commands) + 1) + 4  # the driver's own connections, the check
+    free = asyncio.run(free_connections(admin_url))
+    if wanted > free:
+        # A process refused a connection stops (the engine does not wait for one).
+        print(
+            f"  warning: the benchmark may open {wanted} connections, the server has "
+            f"{free} free (others are using it); --pool lowers the pools",
+            flush=True,
+        )
     name = f"bench_sagas_{uuid.uuid4().hex[:8]}"
     prefix = f"bench.{uuid.uuid4().hex[:8]}"
     services = Services()
     with contextlib.ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker())
         url = stack.enter_context(level_database(admin_url, name, level, options))
-        payloads = payloads_for(url, options.warmup, count)
+        starts = workload.prepare(url, level, options.warmup + count)
         commits_before, rollbacks_before, own_before = asyncio.run(database_counters(url, name))
         stack.callback(services.stop)
         start_services(
             services,
             level,
+            commands,
             service_env(url, broker.bootstrap_servers, prefix, pool, options),
             options,
         )
         measured = asyncio.run(
             drive(
                 level,
-                payloads,
+                workload,
+                starts,
                 url=url,
                 database_name=name,
                 broker=broker,
@@ -214,6 +224,9 @@ def run_level(level: int, count: int, options: Options, admin_url: str) -> Level
         )
         stops = services.stop()
         commits_after, rollbacks_after, _ = asyncio.run(database_counters(url, name))
+        # Checked once the services are gone and the counters read: costs no figure.
+        verdict = asyncio.run(workload.verify(url, measured.ids))
+        measured.problems += verdict.problems
         # Less the benchmark's own statements: its polls, its look-ups, the first read.
         commits = (
             commits_after
@@ -231,7 +244,9 @@ def run_level(level: int, count: int, options: Options, admin_url: str) -> Level
             rollbacks=rollbacks_after - rollbacks_before,
             stops=stops,
             logs=services.logs,
+            expected_compensated=workload.expected_compensated(len(measured.ids)),
         )
+        result.invariants = verdict.invariants
         result.poll_ms = poll_interval(level, options) * 1000
         return result
     raise AssertionError("unreachable")  # ExitStack does not swallow exceptions

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from benchmarks.saga_services import BENCH_SAGA
+from benchmarks.saga_bench.workload import Starter
 from saga.coordinator import Coordinator
 
 POLL = """
@@ -83,19 +82,19 @@ class Watcher:
 async def closed_loop(
     coordinator: Coordinator,
     watcher: Watcher,
-    payloads: Sequence[Mapping[str, Any]],
+    starts: Sequence[Starter],
     level: int,
 ) -> tuple[list[uuid.UUID], list[str]]:
-    """Keep ``level`` sagas in flight until every payload has started and finished.
+    """Keep ``level`` sagas in flight until every saga has started and finished.
     Returns the ids of the sagas started and the problems met (stalls)."""
     slots = asyncio.Semaphore(level)
     ids: list[uuid.UUID] = []
     problems: list[str] = []
     aborted = asyncio.Event()
 
-    async def one(payload: Mapping[str, Any]) -> None:
+    async def one(start: Starter) -> None:
         try:
-            saga_id = await coordinator.start(BENCH_SAGA, payload)
+            saga_id = await start(coordinator)
             ids.append(saga_id)
             await watcher.watch(saga_id)
         except Stalled as exc:
@@ -107,12 +106,12 @@ async def closed_loop(
 
     tasks: list[asyncio.Task[None]] = []
     try:
-        for payload in payloads:
+        for start in starts:
             await slots.acquire()
             if aborted.is_set():
                 slots.release()
                 break
-            tasks.append(asyncio.create_task(one(payload)))
+            tasks.append(asyncio.create_task(one(start)))
         if tasks:
             await asyncio.gather(*tasks)
     finally:
@@ -122,12 +121,10 @@ async def closed_loop(
     return ids, problems
 
 
-async def warm_up(
-    coordinator: Coordinator, watcher: Watcher, payloads: Sequence[Mapping[str, Any]]
-) -> None:
+async def warm_up(coordinator: Coordinator, watcher: Watcher, starts: Sequence[Starter]) -> None:
     """One saga alone (the consumer groups form meanwhile), then the rest together."""
-    _, problems = await closed_loop(coordinator, watcher, payloads[:1], 1)
+    _, problems = await closed_loop(coordinator, watcher, starts[:1], 1)
     if not problems:
-        _, problems = await closed_loop(coordinator, watcher, payloads[1:], len(payloads))
+        _, problems = await closed_loop(coordinator, watcher, starts[1:], len(starts))
     if problems:
         raise Stalled(f"warm-up failed: {problems[0]}")

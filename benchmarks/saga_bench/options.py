@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import saga_bench
-from benchmarks.saga_bench.constants import RESULTS
+from benchmarks.saga_bench.constants import CONNECTION_BUDGET, RESULTS, WORKLOADS
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Options:
     pg_settings: list[str] = field(default_factory=list)
     quiet_percent: float = 25.0
     quiet_wait: float = 300.0
+    workload: str = "synthetic"
 
 
 def poll_interval(level: int, options: Options) -> float:
@@ -38,9 +39,11 @@ def poll_interval(level: int, options: Options) -> float:
     return (options.poll_ms or max(5.0, level / 16)) / 1000
 
 
-def pool_for(level: int, options: Options) -> int:
-    """Connections per process: five processes share max_connections (100 by default)."""
-    return options.pool or max(2, min(level, 12))
+def pool_for(level: int, options: Options, processes: int) -> int:
+    """Connections per process: ``processes`` pools (the services' and the driver's) share
+    CONNECTION_BUDGET of max_connections (100 by default), so 12 each for the synthetic
+    workload's five, 10 for the journeys workload's six."""
+    return options.pool or max(2, min(level, CONNECTION_BUDGET // processes))
 
 
 def parse_setting(text: str) -> str:
@@ -58,6 +61,13 @@ def parse_levels(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(saga_bench.__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default="synthetic",
+        help="synthetic: BENCH_SAGA and benchmarks.saga_services (the default); journeys: "
+        "the three cross-journey sagas and the real journey services, invariants checked",
+    )
     parser.add_argument("--levels", type=parse_levels, default=[1, 16, 64, 128, 256])
     parser.add_argument("--sagas", type=int, default=2000, help="per level above 1")
     parser.add_argument("--alone", type=int, default=200, help="sagas at level 1")
@@ -72,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fetch-max-wait-ms", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=None)
     parser.add_argument("--stall-seconds", type=float, default=60.0)
-    parser.add_argument("--json", type=Path, default=RESULTS / "sagas.json")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="default benchmarks/results/sagas.json (journeys: sagas-journeys.json)",
+    )
     parser.add_argument(
         "--keep-database", action="store_true", help="leave each level's database behind"
     )
@@ -106,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(argv: Sequence[str] | None = None) -> tuple[Options, Path]:
     """The options, and where the JSON report goes."""
     args = build_parser().parse_args(argv)
+    journeys = args.workload == "journeys"
+    json_path: Path = args.json or RESULTS / ("sagas-journeys.json" if journeys else "sagas.json")
     options = Options(
         levels=args.levels,
         sagas=args.sagas,
@@ -116,11 +133,12 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[Options, Path]:
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         partitions=args.partitions,
         stall_seconds=args.stall_seconds,
-        logs=args.json.parent / "sagas-logs",
+        logs=json_path.parent / ("sagas-journeys-logs" if journeys else "sagas-logs"),
         keep_database=args.keep_database,
         profile=args.profile,
         pg_settings=args.pg_set,
         quiet_percent=args.quiet_percent,
         quiet_wait=args.quiet_wait,
+        workload=args.workload,
     )
-    return options, args.json
+    return options, json_path

@@ -1,4 +1,4 @@
-"""The four service processes and the broker's: starting, stopping, and what /proc and
+"""The service processes and the broker's: starting, stopping, and what /proc and
 psutil say about them (CPU seconds, peak memory)."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks import saga_services
 from benchmarks.saga_bench.constants import IDLE_TIMEOUT_MS, REPO_ROOT, STOP_TIMEOUT
 from benchmarks.saga_bench.loop import Stalled
 from benchmarks.saga_bench.options import Options
@@ -46,7 +45,7 @@ class Service:
 
 
 class Services:
-    """The coordinator and the three participants, as child processes."""
+    """The coordinator and the participants, as child processes."""
 
     def __init__(self) -> None:
         self.running: list[Service] = []
@@ -127,21 +126,13 @@ def service_env(
 
 
 def start_services(
-    services: Services, level: int, env: Mapping[str, str], options: Options
+    services: Services,
+    level: int,
+    commands: Mapping[str, Sequence[str]],
+    env: Mapping[str, str],
+    options: Options,
 ) -> None:
-    commands = {
-        "coordinator": ["saga", "run", "coordinator", "--concurrency", str(max(level, 128))],
-        **{
-            journey: [
-                "benchmarks.saga_services",
-                "--journey",
-                journey,
-                "--concurrency",
-                str(max(level, 64)),
-            ]
-            for journey in saga_services.JOURNEYS
-        },
-    }
+    """Each of ``commands`` (name: ``python -m`` argv) as a child process."""
     for name, (module, *args) in commands.items():
         argv = ["-m", module, *args]
         if options.profile is not None:

@@ -16,11 +16,11 @@ from typing import Any
 
 import psutil
 
-from benchmarks.saga_bench.constants import FAIL_EVERY, REPO_ROOT
+from benchmarks.saga_bench.constants import CONNECTION_BUDGET, REPO_ROOT
 from benchmarks.saga_bench.database import server_version
 from benchmarks.saga_bench.options import Options
 from benchmarks.saga_bench.results import LevelResult
-from benchmarks.saga_services import BENCH_SAGA
+from benchmarks.saga_bench.workload import Workload
 from saga.settings import Settings
 
 
@@ -92,9 +92,45 @@ def print_tables(results: Sequence[LevelResult]) -> None:
     for r in results:
         clients = ", ".join(f"{c} {v}" for c, v in r.postgres_cpu_by_client.items())
         print(f"{r.level:>5} {clients}")
+    if any(r.invariants is not None for r in results):
+        print_kinds(results)
     for r in results:
         for problem in r.problems:
             print(f"level {r.level}: {problem}")
+
+
+def print_kinds(results: Sequence[LevelResult]) -> None:
+    """Per saga kind: outcomes, latency and why the compensated ones were refused; then
+    the invariant check of each level."""
+    print("\nPer saga kind (measured sagas)")
+    header = (
+        f"{'level':>5} {'saga':<21} {'sagas':>5} {'ok/comp/park':>14} {'p50 ms':>8} "
+        f"{'p95 ms':>8} {'p99 ms':>8}  refused (step: reason)"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        for k in r.kinds:
+            outcome = f"{k.completed}/{k.compensated}/{k.parked}"
+            refused = ", ".join(f"{reason} {n}" for reason, n in k.refusals.items()) or "-"
+            print(
+                f"{r.level:>5} {k.definition:<21} {k.sagas:>5} {outcome:>14} {k.p50_ms!s:>8} "
+                f"{k.p95_ms!s:>8} {k.p99_ms!s:>8}  {refused}"
+            )
+    print("\nInvariant check (journeys.invariants, allow_parked=True) over each level's sagas")
+    for r in results:
+        check = r.invariants
+        if check is None:
+            continue
+        statuses = ", ".join(f"{status} {n}" for status, n in check.sagas_by_status.items())
+        print(
+            f"{r.level:>5} {check.checked} sagas checked in {check.seconds} s: "
+            f"{check.violations} violation(s), {check.parked} parked ({statuses})"
+        )
+        for line in check.first_violations[:5]:
+            print(f"      {line}")
+        for line in check.parked_errors:
+            print(f"      parked {line}")
 
 
 def write_json(
@@ -105,6 +141,7 @@ def write_json(
     about: dict[str, Any],
     options: Options,
     defaults: Settings,
+    workload: Workload,
 ) -> None:
     report = {
         "benchmark": "sagas",
@@ -112,13 +149,12 @@ def write_json(
         "machine": about,
         "engine": engine_revision(),
         "settings": {
-            "definition": f"{BENCH_SAGA.name} v{BENCH_SAGA.version}",
-            "fail_every": FAIL_EVERY,
+            **workload.describe(),
             "warmup": options.warmup,
             "sagas": options.sagas,
             "alone": options.alone,
             "poll_ms": options.poll_ms or "max(5, level / 16)",
-            "pool": options.pool or "min(level, 12), at least 2",
+            "pool": options.pool or f"min(level, {CONNECTION_BUDGET} // pools), at least 2",
             "kafka_fetch_max_wait_ms": options.fetch_max_wait_ms
             or defaults.kafka_fetch_max_wait_ms,
             "kafka_topic_partitions": options.partitions or defaults.kafka_topic_partitions,

@@ -22,6 +22,35 @@ class ProcessFigures:
 
 
 @dataclass
+class KindFigures:
+    """The outcomes and latencies of one saga definition's measured sagas."""
+
+    definition: str
+    sagas: int
+    completed: int
+    compensated: int
+    parked: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    refusals: dict[str, int] = field(default_factory=dict)
+    """Why the compensated ones were refused: ``step: reason`` and how many."""
+
+
+@dataclass
+class InvariantFigures:
+    """``journeys.invariants.check_invariants`` over the level's measured sagas."""
+
+    checked: int
+    violations: int
+    first_violations: list[str]
+    sagas_by_status: dict[str, int]
+    parked: int
+    parked_errors: list[str]
+    seconds: float
+
+
+@dataclass
 class LevelResult:
     level: int
     sagas: int
@@ -70,3 +99,6 @@ class LevelResult:
     machine_busy_before_percent: float | None = None
     """The machine's CPU use, from all work, in the 2 s before the level started."""
     poll_ms: float | None = None
+    kinds: list[KindFigures] = field(default_factory=list)
+    invariants: InvariantFigures | None = None
+    """Only for workloads that check the journeys' invariants."""
