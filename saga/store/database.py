@@ -222,11 +222,17 @@ class Database:
 async def _driver_transaction(
     raw: asyncpg.Connection, isolation: IsolationLevel, statement_timeout_ms: int | None
 ) -> AsyncIterator[None]:
-    """``BEGIN`` and the local statement timeout in one round trip (a simple-protocol
-    query may hold several statements), ``COMMIT`` or ``ROLLBACK`` at the end."""
+    """``BEGIN`` and the local settings in one round trip (a simple-protocol query may
+    hold several statements), ``COMMIT`` or ``ROLLBACK`` at the end."""
     opening = f"BEGIN ISOLATION LEVEL {isolation.value}"
     if statement_timeout_ms is not None:
         opening += f"; {_set_local_timeout(statement_timeout_ms)}"
+    if isolation is IsolationLevel.SERIALIZABLE:
+        # A sequential scan takes a predicate lock on the whole relation, so every other
+        # Serializable transaction touching the table conflicts with it; small or fresh
+        # tables (an inbox, a claims table) are planned that way. Index scans lock only
+        # the pages they read (PostgreSQL's manual, "Serializable Isolation Level").
+        opening += "; SET LOCAL enable_seqscan = off"
     await raw.execute(opening)
     try:
         yield
