@@ -40,7 +40,7 @@ from saga.messages import TRACEPARENT, Command, Reply, decode
 from saga.outbox import OutboxPublisher
 from saga.retry import RetryPolicy
 from saga.store import inbox
-from saga.store.database import Database
+from saga.store.database import Database, IsolationLevel
 from saga.store.driver import DriverConnection
 from saga.store.inbox import InboxEntry, JourneyTables, ReplyRow
 from saga.store.outbox import PendingMessage
@@ -150,9 +150,22 @@ class CommandProcessor:
             # and dead-letter the command for whoever deployed the definition.
             await self._send_now(command, self._reply(command, Outcome.FAILED, reason=reason))
             raise MessageRejected(reason)
+        # A Serializable transaction that reads the inbox takes a predicate lock on the
+        # index page it reads, and every other command's inbox row is inserted into
+        # those few pages: they would all conflict with each other. So such a command
+        # looks for its stored reply first, on its own; inside the transaction the
+        # inbox's unique key still stops a concurrent twin (see the collision below).
+        checked = command.isolation is IsolationLevel.SERIALIZABLE
+        if checked:
+            stored = await self._stored(command)
+            if stored is not None:
+                self.stats.duplicates += 1
+                log.info("duplicate_command_answered_from_inbox", outcome=stored.outcome.value)
+                await self._send_now(command, stored)
+                return
         try:
             reply, fresh = await self._database.run_driver(
-                lambda conn: self._run(conn, command, handler),
+                lambda conn: self._run(conn, command, handler, checked=checked),
                 isolation=command.isolation,
                 statement_timeout_ms=command.timeout_ms,
                 retry=self._retry,
@@ -190,11 +203,12 @@ class CommandProcessor:
             await self._send_now(command, reply)
 
     async def _run(
-        self, conn: DriverConnection, command: Command, handler: Handler
+        self, conn: DriverConnection, command: Command, handler: Handler, *, checked: bool
     ) -> tuple[Reply, PendingMessage | None]:
-        stored = await inbox.stored_reply(conn, self.tables, command.message_id)
-        if stored is not None:
-            return self._reply_from(command, stored), None
+        if not checked:
+            stored = await inbox.stored_reply(conn, self.tables, command.message_id)
+            if stored is not None:
+                return self._reply_from(command, stored), None
         if command.phase is Phase.COMPENSATE and command.undoes is not None:
             undone = await self._nothing_to_undo(conn, command, command.undoes)
             if undone is not None:

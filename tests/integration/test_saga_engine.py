@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from saga.coordinator import Coordinator
 from saga.definition import SagaDefinition, Step
 from saga.errors import DefinitionConflict, SagaFailed
 from saga.machine import SagaStatus
+from saga.store import IsolationLevel
 from saga.testing import run_saga
 from saga.transport import OutgoingMessage, Producer
 from tests.integration.conftest import SagaEnvironment
@@ -177,8 +179,23 @@ class Duplicating(Producer):
         await super().send(message)
 
 
+# The same saga with its money step at Serializable, where the participant looks for a
+# stored reply before its transaction rather than inside it.
+SERIALIZABLE_BOOKING = dataclasses.replace(
+    BOOKING,
+    name="test_booking_serializable",
+    steps=[
+        dataclasses.replace(step, isolation=IsolationLevel.SERIALIZABLE)
+        if step.name == "authorize"
+        else step
+        for step in BOOKING.steps
+    ],
+)
+
+
+@pytest.mark.parametrize("definition", [BOOKING, SERIALIZABLE_BOOKING], ids=lambda d: d.name)
 async def test_every_message_delivered_twice_still_applies_each_effect_once(
-    saga_env: SagaEnvironment,
+    saga_env: SagaEnvironment, definition: SagaDefinition
 ) -> None:
     env = saga_env
     await create_effect_tables(env.database)
@@ -189,8 +206,8 @@ async def test_every_message_delivered_twice_still_applies_each_effect_once(
         ]:
             runtime.producer.__class__ = Duplicating
         coordinator = running.coordinators[0]
-        ok = [await coordinator.start(BOOKING, {"n": n}) for n in range(5)]
-        failed = [await coordinator.start(BOOKING, {"refuse": "confirm"}) for _ in range(5)]
+        ok = [await coordinator.start(definition, {"n": n}) for n in range(5)]
+        failed = [await coordinator.start(definition, {"refuse": "confirm"}) for _ in range(5)]
         results = await asyncio.gather(*(coordinator.wait(s, timeout=30) for s in ok + failed))
 
     assert [r.status for r in results] == [SagaStatus.COMPLETED] * 5 + [SagaStatus.COMPENSATED] * 5
