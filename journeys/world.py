@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from saga.store import Database
 from saga.store.driver import DriverConnection
-from saga.store.seeding import discover_seeders, run_seeders
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +36,6 @@ class Slot:
 class CompletedAppointment:
     appointment_id: uuid.UUID
     service_date: date
-
-
-async def seed_reference(database: Database) -> None:
-    """The reference data the sagas look up (achievements, goal templates, ...)."""
-    seeders = discover_seeders()
-    await database.run(
-        lambda conn: run_seeders(conn, seeders, include_samples=False), name="seed_reference"
-    )
 
 
 async def create_user(conn: DriverConnection, name: str = "Paciente de Teste") -> uuid.UUID:

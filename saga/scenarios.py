@@ -18,7 +18,7 @@ from saga.participant.journey import discover_journeys
 from saga.settings import Settings, load_settings
 from saga.stack import RunningServices, running_services
 from saga.store import Database, migrate
-from saga.store.seeding import discover_seeders, run_seeders
+from saga.store.seeding import seed_reference
 
 ENTRY_POINT_GROUP = "saga.scenarios"
 
@@ -60,13 +60,10 @@ async def run_scenarios(
             await scenario.run(services, say)
 
 
-async def seed_reference(settings: Settings, database_url: str) -> None:
+async def _seed_reference(settings: Settings, database_url: str) -> None:
     database = Database.from_settings(settings, url=database_url, application_name="saga-seed")
     try:
-        seeders = discover_seeders()
-        await database.run(
-            lambda conn: run_seeders(conn, seeders, include_samples=False), name="seed_reference"
-        )
+        await seed_reference(database)
     finally:
         await database.dispose()
 
@@ -81,7 +78,7 @@ def run_standalone(scenarios: Sequence[Scenario], *, database: str = "austa_exam
             migrate.upgrade(where.database_url)
         elif asyncio.run(_revision(settings, where.database_url)) is None:
             raise SchemaNotMigrated("the database has no schema yet: run `saga db upgrade` first")
-        asyncio.run(seed_reference(settings, where.database_url))
+        asyncio.run(_seed_reference(settings, where.database_url))
         asyncio.run(run_scenarios(settings, where, scenarios, _say))
     return 0
 

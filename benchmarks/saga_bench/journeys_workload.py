@@ -26,7 +26,6 @@ from benchmarks.saga_bench.journey_mix import (
 from benchmarks.saga_bench.journey_scene import LARGE_LIMIT_CENTS, SMALL_LIMIT_CENTS, build_scene
 from benchmarks.saga_bench.results import InvariantFigures
 from benchmarks.saga_bench.workload import Starter, Verdict
-from journeys import world
 from journeys.care.sagas import BOOK_APPOINTMENT
 from journeys.health.sagas import COMPLETE_HEALTH_GOAL
 from journeys.invariants import check_invariants
@@ -34,6 +33,7 @@ from journeys.plan.sagas import SUBMIT_CLAIM
 from saga.definition import SagaDefinition
 from saga.settings import load_settings, to_plain_url
 from saga.store import Database
+from saga.store.seeding import seed_reference
 
 JOURNEYS = ("care", "plan", "health", "gamification")
 SHOWN_VIOLATIONS = 10
@@ -54,7 +54,7 @@ def scratch_database(url: str, application_name: str) -> Database:
 async def _prepare(url: str, sagas: int) -> list[Starter]:
     database = scratch_database(url, "bench-scene")
     try:
-        await world.seed_reference(database)
+        await seed_reference(database)
     finally:
         await database.dispose()
     mix = plan_mix(sagas)

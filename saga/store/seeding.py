@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga.errors import ConfigurationError, SchemaNotMigrated
 from saga.store.migrate import current_revision, head_revision
+
+if TYPE_CHECKING:
+    from saga.store.database import Database
 
 ENTRY_POINT_GROUP = "saga.seeders"
 
@@ -92,3 +95,11 @@ async def run_seeders(
             continue
         report.inserted[seeder.name] = await seeder(conn)
     return report
+
+
+async def seed_reference(database: Database) -> None:
+    """Every installed package's reference data (no samples): what the sagas look up."""
+    seeders = discover_seeders()
+    await database.run(
+        lambda conn: run_seeders(conn, seeders, include_samples=False), name="seed_reference"
+    )

@@ -16,9 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from journeys.world import seed_reference
 from saga.settings import Settings, load_settings
 from saga.store import Database, admin, migrate
+from saga.store.seeding import seed_reference
 from tests.conftest import REPO_ROOT, create_database, drop_database
 
 
