@@ -11,6 +11,7 @@ Nothing here runs at import time; callers pass the resulting object explicitly.
 
 from __future__ import annotations
 
+import math
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +29,11 @@ class AppEnv(StrEnum):
     DEVELOPMENT = "development"
     TEST = "test"
     PRODUCTION = "production"
+
+
+class RetentionMode(StrEnum):
+    ARCHIVE = "archive"
+    DELETE = "delete"
 
 
 class LogFormat(StrEnum):
@@ -123,6 +129,66 @@ class Settings(BaseSettings):
         default=1_000_000, ge=1024, description="an integer >= 1024 (bytes)"
     )
 
+    worker_schedule: str = Field(
+        default="",
+        description=(
+            "comma-separated job=SECONDS[/BATCH] overrides of the worker's schedule, "
+            "e.g. step_timeouts=0.5/200,saga_retention=600"
+        ),
+    )
+    worker_disabled_jobs: str = Field(
+        default="",
+        pattern=r"^[a-z_, ]*$",
+        description="comma-separated names of worker jobs not to run",
+    )
+    worker_max_batches_per_run: int = Field(
+        default=20,
+        ge=1,
+        le=10000,
+        description="an integer 1..10000: full batches a job runs back to back before it yields",
+    )
+    retention_inbox_days: float = Field(
+        default=7.0, gt=0, description="days > 0 a journey keeps a finished saga's inbox rows"
+    )
+    retention_outbox_days: float = Field(
+        default=7.0, gt=0, description="days > 0 published outbox rows are kept"
+    )
+    retention_saga_days: float = Field(
+        default=30.0, gt=0, description="days > 0 a finished saga and its step log are kept"
+    )
+    retention_saga_mode: RetentionMode = Field(
+        default=RetentionMode.ARCHIVE,
+        description="archive (move to shared.saga_*_archive) or delete",
+    )
+    retention_soft_deleted_days: float = Field(
+        default=30.0, gt=0, description="days > 0 a soft-deleted row is kept before it is purged"
+    )
+    partitions_months_ahead: int = Field(
+        default=3, ge=1, le=36, description="an integer 1..36: monthly partitions created ahead"
+    )
+    outbox_republish_after_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds > 0 an outbox row may stay unpublished before the worker sends it",
+    )
+    retry_alert_threshold: int = Field(
+        default=50,
+        ge=1,
+        description=(
+            "an integer >= 1: serialization and deadlock retries of one step within "
+            "RETRY_ALERT_WINDOW_SECONDS that raise an alert"
+        ),
+    )
+    retry_alert_window_seconds: float = Field(
+        default=300.0, gt=0, description="seconds > 0 the retry monitor looks back"
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="a TCP port 0..65535 for the Prometheus /metrics endpoint; unset: none",
+    )
+
     log_level: str = Field(
         default="INFO",
         pattern=r"(?i)^(debug|info|warning|error|critical)$",
@@ -132,11 +198,17 @@ class Settings(BaseSettings):
         default=None, description="console or json; unset means json in production"
     )
 
-    @field_validator("database_url", "kafka_bootstrap_servers", mode="before")
+    @field_validator("database_url", "kafka_bootstrap_servers", "metrics_port", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("worker_schedule")
+    @classmethod
+    def _check_worker_schedule(cls, value: str) -> str:
+        parse_schedule(value)
         return value
 
     @field_validator("database_url")
@@ -202,6 +274,30 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return LogFormat.JSON if self.app_env is AppEnv.PRODUCTION else LogFormat.CONSOLE
+
+
+def parse_schedule(text: str) -> dict[str, tuple[float, int | None]]:
+    """``"step_timeouts=0.5/200, saga_retention=600"`` → ``{job: (seconds, batch or None)}``;
+    a malformed entry raises ValueError naming it."""
+    schedule: dict[str, tuple[float, int | None]] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, timing = (piece.strip() for piece in entry.partition("="))
+        seconds, slash, batch = (piece.strip() for piece in timing.partition("/"))
+        try:
+            interval = float(seconds)
+            size = int(batch) if slash else None
+        except ValueError:
+            interval, size = -1.0, None
+        if (
+            not sep
+            or not name.replace("_", "").isalnum()
+            or not math.isfinite(interval)
+            or interval <= 0
+            or (size is not None and size < 1)
+        ):
+            raise ValueError(f"{entry!r} is not job=SECONDS or job=SECONDS/BATCH (both > 0)")
+        schedule[name] = (interval, size)
+    return schedule
 
 
 def to_async_url(url: str) -> str:
