@@ -74,6 +74,8 @@ class Reply(_Envelope):
     outcome: Outcome
     result: dict[str, Any] = Field(default_factory=dict)
     reason: str | None = None
+    transaction_retries: dict[str, Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=dict)
+    """SQLSTATE → how often the participant re-ran the step's transaction (40001, 40P01)."""
 
 
 Envelope = Annotated[Command | Reply, Field(discriminator="kind")]

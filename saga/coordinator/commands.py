@@ -5,13 +5,16 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from saga.definition import SagaDefinition
-from saga.machine import Dispatch, LogEntry, LogStatus, Phase, command_message_id
+from saga.machine import Dispatch, LogEntry, LogStatus, Phase, Transition, command_message_id
 from saga.messages import TRACEPARENT, Command
-from saga.store.saga_log import LogRow, OutboxRow
+from saga.store.outbox import PendingMessage
+from saga.store.saga_log import InstanceRow, LogRow, OutboxRow
+from saga.transport import Topics
 
 
 def traceparent(saga_id: uuid.UUID) -> str:
@@ -52,6 +55,9 @@ def build_command(
         undoes=None if execute else command_message_id(saga_id, dispatch.step_index, Phase.EXECUTE),
     )
 
+
+DEADLOCK = "40P01"
+"""The SQLSTATE of a deadlock; every other retried conflict is a serialization failure."""
 
 _OUTBOX_NAMESPACE = uuid.UUID("9d3b6c1a-7e52-4f08-b1c4-6a2e8f0d3b57")
 
@@ -96,3 +102,64 @@ def log_rows(
             )
         )
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """Everything one transition writes, ready for :func:`saga_log.write_transition`."""
+
+    command: Command | None
+    outbox: OutboxRow | None
+    log: list[LogRow]
+    step_timeout: float
+
+    @property
+    def pending(self) -> PendingMessage | None:
+        """The command as the publisher sends it after the commit."""
+        if self.outbox is None:
+            return None
+        box = self.outbox
+        return PendingMessage(box.message_id, box.topic, box.key, box.payload, dict(box.headers))
+
+
+def prepare_write(
+    instance: InstanceRow,
+    definition: SagaDefinition,
+    transition: Transition,
+    topics: Topics,
+    *,
+    transaction_retries: Mapping[str, int] | None = None,
+) -> PreparedWrite:
+    """The command, outbox row and log rows of ``transition`` (the coordinator's replies
+    and the worker's timeouts write them the same way). ``transaction_retries`` are the
+    reply's, recorded on the row of the outcome it reports."""
+    command = None
+    outbox = None
+    if transition.dispatch is not None:
+        command = build_command(
+            saga_id=instance.id,
+            definition=definition,
+            dispatch=transition.dispatch,
+            payload=instance.payload,
+            context=transition.state.context,
+            reply_to=topics.replies,
+        )
+        outbox = outbox_row(command, topics.commands(command.journey), transition.dispatch.delay)
+    rows = log_rows(
+        instance.id,
+        definition,
+        transition.log,
+        command=command,
+        attempt_started_at=instance.step_started_at,
+    )
+    if transaction_retries and rows:
+        # The machine logs the event's outcome first, before any dispatch it causes.
+        deadlocks = transaction_retries.get(DEADLOCK, 0)
+        rows[0] = replace(
+            rows[0],
+            deadlock_retries=deadlocks,
+            serialization_retries=sum(transaction_retries.values()) - deadlocks,
+        )
+    return PreparedWrite(
+        command, outbox, rows, definition.steps[transition.state.current_step].timeout
+    )

@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from saga.coordinator.commands import build_command, log_rows, outbox_row
+from saga import alerts
+from saga.coordinator.commands import prepare_write
 from saga.definition import SagaDefinition
 from saga.errors import MessageRejected
 from saga.machine import LogEntry, LogStatus, Phase, SagaStatus, StepEvent, advance
@@ -18,7 +19,6 @@ from saga.outbox import OutboxPublisher
 from saga.store import saga_log
 from saga.store.database import Database
 from saga.store.driver import DriverConnection
-from saga.store.outbox import PendingMessage
 from saga.store.saga_log import InstanceRow, LogRow
 from saga.transport import Incoming, Topics
 
@@ -136,39 +136,23 @@ class ReplyProcessor:
             await self._record_ignored(definition, instance, reply, transition.ignored)
             return True
 
-        command = None
-        if transition.dispatch is not None:
-            command = build_command(
-                saga_id=instance.id,
-                definition=definition,
-                dispatch=transition.dispatch,
-                payload=instance.payload,
-                context=transition.state.context,
-                reply_to=self._topics.replies,
-            )
-        delay = transition.dispatch.delay if transition.dispatch else 0.0
-        outbox = (
-            outbox_row(command, self._topics.commands(command.journey), delay)
-            if command is not None
-            else None
-        )
-        rows = log_rows(
-            instance.id,
+        prepared = prepare_write(
+            instance,
             definition,
-            transition.log,
-            command=command,
-            attempt_started_at=instance.step_started_at,
+            transition,
+            self._topics,
+            transaction_retries=reply.transaction_retries,
         )
-        step_timeout = definition.steps[transition.state.current_step].timeout
+        command, outbox = prepared.command, prepared.outbox
 
         async def write(conn: DriverConnection) -> InstanceRow | None:
             return await saga_log.write_transition(
                 conn,
                 instance,
                 transition.state,
-                log=rows,
+                log=prepared.log,
                 outbox=outbox,
-                step_timeout=step_timeout,
+                step_timeout=prepared.step_timeout,
             )
 
         written = await self._database.run_driver(
@@ -190,17 +174,15 @@ class ReplyProcessor:
             next_attempt=command.attempt if command else None,
             error=state.error,
         )
-        if outbox is not None:
-            pending = PendingMessage(
-                outbox.message_id, outbox.topic, outbox.key, outbox.payload, dict(outbox.headers)
-            )
+        pending = prepared.pending
+        if outbox is not None and pending is not None:
             if outbox.delay > 0:
                 self._publisher.publish_later(pending, outbox.delay)
             else:
                 await self._publisher.publish([pending])
         if not state.status.in_flight:
             if state.status is SagaStatus.PARKED:
-                log.error("saga_parked", reason=state.error)
+                alerts.saga_parked(instance.id, definition.name, state.error)
             self._on_finished(instance.id, state.status)
         return True
 

@@ -22,6 +22,7 @@ compensation has nothing to undo and a late delivery of it is refused.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,16 +164,20 @@ class CommandProcessor:
                 log.info("duplicate_command_answered_from_inbox", outcome=stored.outcome.value)
                 await self._send_now(command, stored)
                 return
+        # Serialization and deadlock retries travel in the reply to the step log, where
+        # they are counted per step for alerting.
+        retries: Counter[str] = Counter()
         try:
             reply, fresh = await self._database.run_driver(
-                lambda conn: self._run(conn, command, handler, checked=checked),
+                lambda conn: self._run(conn, command, handler, checked=checked, retries=retries),
                 isolation=command.isolation,
                 statement_timeout_ms=command.timeout_ms,
                 retry=self._retry,
                 name=f"{self.journey}.{command.action}",
+                tally=retries,
             )
         except StepRefused as refusal:
-            reply, fresh = await self._record_refusal(command, refusal.reason)
+            reply, fresh = await self._record_refusal(command, refusal.reason, retries)
         except DatabaseUnavailable:
             raise  # the consumer keeps the message and tries again
         except SagaError as exc:
@@ -203,7 +208,13 @@ class CommandProcessor:
             await self._send_now(command, reply)
 
     async def _run(
-        self, conn: DriverConnection, command: Command, handler: Handler, *, checked: bool
+        self,
+        conn: DriverConnection,
+        command: Command,
+        handler: Handler,
+        *,
+        checked: bool,
+        retries: Counter[str],
     ) -> tuple[Reply, PendingMessage | None]:
         if not checked:
             stored = await inbox.stored_reply(conn, self.tables, command.message_id)
@@ -213,11 +224,15 @@ class CommandProcessor:
             undone = await self._nothing_to_undo(conn, command, command.undoes)
             if undone is not None:
                 self.stats.nothing_to_undo += 1
-                return await self._record(conn, command, Outcome.SUCCEEDED, result=undone)
+                return await self._record(
+                    conn, command, Outcome.SUCCEEDED, result=undone, retries=retries
+                )
         result = await handler(StepContext(conn, command))
         self.stats.executed += 1
         self.stats.by_action[command.action] = self.stats.by_action.get(command.action, 0) + 1
-        return await self._record(conn, command, Outcome.SUCCEEDED, result=dict(result or {}))
+        return await self._record(
+            conn, command, Outcome.SUCCEEDED, result=dict(result or {}), retries=retries
+        )
 
     async def _nothing_to_undo(
         self, conn: DriverConnection, command: Command, undoes: uuid.UUID
@@ -247,8 +262,9 @@ class CommandProcessor:
         *,
         result: Mapping[str, Any] | None = None,
         reason: str | None = None,
+        retries: Mapping[str, int] | None = None,
     ) -> tuple[Reply, PendingMessage]:
-        reply = self._reply(command, outcome, result=result, reason=reason)
+        reply = self._reply(command, outcome, result=result, reason=reason, retries=retries)
         pending = _pending(reply, command.reply_to)
         entry = InboxEntry(
             command.message_id,
@@ -269,7 +285,7 @@ class CommandProcessor:
         return reply, pending
 
     async def _record_refusal(
-        self, command: Command, reason: str
+        self, command: Command, reason: str, retries: Counter[str]
     ) -> tuple[Reply, PendingMessage | None]:
         self.stats.refused += 1
         log.info("step_refused", reason=reason)
@@ -278,11 +294,11 @@ class CommandProcessor:
             stored = await inbox.stored_reply(conn, self.tables, command.message_id)
             if stored is not None:
                 return self._reply_from(command, stored), None
-            return await self._record(conn, command, Outcome.FAILED, reason=reason)
+            return await self._record(conn, command, Outcome.FAILED, reason=reason, retries=retries)
 
         try:
             return await self._database.run_driver(
-                unit, retry=self._retry, name=f"{self.journey}.refusal"
+                unit, retry=self._retry, name=f"{self.journey}.refusal", tally=retries
             )
         except UniqueViolation:
             # A duplicate delivery recorded its answer first: that answer stands.
@@ -303,6 +319,7 @@ class CommandProcessor:
         *,
         result: Mapping[str, Any] | None = None,
         reason: str | None = None,
+        retries: Mapping[str, int] | None = None,
     ) -> Reply:
         return Reply(
             message_id=uuid.uuid5(_REPLY_NAMESPACE, f"{command.message_id}/{command.attempt}"),
@@ -319,6 +336,7 @@ class CommandProcessor:
             outcome=outcome,
             result=dict(result or {}),
             reason=reason,
+            transaction_retries=dict(retries or {}),
         )
 
     def _reply_from(self, command: Command, stored: Mapping[str, Any]) -> Reply:

@@ -32,6 +32,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from saga import metrics
 from saga.errors import (
     DatabaseUnavailable,
     PoolExhausted,
@@ -143,12 +144,14 @@ class Database:
         retry: RetryPolicy | None = None,
         name: str | None = None,
         transaction: bool = True,
+        tally: Counter[str] | None = None,
     ) -> T:
         """Run ``unit`` on the asyncpg connection in one transaction, retrying conflicts.
 
         ``transaction=False`` runs each statement of the unit as its own implicit
         transaction (no ``BEGIN``/``COMMIT`` round trips): for units of one statement,
         which PostgreSQL makes atomic by itself, such as a data-modifying CTE.
+        ``tally`` counts this call's retries by SQLSTATE.
         """
         if not transaction and (
             isolation is not IsolationLevel.READ_COMMITTED or statement_timeout_ms is not None
@@ -175,10 +178,17 @@ class Database:
                     # that hides it; the connection's state tells what happened.
                     raise DatabaseUnavailable(f"connection lost: {exc}") from exc
 
-        return await self._with_retries(once, retry or self.retry, name or _name_of(unit))
+        return await self._with_retries(
+            once, retry or self.retry, name or _name_of(unit), tally=tally
+        )
 
     async def _with_retries(
-        self, once: Callable[[], Awaitable[T]], policy: RetryPolicy, unit_name: str
+        self,
+        once: Callable[[], Awaitable[T]],
+        policy: RetryPolicy,
+        unit_name: str,
+        *,
+        tally: Counter[str] | None = None,
     ) -> T:
         attempt = 1
         while True:
@@ -196,8 +206,12 @@ class Database:
                         error=str(exc),
                     )
                     raise RetriesExhausted(unit_name, attempt, exc) from exc
+                sqlstate = exc.sqlstate or "unknown"
                 self.retries.by_unit[unit_name] += 1
-                self.retries.by_sqlstate[exc.sqlstate or "unknown"] += 1
+                self.retries.by_sqlstate[sqlstate] += 1
+                metrics.DB_RETRIES.labels(unit_name, sqlstate).inc()
+                if tally is not None:
+                    tally[sqlstate] += 1
                 attempt += 1
                 delay = policy.delay_before(attempt)
                 log.info(

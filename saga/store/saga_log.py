@@ -41,6 +41,9 @@ class LogRow:
     request: Mapping[str, Any] | None = None
     started_at: datetime | None = None
     """When the attempt was dispatched; ``None`` means now (plus any retry delay)."""
+    serialization_retries: int = 0
+    deadlock_retries: int = 0
+    """How often the participant re-ran the step's transaction before it answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +58,8 @@ class OutboxRow:
 
 _LOG_COLUMNS = """
     saga_instance_id, step_index, step_name, journey, action, status, attempt,
-    message_id, request, response, error, started_at, finished_at
+    message_id, request, response, error, started_at, finished_at,
+    serialization_retries, deadlock_retries
 """
 
 # The log rows arrive as parallel arrays; a dispatched row is open (no finished_at) and
@@ -65,13 +69,14 @@ _LOG_FROM_ARRAYS = f"""
     SELECT i.id, e.step_index, e.step_name, e.journey, e.action, e.status, e.attempt,
            e.message_id, e.request::jsonb, e.response::jsonb, e.error,
            COALESCE(e.started_at, now() + make_interval(secs => $DELAY)),
-           CASE WHEN e.status = 'dispatched' THEN NULL ELSE now() END
+           CASE WHEN e.status = 'dispatched' THEN NULL ELSE now() END,
+           e.serialization_retries, e.deadlock_retries
     FROM {{source}} i,
          unnest($LOG1::integer[], $LOG2::text[], $LOG3::text[], $LOG4::text[], $LOG5::text[],
                 $LOG6::integer[], $LOG7::uuid[], $LOG8::text[], $LOG9::text[], $LOG10::text[],
-                $LOG11::timestamptz[])
+                $LOG11::timestamptz[], $LOG12::integer[], $LOG13::integer[])
          AS e(step_index, step_name, journey, action, status, attempt, message_id,
-              request, response, error, started_at)
+              request, response, error, started_at, serialization_retries, deadlock_retries)
 """
 
 _OUTBOX_FROM = """
@@ -90,7 +95,7 @@ def _numbered(sql: str, names: Sequence[str], first: int) -> str:
     return sql
 
 
-_SHARED_PARAMS = ["DELAY", *(f"LOG{n}" for n in range(1, 12)), *(f"OB{n}" for n in range(1, 6))]
+_SHARED_PARAMS = ["DELAY", *(f"LOG{n}" for n in range(1, 14)), *(f"OB{n}" for n in range(1, 6))]
 
 
 def _shared_args(log: Sequence[LogRow], outbox: OutboxRow | None, delay: float) -> list[Any]:
@@ -107,6 +112,8 @@ def _shared_args(log: Sequence[LogRow], outbox: OutboxRow | None, delay: float) 
         [_json_or_none(r.entry.response) for r in log],
         [r.entry.error for r in log],
         [r.started_at for r in log],
+        [r.serialization_retries for r in log],
+        [r.deadlock_retries for r in log],
         outbox.message_id if outbox else None,
         outbox.topic if outbox else None,
         outbox.key if outbox else None,
@@ -176,17 +183,52 @@ async def insert_start(
     return uuid.UUID(str(existing))
 
 
+_INSTANCE_COLUMNS = """
+    id, definition_name, definition_version, status, current_step, step_attempt,
+    context, error, payload, version, step_started_at
+"""
+
+
 async def load_instance(conn: DriverConnection, saga_id: uuid.UUID) -> InstanceRow | None:
     row = await conn.fetchrow(
-        """
-        SELECT id, definition_name, definition_version, status, current_step, step_attempt,
-               context, error, payload, version, step_started_at
-        FROM shared.saga_instance WHERE id = $1
-        """,
-        saga_id,
+        f"SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance WHERE id = $1", saga_id
     )
-    if row is None:
-        return None
+    return None if row is None else _instance_from(row)
+
+
+async def claim_overdue_steps(conn: DriverConnection, limit: int) -> list[InstanceRow]:
+    """Lock up to ``limit`` in-flight sagas whose current attempt is past its deadline,
+    oldest first, skipping any another worker (or a coordinator's write) holds. Only
+    meaningful inside a transaction, which then owns them until it ends."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance
+        WHERE status IN ('running', 'compensating') AND step_deadline <= now()
+        ORDER BY step_deadline
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    return [_instance_from(row) for row in rows]
+
+
+async def claim_expired_sagas(conn: DriverConnection, limit: int) -> list[InstanceRow]:
+    """Like :func:`claim_overdue_steps`, for running sagas past their overall deadline."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance
+        WHERE status = 'running' AND deadline IS NOT NULL AND deadline <= now()
+        ORDER BY deadline
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    return [_instance_from(row) for row in rows]
+
+
+def _instance_from(row: Any) -> InstanceRow:
     return InstanceRow(
         id=row["id"],
         definition_name=row["definition_name"],
@@ -267,7 +309,7 @@ async def record_ignored(conn: DriverConnection, saga_id: uuid.UUID, row: LogRow
     await conn.execute(
         f"""
         INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
-        VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9, now(), now())
+        VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9, now(), now(), 0, 0)
         """,
         saga_id,
         row.entry.step_index,
