@@ -1,5 +1,5 @@
-"""``saga run coordinator|participant``: long-running engine processes, stopped by SIGTERM
-or SIGINT.
+"""``saga run coordinator|participant|worker``: long-running engine processes, stopped by
+SIGTERM or SIGINT.
 
 On the signal it stops taking replies, lets the batch in hand finish, records what it
 published and exits 0; whatever it had not finished is redelivered to another member of
@@ -19,9 +19,11 @@ import structlog
 from saga.coordinator import Coordinator
 from saga.errors import ConfigurationError
 from saga.logging import configure_logging
+from saga.metrics import serve_metrics
 from saga.participant.journey import discover_journeys, journey_named
-from saga.settings import load_settings
+from saga.settings import Settings, load_settings
 from saga.store import Database
+from saga.worker.scheduler import Worker, build_schedule, installed_jobs
 
 log = structlog.get_logger("saga.cli")
 
@@ -44,6 +46,25 @@ def add_parser(commands: Any) -> None:
         "--concurrency", type=int, default=64, help="commands handled at once (default 64)"
     )
     participant.set_defaults(handler=_participant)
+    worker = sub.add_parser(
+        "worker",
+        help="time out stuck steps, clean up orphans, apply retention (several may run)",
+    )
+    worker.add_argument(
+        "--once",
+        action="store_true",
+        help="run each job's batches once and exit (for cron or a one-off clean-up)",
+    )
+    worker.add_argument(
+        "--job",
+        action="append",
+        metavar="NAME",
+        help="run only this job (repeatable); default: every job not disabled",
+    )
+    worker.add_argument(
+        "--list", action="store_true", help="print the jobs with their schedules and exit"
+    )
+    worker.set_defaults(handler=_worker)
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -51,6 +72,7 @@ def _coordinator(args: argparse.Namespace) -> int:
     configure_logging(settings)
 
     async def main() -> None:
+        _serve_metrics(settings)
         database = Database.from_settings(settings, application_name="saga-coordinator")
         coordinator = Coordinator(
             settings=settings, database=database, max_concurrency=args.concurrency
@@ -76,6 +98,7 @@ def _participant(args: argparse.Namespace) -> int:
         raise ConfigurationError("`saga run participant` needs DATABASE_URL")
 
     async def main() -> None:
+        _serve_metrics(settings)
         database = Database.from_settings(
             settings,
             url=journey.database_url(settings.database_url or ""),
@@ -97,6 +120,54 @@ def _participant(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings)
+    schedule = build_schedule(installed_jobs(list(discover_journeys().values())), settings)
+    if args.job:
+        unknown = sorted(set(args.job) - set(schedule))
+        if unknown:
+            raise ConfigurationError(
+                f"no worker job named {', '.join(unknown)} (jobs: {', '.join(sorted(schedule))})"
+            )
+        schedule = {name: schedule[name] for name in args.job}
+    if args.list:
+        for name, scheduled in schedule.items():
+            print(
+                f"{name:<28} every {scheduled.interval:g} s, batch {scheduled.batch}: "
+                f"{scheduled.job.description}"
+            )
+        return 0
+    if settings.database_url is None:
+        raise ConfigurationError("`saga run worker` needs DATABASE_URL")
+
+    async def main() -> None:
+        _serve_metrics(settings)
+        database = Database.from_settings(settings, application_name="saga-worker")
+        try:
+            worker = Worker(settings=settings, database=database)
+            worker.schedule = schedule
+            if args.once:
+                try:
+                    for name in schedule:
+                        await worker.run_job(name)
+                finally:
+                    await worker.close()
+                return
+            await until_signalled(worker.run(), worker.stop)
+        finally:
+            await database.dispose()
+
+    asyncio.run(main())
+    return 0
+
+
+def _serve_metrics(settings: Settings) -> None:
+    if settings.metrics_port is not None:
+        port = serve_metrics(settings.metrics_port)
+        log.info("metrics_serving", port=port, path="/metrics")
 
 
 async def until_signalled(work: Any, stop: Any) -> None:

@@ -20,6 +20,9 @@ from saga.participant.service import Participant
 from saga.retry import RetryPolicy
 from saga.settings import Settings
 from saga.store.database import Database
+from saga.store.inbox import JourneyTables
+from saga.worker.job import Job
+from saga.worker.policies import PartitionPolicy
 
 ENTRY_POINT_GROUP = "saga.journeys"
 
@@ -39,6 +42,16 @@ class JourneyService:
     # None takes DATABASE_RETRY_* from the settings. A journey whose steps contend for
     # one row (a member's coverage) needs more attempts than the default.
     retry: RetryPolicy | None = None
+    # Background jobs only this journey knows how to do (releasing expired holds, ...);
+    # `saga run worker` runs them beside the engine's own.
+    maintenance: Sequence[Job] = field(default_factory=tuple)
+    # Partitioned tables the worker keeps partitions ahead for (and detaches past retention).
+    partitions: Sequence[PartitionPolicy] = field(default_factory=tuple)
+
+    @property
+    def tables(self) -> JourneyTables:
+        """The journey's inbox and outbox."""
+        return JourneyTables.of(self.schema, self.table_prefix or self.name)
 
     def participant(self, *, settings: Settings, database: Database, **options: Any) -> Participant:
         """A participant serving every handler; ``options`` go to :class:`Participant`."""

@@ -1,0 +1,89 @@
+"""What a worker job is: a named function that handles one bounded batch per call.
+
+Every job must be safe to run in several worker processes at once. A job claims its rows
+with ``FOR UPDATE SKIP LOCKED`` inside the short transaction that acts on them, so two
+workers never take the same row, and a crash rolls the claim back with the work. Work that
+cannot be split into rows (refreshing a view, creating partitions) takes
+:func:`try_job_lock` instead and is skipped by whichever worker does not get it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from saga.outbox import OutboxPublisher
+from saga.settings import Settings
+from saga.store.database import Database
+from saga.store.driver import DriverConnection
+from saga.transport import Producer
+
+if TYPE_CHECKING:
+    from saga.participant.journey import JourneyService
+    from saga.worker.definitions import DefinitionCache
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What one batch of a job may use."""
+
+    settings: Settings
+    database: Database
+    """The worker's database: DATABASE_URL's user, which owns the journeys' tables."""
+    journeys: Sequence[JourneyService]
+    """Every installed journey service: their schemas, inboxes, outboxes, partitions."""
+    batch: int
+    """The most rows this batch may claim."""
+    publisher: OutboxPublisher
+    """Publishes rows the job wrote to ``shared.saga_outbox`` and records them sent."""
+    producer: Producer
+    """The worker's producer, for re-sending rows of other outboxes."""
+    definitions: DefinitionCache
+    """Stored saga definitions by name and version."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one batch did. ``claimed`` rows decide whether another batch follows at
+    once (a full batch means more may be waiting); ``counts`` say what became of them
+    and are logged and exported as ``saga_worker_job_rows{job, what}``."""
+
+    claimed: int
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def nothing(cls) -> BatchResult:
+        return cls(0)
+
+
+JobFunction = Callable[[JobContext], Awaitable[BatchResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A named piece of background work with its default schedule; WORKER_SCHEDULE
+    overrides ``interval`` and ``batch``, WORKER_DISABLED_JOBS turns it off."""
+
+    name: str
+    run: JobFunction
+    interval: float
+    """Seconds between runs."""
+    batch: int
+    """Rows one batch claims at most."""
+    description: str
+    repeat_when_full: bool = True
+    """Run the next batch at once when this one was full (False: once per interval)."""
+
+
+def lock_key(name: str) -> int:
+    """A stable 64-bit advisory-lock key for a job name."""
+    return int.from_bytes(
+        hashlib.sha256(f"saga.worker/{name}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+async def try_job_lock(conn: DriverConnection, name: str) -> bool:
+    """Take the job's transaction-scoped advisory lock if no other worker holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_key(name)))
