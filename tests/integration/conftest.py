@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -88,13 +88,16 @@ class SagaEnvironment:
 
 
 @contextmanager
-def engine_process(env: SagaEnvironment, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
+def engine_process(
+    env: SagaEnvironment, *argv: str, environ: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m saga *argv`` (``"run", "coordinator"``, ...) as a process of its own
-    pointed at ``env``; killed on the way out unless it has ended by then."""
+    pointed at ``env`` (``environ`` adds to its environment); killed on the way out unless
+    it has ended by then."""
     process = subprocess.Popen(
         [sys.executable, "-m", "saga", *argv],
         cwd=REPO_ROOT,
-        env=env.process_environment(),
+        env={**env.process_environment(), **(environ or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
