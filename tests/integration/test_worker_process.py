@@ -82,7 +82,7 @@ async def test_a_worker_process_parks_what_nobody_answers_and_stops_on_sigterm(
             for phase in ("execute", "compensate"):
                 timeouts = (
                     f'saga_step_timeouts_total{{definition="{UNANSWERED.name}",phase="{phase}",'
-                    'step="1"}'
+                    'step="authorize"}'
                 )
                 assert sample(metrics, timeouts) == 2.0, "both attempts of each timed out"
             assert sample(metrics, 'saga_worker_job_runs_total{job="step_timeouts"}') >= 1

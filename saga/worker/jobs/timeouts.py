@@ -47,6 +47,7 @@ Claim = Callable[[DriverConnection, int], Awaitable[list[InstanceRow]]]
 class _Written:
     instance: InstanceRow
     definition_name: str
+    step_name: str
     state: InstanceState
     pending: PendingMessage | None
     delay: float
@@ -97,7 +98,7 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
             )
             # The claim holds the row lock, so the version cannot have moved.
             assert stored is not None, f"saga {instance.id} changed under its row lock"
-            written.append(_written(instance, definition.name, transition.state, prepared))
+            written.append(_written(instance, definition, transition.state, prepared))
         return written
 
     done = await ctx.database.run_driver(batch, name=f"worker.{job}")
@@ -113,10 +114,14 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
 
 
 def _written(
-    instance: InstanceRow, definition: str, state: InstanceState, prepared: PreparedWrite
+    instance: InstanceRow,
+    definition: SagaDefinition,
+    state: InstanceState,
+    prepared: PreparedWrite,
 ) -> _Written:
     delay = prepared.outbox.delay if prepared.outbox is not None else 0.0
-    return _Written(instance, definition, state, prepared.pending, delay)
+    step = definition.steps[instance.state.current_step].name
+    return _Written(instance, definition.name, step, state, prepared.pending, delay)
 
 
 def _count(item: _Written, job: str, counts: Counter[str]) -> None:
@@ -124,13 +129,13 @@ def _count(item: _Written, job: str, counts: Counter[str]) -> None:
     with structlog.contextvars.bound_contextvars(
         saga_id=str(item.instance.id),
         definition=item.definition_name,
-        step=before.current_step,
+        step=item.step_name,
         phase=before.phase.value,
         attempt=before.step_attempt,
     ):
         if job == STEP_TIMEOUTS.name:
             metrics.STEP_TIMEOUTS.labels(
-                item.definition_name, str(before.current_step), before.phase.value
+                item.definition_name, item.step_name, before.phase.value
             ).inc()
         else:
             metrics.SAGAS_EXPIRED.labels(item.definition_name).inc()
@@ -158,7 +163,8 @@ async def _park_undriveable(conn: DriverConnection, instance: InstanceRow) -> _W
     )
     state = replace(instance.state, status=SagaStatus.PARKED, error=reason)
     await saga_log.write_transition(conn, instance, state, log=[], outbox=None, step_timeout=0)
-    return _Written(instance, instance.definition_name, state, None, 0.0)
+    step = f"#{instance.state.current_step}"
+    return _Written(instance, instance.definition_name, step, state, None, 0.0)
 
 
 async def step_timeouts(ctx: JobContext) -> BatchResult:
