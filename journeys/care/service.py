@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from journeys.care.maintenance import RELEASE_EXPIRED_HOLDS
 from journeys.care.sagas import BOOK_APPOINTMENT
 from journeys.care.steps import HANDLERS
 from saga.participant.journey import JourneyService
@@ -12,4 +13,5 @@ SERVICE = JourneyService(
     database_role="austa_care_journey",
     handlers=HANDLERS,
     definitions=(BOOK_APPOINTMENT,),
+    maintenance=(RELEASE_EXPIRED_HOLDS,),
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from journeys.gamification.maintenance import REFRESH_LEADERBOARD
 from journeys.gamification.steps import HANDLERS
 from saga.participant.journey import JourneyService
+from saga.worker.policies import PartitionPolicy
 
 SERVICE = JourneyService(
     name="gamification",
@@ -11,4 +13,7 @@ SERVICE = JourneyService(
     database_role="austa_gamification",
     handlers=HANDLERS,
     definitions=(),
+    maintenance=(REFRESH_LEADERBOARD,),
+    # Event history is kept two years; older months are detached for archiving.
+    partitions=(PartitionPolicy("gamification.gamification_event", retention_months=24),),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from journeys.health.sagas import COMPLETE_HEALTH_GOAL
 from journeys.health.steps import HANDLERS
 from saga.participant.journey import JourneyService
+from saga.worker.policies import PartitionPolicy
 
 SERVICE = JourneyService(
     name="health",
@@ -12,4 +13,6 @@ SERVICE = JourneyService(
     database_role="austa_health_journey",
     handlers=HANDLERS,
     definitions=(COMPLETE_HEALTH_GOAL,),
+    # Health records are kept whole: no month is ever detached.
+    partitions=(PartitionPolicy("health_journey.health_metric", retention_months=None),),
 )

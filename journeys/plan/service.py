@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from journeys.plan.maintenance import VOID_ORPHAN_AUTHORIZATIONS
 from journeys.plan.sagas import SUBMIT_CLAIM
 from journeys.plan.steps import HANDLERS
 from saga.participant.journey import JourneyService
@@ -16,4 +17,5 @@ SERVICE = JourneyService(
     # Every authorization and claim of a member updates their coverage row at
     # Serializable, so concurrent ones conflict and are re-run; give them room.
     retry=RetryPolicy(max_attempts=40, initial_delay=0.002, max_delay=0.1),
+    maintenance=(VOID_ORPHAN_AUTHORIZATIONS,),
 )

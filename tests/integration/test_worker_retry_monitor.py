@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import pytest
@@ -50,7 +50,8 @@ def contended_authorize() -> Any:
             await step.connection.execute(
                 f"DO $$ BEGIN RAISE EXCEPTION 'contended' USING ERRCODE = '{sqlstate}'; END $$"
             )
-        return await real(step)
+        result: Mapping[str, Any] = await real(step)
+        return result
 
     return handler
 
@@ -106,9 +107,10 @@ async def test_retries_are_logged_per_step_and_alerted_past_the_threshold(
             "FROM shared.saga_step_retry_stats WHERE step_name = 'authorize'"
         )
     )
+    assert hourly is not None
     assert (hourly["s"], hourly["d"]) == (4, 2)
 
-    async def monitor(threshold: int) -> list[dict[str, Any]]:
+    async def monitor(threshold: int) -> list[MutableMapping[str, Any]]:
         settings = env.settings.model_copy(update={"retry_alert_threshold": threshold})
         worker = Worker(
             settings=settings,

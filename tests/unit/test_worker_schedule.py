@@ -41,7 +41,7 @@ def test_overrides_change_interval_and_batch_and_disabled_jobs_are_left_out() ->
 )
 def test_a_name_no_job_has_is_an_error_naming_the_jobs(variable: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=r"no job called gamma \(jobs: alpha, beta\)"):
-        build_schedule(JOBS, Settings(**{variable: value}))
+        build_schedule(JOBS, Settings().model_copy(update={variable: value}))
 
 
 def test_two_jobs_with_one_name_are_refused() -> None:
