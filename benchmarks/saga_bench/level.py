@@ -182,6 +182,8 @@ def run_level(
     """One level on a fresh broker and a fresh database; everything is stopped and
     dropped on the way out, whatever happens."""
     commands = workload.commands(level)
+    if options.with_worker:
+        commands["worker"] = ["saga", "run", "worker"]
     pool = pool_for(level, options, len(commands) + 1)  # and the driver's
     wanted = pool * (len(commands) + 1) + 4  # the driver's own connections, the check
     free = asyncio.run(free_connections(admin_url))

@@ -30,6 +30,7 @@ class Options:
     quiet_percent: float = 25.0
     quiet_wait: float = 300.0
     workload: str = "synthetic"
+    with_worker: bool = False
 
 
 def poll_interval(level: int, options: Options) -> float:
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="synthetic",
         help="synthetic: BENCH_SAGA and benchmarks.saga_services (the default); journeys: "
         "the three cross-journey sagas and the real journey services, invariants checked",
+    )
+    parser.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="also run `saga run worker` (every job on its default schedule) beside the services",
     )
     parser.add_argument("--levels", type=parse_levels, default=[1, 16, 64, 128, 256])
     parser.add_argument("--sagas", type=int, default=2000, help="per level above 1")
@@ -140,5 +146,6 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[Options, Path]:
         quiet_percent=args.quiet_percent,
         quiet_wait=args.quiet_wait,
         workload=args.workload,
+        with_worker=args.with_worker,
     )
     return options, json_path
