@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from journeys.care.steps import releasing
 from saga.store.driver import DriverConnection
 from saga.worker.job import BatchResult, Job, JobContext
 
@@ -49,23 +50,17 @@ LOCK_SLOTS = """
     FOR UPDATE SKIP LOCKED
 """
 
-# The row changes of journeys.care.steps.RELEASE, for appointments named by id rather
-# than by saga (a hold may have no saga left to name it).
-RELEASE_HOLDS = """
-    WITH released AS (
-        UPDATE care_journey.care_appointment AS a
-        SET status = 'released', cancelled_reason = r.reason, hold_expires_at = NULL
-        FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
-        WHERE a.id = r.id AND a.status = 'held'
-        RETURNING a.id, a.slot_id
-    ), reopened AS (
-        -- A slot blocked by the agenda meanwhile stays blocked.
-        UPDATE care_journey.care_slot AS s SET status = 'open'
-        FROM released AS r
-        WHERE s.id = r.slot_id AND s.status IN ('held', 'booked')
-    )
-    SELECT id, slot_id FROM released
-"""
+# journeys.care.steps.RELEASE's row changes, for appointments named by id rather than by
+# saga (a hold may have no saga left to name it).
+RELEASE_HOLDS = releasing(
+    """
+    UPDATE care_journey.care_appointment AS a
+    SET status = 'released', cancelled_reason = r.reason, hold_expires_at = NULL
+    FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
+    WHERE a.id = r.id AND a.status = 'held'
+    RETURNING a.id, a.slot_id
+    """
+)
 
 
 def _reason(saga_id: uuid.UUID | None, saga_status: str | None) -> str:

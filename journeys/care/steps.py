@@ -101,20 +101,29 @@ async def reserve_slot(step: StepContext) -> dict[str, Any]:
     }
 
 
-RELEASE = """
-    WITH released AS (
-        UPDATE care_journey.care_appointment
-        SET status = 'released', cancelled_reason = $2, hold_expires_at = NULL
-        WHERE saga_id = $1 AND status IN ('held', 'confirmed') AND deleted_at IS NULL
-        RETURNING id, slot_id
-    ), reopened AS (
+def releasing(released: str) -> str:
+    """Release the appointments the UPDATE ``released`` marks (``RETURNING id, slot_id``)
+    and reopen their slots: the compensation and the worker's clean-up make the same row
+    changes."""
+    return f"""
+    WITH released AS ({released}), reopened AS (
         -- A slot blocked by the agenda meanwhile stays blocked.
         UPDATE care_journey.care_slot AS s SET status = 'open'
         FROM released AS r
         WHERE s.id = r.slot_id AND s.status IN ('held', 'booked')
     )
     SELECT id, slot_id FROM released
-"""
+    """
+
+
+RELEASE = releasing(
+    """
+    UPDATE care_journey.care_appointment
+    SET status = 'released', cancelled_reason = $2, hold_expires_at = NULL
+    WHERE saga_id = $1 AND status IN ('held', 'confirmed') AND deleted_at IS NULL
+    RETURNING id, slot_id
+    """
+)
 
 
 async def release_slot(step: StepContext) -> dict[str, Any]:

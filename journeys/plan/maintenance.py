@@ -47,7 +47,7 @@ from datetime import datetime
 
 import asyncpg
 
-from journeys.plan.steps import LIVE_CLAIM, STAMP_SAGA
+from journeys.plan.steps import LIVE_CLAIM, RESERVING, STAMP_SAGA, voiding
 from saga.retry import RetryPolicy
 from saga.store import IsolationLevel
 from saga.store.driver import DriverConnection
@@ -87,35 +87,16 @@ LOCK_COVERAGES = """
     FOR UPDATE SKIP LOCKED
 """
 
-# The row changes of journeys.plan.steps.VOID, for pre-authorizations named by id rather
-# than by saga (one may have no saga left to name it).
-VOID_ORPHANS = f"""
-    WITH target AS (
-        SELECT p.id,
-               p.status = 'approved' AND NOT EXISTS (
-                   SELECT FROM plan_journey.plan_claim AS c
-                   WHERE c.pre_authorization_id = p.id AND c.{LIVE_CLAIM}
-               ) AS reserving,
-               r.reason
-        FROM plan_journey.plan_pre_authorization AS p
-        JOIN unnest($1::uuid[], $2::text[]) AS r(id, reason) ON r.id = p.id
-        WHERE p.status IN ('approved', 'pending') AND p.deleted_at IS NULL
-    ), voided AS (
-        UPDATE plan_journey.plan_pre_authorization AS p
-        SET status = 'voided', decision_reason = t.reason
-        FROM target AS t WHERE p.id = t.id
-        RETURNING p.id, p.member_coverage_id, p.amount_cents, t.reserving
-    ), released AS (
-        UPDATE plan_journey.plan_member_coverage AS m
-        SET reserved_cents = m.reserved_cents - v.amount
-        FROM (
-            SELECT member_coverage_id, sum(amount_cents) AS amount
-            FROM voided WHERE reserving GROUP BY member_coverage_id
-        ) AS v
-        WHERE m.id = v.member_coverage_id
-    )
-    SELECT id FROM voided
-"""
+# journeys.plan.steps.VOID's row changes, for pre-authorizations named by id rather than
+# by saga (one may have no saga left to name it).
+VOID_ORPHANS = voiding(
+    f"""
+    SELECT p.id, {RESERVING} AS reserving, r.reason
+    FROM plan_journey.plan_pre_authorization AS p
+    JOIN unnest($1::uuid[], $2::text[]) AS r(id, reason) ON r.id = p.id
+    WHERE p.status IN ('approved', 'pending') AND p.deleted_at IS NULL
+    """
+)
 
 
 def _reason(saga_id: uuid.UUID | None, saga_status: str | None, expires_at: datetime | None) -> str:

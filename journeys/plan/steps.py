@@ -149,20 +149,23 @@ async def authorize_coverage(step: StepContext) -> dict[str, Any]:
     }
 
 
-# The reservation is given back only when no live claim has converted it into use.
-VOID = f"""
-    WITH target AS (
-        SELECT p.id, p.status,
-               p.status = 'approved' AND NOT EXISTS (
-                   SELECT FROM plan_journey.plan_claim AS c
-                   WHERE c.pre_authorization_id = p.id AND c.{LIVE_CLAIM}
-               ) AS reserving
-        FROM plan_journey.plan_pre_authorization AS p
-        WHERE p.saga_id = $1 AND p.status IN ('approved', 'pending') AND p.deleted_at IS NULL
-        FOR UPDATE OF p
-    ), voided AS (
+# A standing pre-authorization reserves its amount until a live claim converts it into use.
+RESERVING = f"""
+    p.status = 'approved' AND NOT EXISTS (
+        SELECT FROM plan_journey.plan_claim AS c
+        WHERE c.pre_authorization_id = p.id AND c.{LIVE_CLAIM}
+    )
+"""
+
+
+def voiding(target: str) -> str:
+    """Void the pre-authorizations ``target`` selects (``id``, ``reserving``, ``reason``)
+    and give back what they reserved: the compensation and the worker's clean-up make
+    the same row changes."""
+    return f"""
+    WITH target AS ({target}), voided AS (
         UPDATE plan_journey.plan_pre_authorization AS p
-        SET status = 'voided', decision_reason = $2
+        SET status = 'voided', decision_reason = t.reason
         FROM target AS t WHERE p.id = t.id
         RETURNING p.id, p.member_coverage_id, p.amount_cents, t.reserving
     ), released AS (
@@ -176,7 +179,17 @@ VOID = f"""
     )
     SELECT id, CASE WHEN reserving THEN amount_cents ELSE 0 END AS released_cents
     FROM voided
-"""
+    """
+
+
+VOID = voiding(
+    f"""
+    SELECT p.id, {RESERVING} AS reserving, $2::text AS reason
+    FROM plan_journey.plan_pre_authorization AS p
+    WHERE p.saga_id = $1 AND p.status IN ('approved', 'pending') AND p.deleted_at IS NULL
+    FOR UPDATE OF p
+    """
+)
 
 
 async def void_authorization(step: StepContext) -> dict[str, Any]:
