@@ -62,3 +62,8 @@ def document(value: Any) -> Any:
     installs a decoding codec on every pooled connection; a bare asyncpg connection
     returns text, so both are accepted."""
     return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def rows_affected(status: str) -> int:
+    """The row count of a command status such as ``DELETE 12`` or ``INSERT 0 3``."""
+    return int(status.rsplit(" ", 1)[-1])

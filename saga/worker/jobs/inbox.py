@@ -11,13 +11,10 @@ from __future__ import annotations
 from saga.store.driver import DriverConnection
 from saga.store.outbox import check_table
 from saga.worker.job import BatchResult, Job, JobContext
+from saga.worker.jobs.deletion import delete_oldest
 
 # Statuses from which a saga may still (re-)send commands.
 LIVE_STATUSES = ["running", "compensating", "parked"]
-
-
-def _affected(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def inbox_retention(ctx: JobContext) -> BatchResult:
@@ -25,31 +22,18 @@ async def inbox_retention(ctx: JobContext) -> BatchResult:
     inboxes = [check_table(t) for t in dict.fromkeys(j.tables.inbox for j in ctx.journeys)]
 
     async def delete(conn: DriverConnection) -> int:
-        deleted = 0
-        for table in inboxes:
-            if deleted >= ctx.batch:
-                break
-            status = await conn.execute(
-                f"""
-                WITH doomed AS MATERIALIZED (
-                    SELECT b.id FROM {table} AS b
-                    WHERE b.processed_at < now() - make_interval(secs => $1)
-                      AND NOT EXISTS (
-                          SELECT FROM shared.saga_instance AS s
-                          WHERE s.id = b.saga_id AND s.status = ANY($3::text[])
-                      )
-                    ORDER BY b.processed_at
-                    LIMIT $2
-                    FOR UPDATE OF b SKIP LOCKED
-                )
-                DELETE FROM {table} AS b USING doomed WHERE b.id = doomed.id
-                """,
-                keep_seconds,
-                ctx.batch - deleted,
-                LIVE_STATUSES,
-            )
-            deleted += _affected(status)
-        return deleted
+        return await delete_oldest(
+            conn,
+            inboxes,
+            age_column="processed_at",
+            keep_seconds=keep_seconds,
+            limit=ctx.batch,
+            also="""NOT EXISTS (
+                SELECT FROM shared.saga_instance AS s
+                WHERE s.id = t.saga_id AND s.status = ANY($3::text[])
+            )""",
+            args=[LIVE_STATUSES],
+        )
 
     deleted = await ctx.database.run_driver(delete, name="worker.inbox_retention")
     return BatchResult(claimed=deleted, counts={"deleted": deleted})

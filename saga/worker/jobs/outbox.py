@@ -16,6 +16,7 @@ from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
 from saga.transport.producer import OutgoingMessage
 from saga.worker.job import BatchResult, Job, JobContext
+from saga.worker.jobs.deletion import delete_oldest
 
 # Longer than a send can take (aiokafka gives up on a request after 40 s), so no other
 # worker re-sends a row while this one still waits for the broker's answer. A row whose
@@ -27,11 +28,6 @@ def outbox_tables(ctx: JobContext) -> list[str]:
     """The coordinator's outbox and every journey's, each once."""
     tables = [ctx.publisher.table, *(journey.tables.outbox for journey in ctx.journeys)]
     return [store.check_table(table) for table in dict.fromkeys(tables)]
-
-
-def affected(status: str) -> int:
-    """The row count of a status tag such as ``DELETE 12``."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def republish(ctx: JobContext) -> BatchResult:
@@ -114,26 +110,13 @@ async def outbox_retention(ctx: JobContext) -> BatchResult:
     keep_seconds = ctx.settings.retention_outbox_days * 86400
 
     async def delete(conn: DriverConnection) -> int:
-        deleted = 0
-        for table in outbox_tables(ctx):
-            if deleted >= ctx.batch:
-                break
-            status = await conn.execute(
-                f"""
-                WITH doomed AS MATERIALIZED (
-                    SELECT id FROM {table}
-                    WHERE published_at < now() - make_interval(secs => $1)
-                    ORDER BY published_at
-                    LIMIT $2
-                    FOR UPDATE SKIP LOCKED
-                )
-                DELETE FROM {table} AS o USING doomed WHERE o.id = doomed.id
-                """,
-                keep_seconds,
-                ctx.batch - deleted,
-            )
-            deleted += affected(status)
-        return deleted
+        return await delete_oldest(
+            conn,
+            outbox_tables(ctx),
+            age_column="published_at",
+            keep_seconds=keep_seconds,
+            limit=ctx.batch,
+        )
 
     deleted = await ctx.database.run_driver(delete, name="worker.outbox_retention")
     return BatchResult(claimed=deleted, counts={"deleted": deleted})

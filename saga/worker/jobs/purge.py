@@ -21,7 +21,7 @@ import graphlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from saga.store.driver import DriverConnection
+from saga.store.driver import DriverConnection, rows_affected
 from saga.worker.job import BatchResult, Job, JobContext
 
 # pg_trigger.tgtype bit of a DELETE trigger (src/include/catalog/pg_trigger.h).
@@ -186,7 +186,7 @@ async def _purge(
         """,
         *([row[n] for row in locked] for n in range(len(table.key_columns))),
     )
-    return len(locked), int(status.rsplit(" ", 1)[-1])
+    return len(locked), rows_affected(status)
 
 
 async def soft_deleted_purge(ctx: JobContext) -> BatchResult:

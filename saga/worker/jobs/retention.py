@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from saga.settings import RetentionMode
-from saga.store.driver import DriverConnection
+from saga.store.driver import DriverConnection, rows_affected
 from saga.worker.job import BatchResult, Job, JobContext
 
 _CLAIM = """
@@ -53,10 +53,6 @@ WHERE saga_instance_id = ANY($1::uuid[])
 """
 
 
-def _affected(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])
-
-
 async def saga_retention(ctx: JobContext) -> BatchResult:
     keep_seconds = ctx.settings.retention_saga_days * 86400
     archive = ctx.settings.retention_saga_mode is RetentionMode.ARCHIVE
@@ -73,13 +69,13 @@ async def saga_retention(ctx: JobContext) -> BatchResult:
         if archive:
             await conn.execute(_ARCHIVE_INSTANCES, ids)
             await conn.execute(_ARCHIVE_STEP_LOG, ids)
-        step_log_rows = _affected(
+        step_log_rows = rows_affected(
             await conn.execute(
                 "DELETE FROM shared.saga_step_log WHERE saga_instance_id = ANY($1::uuid[])", ids
             )
         )
         # The coordinator's outbox rows go with their saga by ON DELETE CASCADE.
-        sagas = _affected(
+        sagas = rows_affected(
             await conn.execute("DELETE FROM shared.saga_instance WHERE id = ANY($1::uuid[])", ids)
         )
         return sagas, step_log_rows
