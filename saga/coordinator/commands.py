@@ -114,6 +114,11 @@ class PreparedWrite:
     step_timeout: float
 
     @property
+    def delay(self) -> float:
+        """Seconds the command waits before it is sent (a retry's backoff)."""
+        return self.outbox.delay if self.outbox is not None else 0.0
+
+    @property
     def pending(self) -> PendingMessage | None:
         """The command as the publisher sends it after the commit."""
         if self.outbox is None:

@@ -143,7 +143,7 @@ class ReplyProcessor:
             self._topics,
             transaction_retries=reply.transaction_retries,
         )
-        command, outbox = prepared.command, prepared.outbox
+        command = prepared.command
 
         async def write(conn: DriverConnection) -> InstanceRow | None:
             return await saga_log.write_transition(
@@ -151,7 +151,7 @@ class ReplyProcessor:
                 instance,
                 transition.state,
                 log=prepared.log,
-                outbox=outbox,
+                outbox=prepared.outbox,
                 step_timeout=prepared.step_timeout,
             )
 
@@ -175,9 +175,9 @@ class ReplyProcessor:
             error=state.error,
         )
         pending = prepared.pending
-        if outbox is not None and pending is not None:
-            if outbox.delay > 0:
-                self._publisher.publish_later(pending, outbox.delay)
+        if pending is not None:
+            if prepared.delay > 0:
+                self._publisher.publish_later(pending, prepared.delay)
             else:
                 await self._publisher.publish([pending])
         if not state.status.in_flight:

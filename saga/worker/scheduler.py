@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from saga import metrics
+from saga.coordinator.service import COORDINATOR_OUTBOX
 from saga.errors import ConfigurationError, SagaError
 from saga.outbox import OutboxPublisher
 from saga.participant.journey import JourneyService, discover_journeys
@@ -33,8 +34,6 @@ from saga.worker.definitions import DefinitionCache
 from saga.worker.job import Job, JobContext
 
 log = structlog.get_logger("saga.worker")
-
-COORDINATOR_OUTBOX = "shared.saga_outbox"
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,9 +119,8 @@ def _written(
     state: InstanceState,
     prepared: PreparedWrite,
 ) -> _Written:
-    delay = prepared.outbox.delay if prepared.outbox is not None else 0.0
     step = definition.steps[instance.state.current_step].name
-    return _Written(instance, definition.name, step, state, prepared.pending, delay)
+    return _Written(instance, definition.name, step, state, prepared.pending, prepared.delay)
 
 
 def _count(item: _Written, job: str, counts: Counter[str]) -> None:
