@@ -7,7 +7,8 @@ with a handful of set-based queries (no query per saga: it stays fast at 10,000 
 and returns an :class:`InvariantReport`; ``report.raise_if_violated()`` turns it into an
 assertion. It checks:
 
-1. *terminal*: every saga checked is completed, compensated, or parked with a reason;
+1. *terminal*: every saga checked is completed, compensated, aborted by an operator (who
+   took it over, so it is not checked further), or parked with a reason;
    running or compensating is "left running"; parked is a violation when not allowed.
 2. *effects*: a completed saga's effects exist exactly once, a compensated saga leaves
    none (per definition; parked and unknown definitions are not effect-checked).
@@ -128,7 +129,7 @@ async def _check(
     for row in await conn.fetch(
         "SELECT s.id, s.definition_name, s.status, s.current_step, s.error "
         f"FROM shared.saga_instance s WHERE {scope} "
-        "AND s.status NOT IN ('completed', 'compensated') ORDER BY s.created_at, s.id",
+        "AND s.status NOT IN ('completed', 'compensated', 'aborted') ORDER BY s.created_at, s.id",
         *args,
     ):
         saga = f"saga {row['id']} ({row['definition_name']})"

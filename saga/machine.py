@@ -34,10 +34,13 @@ class SagaStatus(StrEnum):
     COMPLETED = "completed"
     COMPENSATED = "compensated"
     PARKED = "parked"
+    ABORTED = "aborted"
+    """An operator stopped the saga (``saga abort``) and took over: nothing drives or
+    compensates it any more."""
 
     @property
     def finished(self) -> bool:
-        return self in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED)
+        return self in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.ABORTED)
 
     @property
     def in_flight(self) -> bool:

@@ -2,12 +2,12 @@
 
 A hold (a ``held`` appointment with ``hold_expires_at``, its slot ``held``) is normally
 confirmed or released by its book_appointment saga. It outlives the saga when an operator
-finished the saga by hand, or when the saga row is gone (retention, or a hold made outside
-any saga); a late ``reserve_slot`` cannot make one, since the compensation bars it. Such
-a hold blocks its slot for ever, so once it has expired :data:`RELEASE_EXPIRED_HOLDS`
-releases it with the same row changes as the ``release_slot`` compensation: the
-appointment ``released`` with a reason and no ``hold_expires_at``, its slot ``open`` again
-unless the agenda blocked it meanwhile.
+finished the saga by hand (skipped its compensation, or aborted it), or when the saga row
+is gone (retention, or a hold made outside any saga); a late ``reserve_slot`` cannot make
+one, since the compensation bars it. Such a hold blocks its slot for ever, so once it has
+expired :data:`RELEASE_EXPIRED_HOLDS` releases it with the same row changes as the
+``release_slot`` compensation: the appointment ``released`` with a reason and no
+``hold_expires_at``, its slot ``open`` again unless the agenda blocked it meanwhile.
 
 Holds of running, compensating or parked sagas are left alone: their saga (or the
 operator a parked saga waits for) still acts on them, and ``confirm_appointment`` refuses
@@ -34,7 +34,7 @@ CLAIM_EXPIRED_HOLDS = """
     FROM care_journey.care_appointment AS a
     LEFT JOIN shared.saga_instance AS s ON s.id = a.saga_id
     WHERE a.status = 'held' AND a.hold_expires_at < now() AND a.deleted_at IS NULL
-      AND (s.id IS NULL OR s.status IN ('completed', 'compensated'))
+      AND (s.id IS NULL OR s.status IN ('completed', 'compensated', 'aborted'))
     ORDER BY a.hold_expires_at, a.id
     LIMIT $1
     FOR UPDATE OF a SKIP LOCKED

@@ -19,10 +19,11 @@ claim's saga decides its fate, and its cancellation hands the reservation back),
   ``shared.saga_instance_archive``), whatever ``expires_at`` says: an operator finished
   the saga by hand (a late ``authorize_coverage`` cannot commit after the compensation,
   which bars it), and the saga's appointment was released, so nobody will claim it; or
-- its saga is ``completed`` or gone (no row in either table, or no saga at all) and its
-  ``expires_at`` (``AUTHORIZATION_DAYS`` after the service date) has passed: the window in
-  which a claim may use it is over, and its reservation would otherwise hold the member's
-  limit for ever. A claim submitted later is charged against the limit without it.
+- its saga is ``completed``, ``aborted`` (an operator took it over) or gone (no row in
+  either table, or no saga at all) and its ``expires_at`` (``AUTHORIZATION_DAYS`` after
+  the service date) has passed: the window in which a claim may use it is over, and its
+  reservation would otherwise hold the member's limit for ever. A claim submitted later is
+  charged against the limit without it.
 
 A pre-authorization of a running, compensating or parked saga is never touched: the saga
 (or the operator a parked saga waits for) still acts on it.
@@ -73,7 +74,7 @@ CLAIM_ORPHANS = f"""
       AND (
           coalesce(s.status, a.status) = 'compensated'
           OR (p.expires_at < now()
-              AND coalesce(s.status, a.status, 'completed') = 'completed')
+              AND coalesce(s.status, a.status, 'completed') IN ('completed', 'aborted'))
       )
     ORDER BY p.created_at, p.id
     LIMIT $1

@@ -256,7 +256,7 @@ _TRANSITION = _numbered(
                 THEN now() + make_interval(secs => $DELAY) ELSE step_started_at END,
             step_deadline = CASE WHEN $8::boolean
                 THEN now() + make_interval(secs => $DELAY + $9) ELSE NULL END,
-            finished_at = CASE WHEN $3 IN ('completed', 'compensated') THEN now() END
+            finished_at = CASE WHEN $3 IN ('completed', 'compensated', 'aborted') THEN now() END
         WHERE id = $1 AND version = $2
         RETURNING id, step_started_at
     ),

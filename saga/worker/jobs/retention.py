@@ -1,6 +1,6 @@
 """Saga retention: moving (or deleting) sagas finished long ago out of the live log.
 
-Only completed and compensated sagas qualify, by ``finished_at`` (the partial index
+Only completed, compensated and aborted sagas qualify, by ``finished_at`` (the partial index
 ``saga_instance_finished_at_idx`` holds exactly those). Running, compensating and parked
 sagas are never read, let alone locked; a finished saga some other transaction holds is
 skipped and taken by a later batch. Each batch copies, deletes and commits a bounded
@@ -18,7 +18,7 @@ from saga.worker.job import BatchResult, Job, JobContext
 _CLAIM = """
 SELECT id FROM shared.saga_instance
 WHERE finished_at < now() - make_interval(secs => $1)
-  AND status IN ('completed', 'compensated')
+  AND status IN ('completed', 'compensated', 'aborted')
 ORDER BY finished_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED
