@@ -8,6 +8,7 @@ import uuid
 import structlog
 
 from saga import metrics
+from saga.masking import summarize
 
 log = structlog.get_logger("saga.alerts")
 
@@ -20,5 +21,6 @@ def saga_parked(saga_id: uuid.UUID, definition: str, reason: str | None) -> None
         alert="operator_needed",
         saga_id=str(saga_id),
         definition=definition,
-        reason=reason,
+        # The whole reason is in shared.saga_instance.error; it may quote a step's input.
+        reason=summarize(reason),
     )

@@ -14,6 +14,7 @@ The tree::
     ├── SagaTimeout                   awaited saga did not end in time
     ├── StepRefused                   a handler declines for a business reason (not a fault)
     ├── MessageRejected               a message cannot be handled: dead-lettered with ``reason``
+    │   └── MalformedMessage          it is not a valid envelope (empty, not JSON, bad fields)
     ├── BrokerUnavailable             retriable = True: Kafka could not be reached or did not ack
     └── DatabaseError                 a failure reported by, or on the way to, PostgreSQL
         ├── RetriableDatabaseError    retriable = True: trying again later may succeed
@@ -124,6 +125,11 @@ class MessageRejected(SagaError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class MalformedMessage(MessageRejected):
+    """A consumed message is not a valid envelope: empty, not JSON, or a field missing or
+    of the wrong type (dead-lettered as ``malformed`` rather than ``rejected``)."""
 
 
 class BrokerUnavailable(SagaError):

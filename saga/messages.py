@@ -4,7 +4,8 @@ A :class:`Command` goes from a coordinator to a journey's command topic; a :clas
 comes back on the reply topic. Both carry the schema version, their own message id, the
 saga id (also the Kafka key, so one saga's messages stay in order on one partition), the
 step, the phase and the attempt, and W3C trace context. :func:`decode` turns bytes into
-one of them or raises :class:`~saga.errors.MessageRejected` saying what was wrong.
+one of them or raises :class:`~saga.errors.MalformedMessage` (a
+:class:`~saga.errors.MessageRejected`) saying what was wrong.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
-from saga.errors import MessageRejected
+from saga.errors import MalformedMessage
 from saga.machine import Outcome, Phase
 from saga.store.database import IsolationLevel
 
@@ -83,13 +84,13 @@ _ENVELOPE: TypeAdapter[Command | Reply] = TypeAdapter(Envelope)
 
 
 def decode(data: bytes | None) -> Command | Reply:
-    """Parse and validate one message; :class:`MessageRejected` names what was wrong."""
+    """Parse and validate one message; :class:`MalformedMessage` names what was wrong."""
     if not data:
-        raise MessageRejected("empty message")
+        raise MalformedMessage("empty message")
     try:
         return _ENVELOPE.validate_json(data)
     except ValidationError as exc:
-        raise MessageRejected(f"invalid envelope: {_describe(exc)}") from exc
+        raise MalformedMessage(f"invalid envelope: {_describe(exc)}") from exc
 
 
 def _describe(exc: ValidationError) -> str:

@@ -6,17 +6,26 @@ ids are collected and marked published in one statement per interval (0.1 s: eac
 a commit, and at load one statement then covers dozens of rows). A row whose
 mark was lost is re-sent by the relay later, which is harmless, because every receiver
 deduplicates by message id.
+
+Each publisher also samples its outbox every few seconds (:class:`OutboxMonitor`: one
+index-only query) into ``saga_outbox_backlog`` and
+``saga_outbox_oldest_unpublished_seconds``, and times every acknowledged row into
+``saga_outbox_publish_lag_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
+from saga import metrics
 from saga.errors import SagaError
 from saga.store import outbox as store
 from saga.store.database import Database
@@ -38,6 +47,43 @@ class RelaySettings:
     batch: int = 500
 
 
+# Seconds between samples of an outbox's backlog: often enough for an alert, and one
+# index-only query each time.
+SAMPLE_INTERVAL = 5.0
+
+
+class OutboxMonitor:
+    """Samples the backlog of some outboxes on its own timer, never on the hot path."""
+
+    def __init__(
+        self, database: Database, tables: Sequence[str], *, interval: float = SAMPLE_INTERVAL
+    ) -> None:
+        self.tables = [store.check_table(table) for table in tables]
+        self._database = database
+        self._interval = interval
+
+    async def sample(self) -> None:
+        """Read every table's backlog now and set the gauges."""
+        for table in self.tables:
+            found = await self._database.run_driver(
+                functools.partial(store.backlog, table=table),
+                transaction=False,
+                name="outbox.backlog",
+            )
+            metrics.OUTBOX_BACKLOG.labels(table).set(found.unpublished)
+            metrics.OUTBOX_OLDEST.labels(table).set(found.oldest_due_seconds)
+
+    async def run(self) -> None:
+        """Sample until cancelled; a failed sample is logged and tried at the next turn,
+        since a metric must never stop the publishing it watches."""
+        while True:
+            try:
+                await self.sample()
+            except Exception as exc:
+                log.warning("outbox_sample_failed", tables=self.tables, error=str(exc))
+            await asyncio.sleep(self._interval)
+
+
 class OutboxPublisher:
     """Publishes one outbox table's rows and keeps their ``published_at`` up to date."""
 
@@ -49,8 +95,10 @@ class OutboxPublisher:
         *,
         relay: RelaySettings | None = None,
         flush_interval: float = 0.1,
+        sample_interval: float = SAMPLE_INTERVAL,
     ) -> None:
         self.table = store.check_table(table)
+        self.monitor = OutboxMonitor(database, [self.table], interval=sample_interval)
         self._database = database
         self._producer = producer
         self._relay = relay or RelaySettings()
@@ -65,11 +113,17 @@ class OutboxPublisher:
         """Send committed rows now; what the broker refuses stays for the relay."""
         if not messages:
             return
+        started = time.perf_counter()
         results = await self._producer.send_many([_outgoing(m) for m in messages])
+        sent = time.perf_counter() - started
+        lag = metrics.OUTBOX_PUBLISH_LAG.labels(self.table)
         for message, error in zip(messages, results, strict=True):
             if error is None:
                 self._to_mark.append(message.message_id)
                 self.published += 1
+                # Callers publish right after their commit, so a fresh row's lag is the
+                # send; a swept row has waited since it came due.
+                lag.observe(sent if message.due_at is None else seconds_since(message.due_at))
             else:
                 self.failed += 1
                 log.warning(
@@ -96,6 +150,7 @@ class OutboxPublisher:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._mark_loop())
             group.create_task(self._relay_loop())
+            group.create_task(self.monitor.run())
 
     async def flush(self) -> None:
         """Record every acknowledged publication now (also at shutdown)."""
@@ -159,6 +214,11 @@ class OutboxPublisher:
                     raise
                 log.warning("outbox_relay_deferred", table=self.table, error=str(exc))
             await asyncio.sleep(self._relay.interval)
+
+
+def seconds_since(moment: datetime) -> float:
+    """Seconds from ``moment`` (the database's clock) to now (this host's), never negative."""
+    return max((datetime.now(UTC) - moment).total_seconds(), 0.0)
 
 
 def _outgoing(message: PendingMessage) -> OutgoingMessage:

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     database_slow_query_threshold: Milliseconds = Field(
         default=200, description="milliseconds > 0 above which a query is logged as slow"
     )
+    database_slow_unit_threshold: Milliseconds = Field(
+        default=500,
+        description=(
+            "milliseconds > 0 above which a whole unit of work (the wait for a "
+            "connection and every retry included) is logged as slow_unit and counted"
+        ),
+    )
     database_log_queries: bool | None = Field(
         default=None,
         description="true or false; unset logs every query only in development",
@@ -197,6 +204,14 @@ class Settings(BaseSettings):
     log_format: LogFormat | None = Field(
         default=None, description="console or json; unset means json in production"
     )
+    log_sensitive_fields: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_, -]*$",
+        description=(
+            "comma-separated field names whose values are masked in logs and in `saga show`, "
+            "beside the defaults and those the journey services declare"
+        ),
+    )
 
     @field_validator("database_url", "kafka_bootstrap_servers", "metrics_port", mode="before")
     @classmethod
@@ -274,6 +289,11 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return LogFormat.JSON if self.app_env is AppEnv.PRODUCTION else LogFormat.CONSOLE
+
+    @property
+    def sensitive_fields(self) -> tuple[str, ...]:
+        """``LOG_SENSITIVE_FIELDS`` as a tuple of names."""
+        return tuple(filter(None, (name.strip() for name in self.log_sensitive_fields.split(","))))
 
 
 def parse_schedule(text: str) -> dict[str, tuple[float, int | None]]:

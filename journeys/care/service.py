@@ -14,4 +14,6 @@ SERVICE = JourneyService(
     handlers=HANDLERS,
     definitions=(BOOK_APPOINTMENT,),
     maintenance=(RELEASE_EXPIRED_HOLDS,),
+    # book_appointment's payload carries why the patient seeks care: health data.
+    sensitive_fields=frozenset({"reason"}),
 )

@@ -15,4 +15,6 @@ SERVICE = JourneyService(
     definitions=(COMPLETE_HEALTH_GOAL,),
     # Health records are kept whole: no month is ever detached.
     partitions=(PartitionPolicy("health_journey.health_metric", retention_months=None),),
+    # complete_health_goal's payload carries the member's reading (its type and value).
+    sensitive_fields=frozenset({"completion_value", "measurement"}),
 )

@@ -18,4 +18,6 @@ SERVICE = JourneyService(
     # Serializable, so concurrent ones conflict and are re-run; give them room.
     retry=RetryPolicy(max_attempts=40, initial_delay=0.002, max_delay=0.1),
     maintenance=(VOID_ORPHAN_AUTHORIZATIONS,),
+    # submit_claim's payload says what the patient had and what was done (ICD-10, TUSS).
+    sensitive_fields=frozenset({"diagnosis_code", "procedure_code"}),
 )

@@ -6,14 +6,17 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import structlog
 
-from saga import alerts
+from saga import alerts, metrics
 from saga.coordinator.commands import prepare_write
 from saga.definition import SagaDefinition
 from saga.errors import MessageRejected
+from saga.logging import saga_context
 from saga.machine import LogEntry, LogStatus, Phase, SagaStatus, StepEvent, advance
+from saga.masking import summarize
 from saga.messages import TRACEPARENT, Reply, decode
 from saga.outbox import OutboxPublisher
 from saga.store import saga_log
@@ -77,14 +80,22 @@ class ReplyProcessor:
         reply = decode(incoming.value)
         if not isinstance(reply, Reply):
             raise MessageRejected(f"a {reply.kind} on the reply topic {incoming.topic}")
-        with structlog.contextvars.bound_contextvars(
-            saga_id=str(reply.saga_id),
+        with saga_context(
+            saga_id=reply.saga_id,
             definition=reply.definition,
             step=reply.step_name,
+            journey=reply.journey,
             phase=reply.phase.value,
             attempt=reply.attempt,
             traceparent=reply.trace.get(TRACEPARENT),
         ):
+            # The result may hold journey data: the masking processor hides it.
+            log.debug(
+                "reply_received",
+                outcome=reply.outcome.value,
+                reason=summarize(reply.reason),
+                result=reply.result,
+            )
             await self._apply(reply)
 
     async def _apply(self, reply: Reply) -> None:
@@ -161,6 +172,7 @@ class ReplyProcessor:
         if written is None:
             return False
         self.applied += 1
+        _observe_step(definition, instance, reply)
         state = transition.state
         if state.status.in_flight:
             self._cache.put(written)
@@ -172,7 +184,8 @@ class ReplyProcessor:
             next_step=definition.steps[state.current_step].name if command else None,
             next_action=command.action if command else None,
             next_attempt=command.attempt if command else None,
-            error=state.error,
+            # A saga's error quotes the participant's reason, which may quote its input.
+            error=summarize(state.error),
         )
         pending = prepared.pending
         if pending is not None:
@@ -183,6 +196,8 @@ class ReplyProcessor:
         if not state.status.in_flight:
             if state.status is SagaStatus.PARKED:
                 alerts.saga_parked(instance.id, definition.name, state.error)
+            else:
+                metrics.count_finished(definition.name, state.status)
             self._on_finished(instance.id, state.status)
         return True
 
@@ -211,6 +226,21 @@ class ReplyProcessor:
             transaction=False,
             name="coordinator.ignored",
         )
+
+
+def _observe_step(definition: SagaDefinition, instance: InstanceRow, reply: Reply) -> None:
+    """The attempt's time from dispatch (the database's clock, written with the command)
+    to now, when its reply has been applied. Names come from the stored definition, not
+    the message, so the labels stay bounded."""
+    if instance.step_started_at is None:
+        return
+    seconds = (datetime.now(UTC) - instance.step_started_at).total_seconds()
+    metrics.STEP_SECONDS.labels(
+        definition.name,
+        definition.steps[reply.step_index].name,
+        reply.phase.value,
+        reply.outcome.value,
+    ).observe(max(seconds, 0.0))
 
 
 def _same_definition(instance: InstanceRow, reply: Reply) -> bool:

@@ -25,11 +25,14 @@ from typing import Any
 
 import structlog
 
+from saga import metrics
 from saga.coordinator.commands import build_command, log_rows, outbox_row
 from saga.coordinator.replies import ReplyProcessor
 from saga.definition import SagaDefinition
 from saga.errors import SagaNotFound, SagaTimeout
+from saga.logging import saga_context
 from saga.machine import SagaStatus, begin
+from saga.messages import TRACEPARENT
 from saga.outbox import RelaySettings
 from saga.runtime import MessagingRuntime
 from saga.settings import Settings
@@ -181,22 +184,24 @@ class Coordinator:
         if started != saga_id:
             log.info("saga_start_repeated", saga_id=str(started), idempotency_key=idempotency_key)
             return started
-        log.info(
-            "saga_started",
-            saga_id=str(saga_id),
-            definition=definition.name,
-            version=definition.version,
+        metrics.SAGAS_STARTED.labels(definition.name).inc()
+        with saga_context(
+            saga_id=saga_id,
+            definition=command.definition,
             step=command.step_name,
-            action=command.action,
-            attempt=1,
-        )
-        await self._runtime.publisher.publish(
-            [
-                PendingMessage(
-                    outbox.message_id, topic, outbox.key, outbox.payload, dict(outbox.headers)
-                )
-            ]
-        )
+            journey=command.journey,
+            phase=command.phase.value,
+            attempt=command.attempt,
+            traceparent=command.trace.get(TRACEPARENT),
+        ):
+            log.info("saga_started", version=definition.version, action=command.action)
+            await self._runtime.publisher.publish(
+                [
+                    PendingMessage(
+                        outbox.message_id, topic, outbox.key, outbox.payload, dict(outbox.headers)
+                    )
+                ]
+            )
         return saga_id
 
     async def status(self, saga_id: uuid.UUID) -> SagaSummary:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from saga.definition import SagaDefinition
 from saga.errors import ConfigurationError
+from saga.masking import declare_sensitive
 from saga.participant.runtime import Handler
 from saga.participant.service import Participant
 from saga.retry import RetryPolicy
@@ -47,6 +48,10 @@ class JourneyService:
     maintenance: Sequence[Job] = field(default_factory=tuple)
     # Partitioned tables the worker keeps partitions ahead for (and detaches past retention).
     partitions: Sequence[PartitionPolicy] = field(default_factory=tuple)
+    # Fields of the payloads of this service's sagas and of its handlers' results that hold
+    # personal or health data (beyond saga.masking's defaults): masked wherever they
+    # appear, in every process that discovers this service's package.
+    sensitive_fields: frozenset[str] = frozenset()
 
     @property
     def tables(self) -> JourneyTables:
@@ -55,6 +60,7 @@ class JourneyService:
 
     def participant(self, *, settings: Settings, database: Database, **options: Any) -> Participant:
         """A participant serving every handler; ``options`` go to :class:`Participant`."""
+        declare_sensitive(self.sensitive_fields)
         options.setdefault("retry", self.retry)
         participant = Participant(
             self.name,
@@ -83,7 +89,12 @@ class JourneyService:
 
 
 def discover_journeys() -> dict[str, JourneyService]:
-    """Every journey service published under ``saga.journeys``, by name."""
+    """Every journey service published under ``saga.journeys``, by name; their
+    sensitive fields are masked in this process from now on.
+
+    A command carries its saga's whole payload and every earlier step's result, so a
+    participant of one journey sees the others' data: every process declares them all.
+    """
     found: dict[str, JourneyService] = {}
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         service = ep.load()
@@ -95,6 +106,8 @@ def discover_journeys() -> dict[str, JourneyService]:
         if service.name in found:
             raise ConfigurationError(f"two journey services are named {service.name!r}")
         found[service.name] = service
+    for service in found.values():
+        declare_sensitive(service.sensitive_fields)
     return found
 
 

@@ -21,6 +21,7 @@ compensation has nothing to undo and a late delivery of it is refused.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from saga import metrics
 from saga.errors import (
     DatabaseUnavailable,
     MessageRejected,
@@ -36,7 +38,9 @@ from saga.errors import (
     StepRefused,
     UniqueViolation,
 )
+from saga.logging import saga_context
 from saga.machine import Outcome, Phase
+from saga.masking import summarize
 from saga.messages import TRACEPARENT, Command, Reply, decode
 from saga.outbox import OutboxPublisher
 from saga.retry import RetryPolicy
@@ -132,15 +136,19 @@ class CommandProcessor:
             raise MessageRejected(
                 f"a command for journey {message.journey!r} reached {self.journey!r}"
             )
-        with structlog.contextvars.bound_contextvars(
-            saga_id=str(message.saga_id),
+        with saga_context(
+            saga_id=message.saga_id,
             definition=message.definition,
             step=message.step_name,
-            action=message.action,
+            journey=message.journey,
             phase=message.phase.value,
             attempt=message.attempt,
             traceparent=message.trace.get(TRACEPARENT),
+            action=message.action,
         ):
+            # Payload and context hold the patient's data: the masking processor hides
+            # the fields declared sensitive.
+            log.debug("command_received", payload=message.payload, context=message.context)
             await self._serve(message)
 
     async def _serve(self, command: Command) -> None:
@@ -167,6 +175,7 @@ class CommandProcessor:
         # Serialization and deadlock retries travel in the reply to the step log, where
         # they are counted per step for alerting.
         retries: Counter[str] = Counter()
+        started = time.perf_counter()
         try:
             reply, fresh = await self._database.run_driver(
                 lambda conn: self._run(conn, command, handler, checked=checked, retries=retries),
@@ -187,25 +196,37 @@ class CommandProcessor:
                 # rebalance) committed first and this run collided with it: its answer
                 # stands.
                 self.stats.duplicates += 1
+                self._observe(command, started, "duplicate")
                 await self._send_now(command, stored)
                 return
             self.stats.errored += 1
-            log.warning("step_errored", error=str(exc), error_type=type(exc).__name__)
+            self._observe(command, started, Outcome.ERROR.value)
+            # A driver's message may quote a value of the step's input.
+            log.warning("step_errored", error=summarize(str(exc)), error_type=type(exc).__name__)
             await self._send_now(command, self._reply(command, Outcome.ERROR, reason=str(exc)))
             return
         except Exception as exc:
             self.stats.errored += 1
+            self._observe(command, started, Outcome.ERROR.value)
             log.exception("step_handler_crashed")
             reason = f"{type(exc).__name__}: {exc}"
             await self._send_now(command, self._reply(command, Outcome.ERROR, reason=reason))
             return
+        self._observe(command, started, reply.outcome.value if fresh is not None else "duplicate")
         if fresh is not None:
-            log.info("step_answered", outcome=reply.outcome.value, reason=reply.reason)
+            log.info("step_answered", outcome=reply.outcome.value, reason=summarize(reply.reason))
+            log.debug("step_result", result=reply.result)
             await self._publisher.publish([fresh])
         else:
             self.stats.duplicates += 1
             log.info("duplicate_command_answered_from_inbox", outcome=reply.outcome.value)
             await self._send_now(command, reply)
+
+    def _observe(self, command: Command, started: float, outcome: str) -> None:
+        """The local transaction's time, from the first attempt to the reply recorded."""
+        metrics.HANDLER_SECONDS.labels(self.journey, command.action, outcome).observe(
+            time.perf_counter() - started
+        )
 
     async def _run(
         self,
@@ -288,7 +309,8 @@ class CommandProcessor:
         self, command: Command, reason: str, retries: Counter[str]
     ) -> tuple[Reply, PendingMessage | None]:
         self.stats.refused += 1
-        log.info("step_refused", reason=reason)
+        # The reason may quote the refused input (a diagnosis code, a reading).
+        log.info("step_refused", reason=summarize(reason))
 
         async def unit(conn: DriverConnection) -> tuple[Reply, PendingMessage | None]:
             stored = await inbox.stored_reply(conn, self.tables, command.message_id)

@@ -15,11 +15,17 @@ it raises :class:`~saga.errors.RetriesExhausted`. The unit must therefore do no 
 outside the database that cannot be repeated. A lost connection is not re-run here: if it
 broke during COMMIT nobody knows whether the unit took effect, and only the caller knows
 whether its unit is safe to repeat.
+
+A unit that takes longer than DATABASE_SLOW_UNIT_THRESHOLD in all (the wait for a
+connection and every retry included) is logged as ``slow_unit`` and counted in
+``saga_db_slow_units_total``; the pool's connections and the units waiting for one are
+exported when scraped (:data:`saga.metrics.POOLS`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +37,7 @@ import asyncpg
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from saga import metrics
 from saga.errors import (
@@ -92,12 +99,17 @@ class Database:
         *,
         recorder: QueryRecorder,
         retry: RetryPolicy | None = None,
+        slow_unit_ms: float = 500.0,
     ) -> None:
         self.engine = engine
         self.retry = retry or RetryPolicy()
         self.retries = RetryStats()
         # The same recorder the engine's query events report to.
         self.queries = recorder
+        self.slow_unit_ms = slow_unit_ms
+        # Units between asking the pool for a connection and getting one.
+        self.waiting = 0
+        metrics.POOLS.track(self)
 
     @classmethod
     def from_settings(
@@ -107,10 +119,42 @@ class Database:
         engine = create_engine(
             settings, url=url, application_name=application_name, recorder=recorder
         )
-        return cls(engine, recorder=recorder, retry=retry_policy_from(settings))
+        return cls(
+            engine,
+            recorder=recorder,
+            retry=retry_policy_from(settings),
+            slow_unit_ms=settings.database_slow_unit_threshold,
+        )
 
     async def dispose(self) -> None:
+        metrics.POOLS.forget(self)
         await self.engine.dispose()
+
+    def pool_status(self) -> metrics.PoolStatus | None:
+        """The pool's connections as they are now (read when /metrics is scraped)."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool):
+            return None
+        return metrics.PoolStatus(
+            in_use=max(pool.checkedout(), 0),
+            idle=pool.checkedin(),
+            waiting=self.waiting,
+            size=pool.size() + max(pool._max_overflow, 0),
+        )
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection, counting this unit among the waiters until it has one."""
+        self.waiting += 1
+        acquired = False
+        try:
+            async with self.engine.connect() as conn:
+                self.waiting -= 1
+                acquired = True
+                yield conn
+        finally:
+            if not acquired:
+                self.waiting -= 1
 
     async def run(
         self,
@@ -124,7 +168,7 @@ class Database:
         """Run ``unit`` on a SQLAlchemy connection in one transaction, retrying conflicts."""
 
         async def once() -> T:
-            async with self.engine.connect() as conn:
+            async with self._connection() as conn:
                 conn = await conn.execution_options(
                     isolation_level=isolation.value.replace(" ", "_")
                 )
@@ -159,7 +203,7 @@ class Database:
             raise ValueError("isolation and statement_timeout_ms need transaction=True")
 
         async def once() -> T:
-            async with self.engine.connect() as conn:
+            async with self._connection() as conn:
                 raw = cast(asyncpg.Connection, (await conn.get_raw_connection()).driver_connection)
                 try:
                     if not transaction:
@@ -190,6 +234,27 @@ class Database:
         *,
         tally: Counter[str] | None = None,
     ) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._attempts(once, policy, unit_name, tally)
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if elapsed_ms > self.slow_unit_ms:
+                metrics.DB_SLOW_UNITS.labels(unit_name).inc()
+                log.warning(
+                    "slow_unit",
+                    unit=unit_name,
+                    duration_ms=round(elapsed_ms, 2),
+                    threshold_ms=self.slow_unit_ms,
+                )
+
+    async def _attempts(
+        self,
+        once: Callable[[], Awaitable[T]],
+        policy: RetryPolicy,
+        unit_name: str,
+        tally: Counter[str] | None,
+    ) -> T:
         attempt = 1
         while True:
             try:
@@ -217,7 +282,7 @@ class Database:
                 log.info(
                     "transaction_retry",
                     unit=unit_name,
-                    attempt=attempt,
+                    transaction_attempt=attempt,
                     sqlstate=exc.sqlstate,
                     delay_ms=round(delay * 1000, 2),
                 )
@@ -228,7 +293,7 @@ class Database:
                     raise
                 self.retries.pool_exhausted[unit_name] += 1
                 attempt += 1
-                log.warning("database_pool_exhausted", unit=unit_name, attempt=attempt)
+                log.warning("database_pool_exhausted", unit=unit_name, transaction_attempt=attempt)
                 await asyncio.sleep(policy.delay_before(attempt))
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from saga import metrics
 from saga.errors import SettingsError
 from saga.settings import Settings, to_async_url
 
@@ -55,6 +56,7 @@ class QueryRecorder:
             return
         key = _shorten(statement)
         self.slow_queries += 1
+        metrics.DB_SLOW_QUERIES.inc()
         self.slowest_ms = max(self.slowest_ms, elapsed_ms)
         self.slow_by_statement[key] = self.slow_by_statement.get(key, 0) + 1
         log.warning(

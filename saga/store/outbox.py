@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from saga.store.driver import DriverConnection, document
 
@@ -30,6 +31,30 @@ class PendingMessage:
     key: str
     payload: bytes
     headers: dict[str, str]
+    due_at: datetime | None = None
+    """When a swept row came due (its ``available_at`` before the claim); None for rows
+    published right after their commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    unpublished: int
+    oldest_due_seconds: float
+    """How long the longest-waiting due row has waited; 0 when none is due."""
+
+
+async def backlog(conn: DriverConnection, table: str) -> Backlog:
+    """One index-only scan of the outbox's partial index of unpublished rows."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT count(*) AS unpublished,
+               COALESCE(GREATEST(EXTRACT(EPOCH FROM now() - min(available_at)), 0), 0)
+                   AS oldest_due_seconds
+        FROM {check_table(table)} WHERE published_at IS NULL
+        """
+    )
+    assert row is not None  # an aggregate always answers one row
+    return Backlog(int(row["unpublished"]), float(row["oldest_due_seconds"]))
 
 
 async def mark_published(
@@ -55,14 +80,15 @@ async def claim_due(
             available_at = now() + make_interval(secs => $2),
             publish_attempts = o.publish_attempts + 1
         FROM (
-            SELECT id FROM {table}
+            SELECT id, available_at FROM {table}
             WHERE published_at IS NULL AND available_at <= now() - make_interval(secs => $1)
             ORDER BY available_at
             LIMIT $3
             FOR UPDATE SKIP LOCKED
         ) AS due
         WHERE o.id = due.id
-        RETURNING o.message_id, o.topic, o.message_key, o.payload::text AS payload, o.headers
+        RETURNING o.message_id, o.topic, o.message_key, o.payload::text AS payload, o.headers,
+                  due.available_at AS due_at
         """,
         older_than,
         lease,
@@ -75,6 +101,7 @@ async def claim_due(
             row["message_key"],
             row["payload"].encode(),
             document(row["headers"]),
+            row["due_at"],
         )
         for row in rows
     ]

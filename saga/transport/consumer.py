@@ -15,11 +15,18 @@ What happens to a record the handler fails on depends on whose fault it is:
   consumer stops. Skipping it would lose a good message to a passing outage.
 * anything else is a bug or an unknown: tried ``unexpected_error_attempts`` times in all,
   then dead-lettered with the error, so one bad record cannot stall its partition forever.
+
+Each member exports ``saga_consumer_lag_messages{group, topic, partition}`` for the
+partitions it holds: the partition's highwater (from the last fetch response) minus this
+member's position, refreshed at most once a second from the poll loop; a partition's series
+goes when the partition does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,8 +36,15 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, RecordTooLargeError
 
-from saga.errors import BrokerUnavailable, ConfigurationError, MessageRejected, SagaError
-from saga.transport.dead_letter import DeadLetters
+from saga import metrics
+from saga.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    MalformedMessage,
+    MessageRejected,
+    SagaError,
+)
+from saga.transport.dead_letter import DeadLetterKind, DeadLetters
 
 log = structlog.get_logger("saga.transport")
 
@@ -38,6 +52,10 @@ log = structlog.get_logger("saga.transport")
 # broker-side wait (fetch_max_wait_ms) is what sets latency.
 _POLL_TIMEOUT_MS = 100
 _DEFAULT_FETCH_BYTES = 1024 * 1024
+# Seconds between refreshes of the lag gauges; reading them costs no round trip.
+_LAG_REFRESH_SECONDS = 1.0
+# A position not known yet would be fetched from the broker: not worth stalling the poll.
+_POSITION_WAIT_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +146,7 @@ class BatchConsumer:
         self._grace = 10.0
         self.ready = asyncio.Event()
         self._assigned: frozenset[tuple[str, int]] = frozenset()
+        self.lag = _Lag(group_id)
         self.processed = 0
         self.dead_lettered = 0
         self.retried = 0
@@ -147,6 +166,7 @@ class BatchConsumer:
                 await self._start(consumer)
                 await self._consume(consumer)
         finally:
+            self.lag.clear()
             try:
                 await consumer.stop()
             finally:
@@ -214,6 +234,7 @@ class BatchConsumer:
             delay = self._retry_delay
             if batch:
                 await self._run_batch(consumer, batch)
+            await self.lag.refresh(consumer)
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -308,12 +329,13 @@ class BatchConsumer:
             incoming = _decode(record, errors="strict")
         except UnicodeDecodeError as exc:
             lossy = _decode(record, errors="backslashreplace")
-            await self._dead_letter(lossy, f"the key or a header is not valid UTF-8: {exc}")
+            reason = f"the key or a header is not valid UTF-8: {exc}"
+            await self._dead_letter(lossy, reason, DeadLetterKind.MALFORMED)
             return
         size = len(record.value or b"")
         if size > self._max_message_bytes:
             reason = f"value of {size} bytes exceeds the limit of {self._max_message_bytes} bytes"
-            await self._dead_letter(incoming, reason)
+            await self._dead_letter(incoming, reason, DeadLetterKind.OVERSIZE)
             return
         await self._handle_with_retries(incoming)
 
@@ -324,14 +346,20 @@ class BatchConsumer:
             try:
                 await self._handle(incoming)
             except MessageRejected as exc:
-                await self._dead_letter(incoming, exc.reason)
+                kind = (
+                    DeadLetterKind.MALFORMED
+                    if isinstance(exc, MalformedMessage)
+                    else DeadLetterKind.REJECTED
+                )
+                await self._dead_letter(incoming, exc.reason, kind)
                 return
             except Exception as exc:
                 if not (isinstance(exc, SagaError) and exc.retriable):
                     unexpected += 1
                     if unexpected >= self._unexpected_error_attempts:
                         _log_record(incoming).exception("record_failed", attempts=unexpected)
-                        await self._dead_letter(incoming, f"unexpected {type(exc).__name__}: {exc}")
+                        reason = f"unexpected {type(exc).__name__}: {exc}"
+                        await self._dead_letter(incoming, reason, DeadLetterKind.EXHAUSTED)
                         return
                 _log_record(incoming).warning(
                     "record_retrying", reason=f"{type(exc).__name__}: {exc}", delay=delay
@@ -344,13 +372,13 @@ class BatchConsumer:
                 raise _Abandoned
             delay = min(delay * 2, self._max_retry_delay)
 
-    async def _dead_letter(self, incoming: Incoming, reason: str) -> None:
+    async def _dead_letter(self, incoming: Incoming, reason: str, kind: DeadLetterKind) -> None:
         """Dead-letter ``incoming``, waiting out a broker outage: the record must not be
         committed before its dead letter is safely stored."""
         delay = self._retry_delay
         while True:
             try:
-                await self._dead_letters.send(incoming, reason)
+                await self._dead_letters.send(incoming, reason, kind=kind)
             except SagaError as exc:
                 if not exc.retriable:
                     raise
@@ -382,11 +410,61 @@ class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
         if revoked:
             log.info("partitions_revoked", group_id=self._owner.group_id, count=len(revoked))
         self._owner._assigned = frozenset()
+        self._owner.lag.clear()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions_assigned", group_id=self._owner.group_id, count=len(assigned))
         self._owner._assigned = frozenset((tp.topic, tp.partition) for tp in assigned)
         self._owner.ready.set()
+
+
+class _Lag:
+    """``saga_consumer_lag_messages`` for the partitions one member holds."""
+
+    def __init__(self, group_id: str) -> None:
+        self._group_id = group_id
+        self._shown: set[tuple[str, int]] = set()
+        self._due = 0.0
+
+    async def refresh(self, consumer: Any) -> None:
+        """Set each assigned partition's lag, at most once per _LAG_REFRESH_SECONDS; a
+        partition not fetched yet (no highwater) is left out until it has been."""
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + _LAG_REFRESH_SECONDS
+        seen: set[tuple[str, int]] = set()
+        for tp in consumer.assignment():
+            try:
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                async with asyncio.timeout(_POSITION_WAIT_SECONDS):
+                    position = await consumer.position(tp)
+            except (KafkaError, AssertionError, TimeoutError):
+                continue  # revoked meanwhile, or no position yet: the next refresh tells
+            key = (tp.topic, tp.partition)
+            seen.add(key)
+            metrics.CONSUMER_LAG.labels(self._group_id, tp.topic, str(tp.partition)).set(
+                max(highwater - position, 0)
+            )
+        for topic, partition in self._shown - seen:
+            _remove_lag(self._group_id, topic, partition)
+        self._shown = seen
+
+    def clear(self) -> None:
+        """Drop every series this member showed (its partitions were revoked, or it stops)."""
+        for topic, partition in self._shown:
+            _remove_lag(self._group_id, topic, partition)
+        self._shown = set()
+        self._due = 0.0
+
+
+def _remove_lag(group_id: str, topic: str, partition: int) -> None:
+    # Another member of this group in this process may have removed it first (older
+    # prometheus-client versions raise KeyError for a series that is gone).
+    with contextlib.suppress(KeyError):
+        metrics.CONSUMER_LAG.remove(group_id, topic, str(partition))
 
 
 def _decode(record: _Record, *, errors: str) -> Incoming:

@@ -2,16 +2,20 @@
 
 A dead letter keeps the original key, value and headers, so a person can read it and, once
 the cause is fixed, send it back unchanged; the ``x-dead-letter-*`` and ``x-original-*``
-headers say why it was parked and where it came from.
+headers say why it was parked and where it came from. Each one is counted in
+``saga_dead_letters_total{topic, reason_kind}`` by a :class:`DeadLetterKind`, never by
+the free-text reason, so the metric's labels stay few.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import structlog
 
+from saga import metrics
 from saga.transport.producer import OutgoingMessage, Producer
 
 if TYPE_CHECKING:
@@ -33,6 +37,19 @@ ORIGINAL_OFFSET = "x-original-offset"
 DEAD_LETTERED_AT = "x-dead-lettered-at"
 
 
+class DeadLetterKind(StrEnum):
+    """Why a message was dead-lettered, in few enough words for a metric label."""
+
+    MALFORMED = "malformed"
+    """Not a valid envelope: empty, not JSON, a field missing or wrong, a key not UTF-8."""
+    REJECTED = "rejected"
+    """A valid message nobody can handle: unknown saga or action, wrong topic."""
+    OVERSIZE = "oversize"
+    """Larger than KAFKA_MAX_MESSAGE_BYTES."""
+    EXHAUSTED = "exhausted"
+    """The handler kept failing in an unexpected way and was given up on."""
+
+
 class DeadLetters:
     """Sends unhandleable messages to the dead-letter topic."""
 
@@ -41,13 +58,16 @@ class DeadLetters:
         self.topic = topic
         self.max_message_bytes = max_message_bytes
 
-    async def send(self, incoming: Incoming, reason: str) -> None:
-        """Produce the dead letter and wait for the broker's ack.
+    async def send(
+        self, incoming: Incoming, reason: str, *, kind: DeadLetterKind = DeadLetterKind.REJECTED
+    ) -> None:
+        """Produce the dead letter and wait for the broker's ack; count it by ``kind``.
 
         Raises :class:`~saga.errors.BrokerUnavailable` when the broker does not take it;
         the caller tries again, since committing past the message would lose it.
         """
         await self.producer.send(self.letter(incoming, reason))
+        metrics.DEAD_LETTERS.labels(incoming.topic, kind.value).inc()
         log.warning(
             "message_dead_lettered",
             topic=incoming.topic,
@@ -55,6 +75,7 @@ class DeadLetters:
             offset=incoming.offset,
             key=incoming.key,
             reason=reason,
+            reason_kind=kind.value,
             dead_letter_topic=self.topic,
         )
 

@@ -25,7 +25,7 @@ import structlog
 from saga import metrics
 from saga.coordinator.service import COORDINATOR_OUTBOX
 from saga.errors import ConfigurationError, SagaError
-from saga.outbox import OutboxPublisher
+from saga.outbox import OutboxMonitor, OutboxPublisher
 from saga.participant.journey import JourneyService, discover_journeys
 from saga.settings import Settings, parse_schedule
 from saga.store.database import Database
@@ -110,6 +110,15 @@ class Worker:
             client_id=f"{settings.kafka_client_id}-{name}",
         )
         self.publisher = OutboxPublisher(database, self.producer, COORDINATOR_OUTBOX)
+        # The worker re-sends every outbox's forgotten rows, so it watches them all.
+        self.monitor = OutboxMonitor(
+            database,
+            list(
+                dict.fromkeys(
+                    [COORDINATOR_OUTBOX, *(journey.tables.outbox for journey in self.journeys)]
+                )
+            ),
+        )
         self.definitions = DefinitionCache(database)
         self._stopping = asyncio.Event()
         self._started = False
@@ -142,6 +151,10 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 for name in self.schedule:
                     group.create_task(self._loop(name), name=f"worker-{name}")
+                sampling = group.create_task(self.monitor.run(), name="worker-outbox-monitor")
+                # The jobs end when stop() is called; the sampler runs until they have.
+                await self._stopping.wait()
+                sampling.cancel()
         finally:
             await self.close()
             log.info("worker_stopped")

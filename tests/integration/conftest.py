@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import pytest
 from sqlalchemy import text
@@ -89,17 +90,21 @@ class SagaEnvironment:
 
 @contextmanager
 def engine_process(
-    env: SagaEnvironment, *argv: str, environ: Mapping[str, str] | None = None
+    env: SagaEnvironment,
+    *argv: str,
+    environ: Mapping[str, str] | None = None,
+    output: BinaryIO | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m saga *argv`` (``"run", "coordinator"``, ...) as a process of its own
     pointed at ``env`` (``environ`` adds to its environment); killed on the way out unless
-    it has ended by then."""
+    it has ended by then. With ``output``, its stdout and stderr both go to that file
+    (a pipe nobody reads would block a process that logs a lot)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "saga", *argv],
         cwd=REPO_ROOT,
         env={**env.process_environment(), **(environ or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL if output is None else output,
+        stderr=subprocess.PIPE if output is None else output,
     )
     try:
         yield process

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
@@ -46,6 +47,7 @@ async def test_slow_queries_are_logged_and_counted(
         tuned(settings, database_slow_query_threshold=20, database_log_queries=False),
         url=migrated_database_url,
     )
+    slow_before = REGISTRY.get_sample_value("saga_db_slow_queries_total") or 0.0
     try:
         with capture_logs() as logs:
             await db.run(lambda c: c.execute(text("SELECT pg_sleep(0.05)")))
@@ -58,6 +60,7 @@ async def test_slow_queries_are_logged_and_counted(
     assert "pg_sleep" in slow[0]["statement"]
     assert slow[0]["duration_ms"] >= 20
     assert db.queries.slow_queries == 1
+    assert REGISTRY.get_sample_value("saga_db_slow_queries_total") == slow_before + 1
     assert db.queries.queries >= 2
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+from saga import metrics
+from saga.outbox import seconds_since
 from saga.store import outbox as store
 from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
@@ -70,6 +72,9 @@ async def republish(ctx: JobContext) -> BatchResult:
             error = next(outcomes)
             if error is None:
                 acknowledged.append(message.message_id)
+                if message.due_at is not None:
+                    lag = seconds_since(message.due_at)
+                    metrics.OUTBOX_PUBLISH_LAG.labels(table).observe(lag)
             else:
                 refused.append((message.message_id, f"{type(error).__name__}: {error}"))
         sent.append((table, acknowledged))

@@ -21,6 +21,7 @@ import structlog
 from saga import alerts, metrics
 from saga.coordinator.commands import PreparedWrite, prepare_write
 from saga.definition import SagaDefinition
+from saga.logging import saga_context
 from saga.machine import (
     InstanceState,
     Outcome,
@@ -30,6 +31,7 @@ from saga.machine import (
     advance,
     expire,
 )
+from saga.masking import summarize
 from saga.store import saga_log
 from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
@@ -48,6 +50,7 @@ class _Written:
     instance: InstanceRow
     definition_name: str
     step_name: str
+    journey: str | None
     state: InstanceState
     pending: PendingMessage | None
     delay: float
@@ -119,16 +122,20 @@ def _written(
     state: InstanceState,
     prepared: PreparedWrite,
 ) -> _Written:
-    step = definition.steps[instance.state.current_step].name
-    return _Written(instance, definition.name, step, state, prepared.pending, prepared.delay)
+    step = definition.steps[instance.state.current_step]
+    return _Written(
+        instance, definition.name, step.name, step.journey, state, prepared.pending, prepared.delay
+    )
 
 
 def _count(item: _Written, job: str, counts: Counter[str]) -> None:
     before, after = item.instance.state, item.state
-    with structlog.contextvars.bound_contextvars(
-        saga_id=str(item.instance.id),
+    # No span: the line is about the attempt that got no reply, not the command sent next.
+    with saga_context(
+        saga_id=item.instance.id,
         definition=item.definition_name,
         step=item.step_name,
+        journey=item.journey,
         phase=before.phase.value,
         attempt=before.step_attempt,
     ):
@@ -138,6 +145,8 @@ def _count(item: _Written, job: str, counts: Counter[str]) -> None:
             ).inc()
         else:
             metrics.SAGAS_EXPIRED.labels(item.definition_name).inc()
+        if after.status.finished:
+            metrics.count_finished(item.definition_name, after.status)
         if after.status is SagaStatus.PARKED:
             counts["parked"] += 1
             alerts.saga_parked(item.instance.id, item.definition_name, after.error)
@@ -146,11 +155,13 @@ def _count(item: _Written, job: str, counts: Counter[str]) -> None:
             log.warning("step_timed_out_resent", next_attempt=after.step_attempt)
         elif after.status is SagaStatus.COMPENSATED:
             counts["compensated"] += 1
-            log.warning("saga_timed_out_compensated", reason=after.error)
+            log.warning("saga_timed_out_compensated", reason=summarize(after.error))
         else:
             counts["compensating"] += 1
             log.warning(
-                "saga_timed_out_compensating", reason=after.error, next_step=after.current_step
+                "saga_timed_out_compensating",
+                reason=summarize(after.error),
+                next_step=after.current_step,
             )
 
 
@@ -163,7 +174,7 @@ async def _park_undriveable(conn: DriverConnection, instance: InstanceRow) -> _W
     state = replace(instance.state, status=SagaStatus.PARKED, error=reason)
     await saga_log.write_transition(conn, instance, state, log=[], outbox=None, step_timeout=0)
     step = f"#{instance.state.current_step}"
-    return _Written(instance, instance.definition_name, step, state, None, 0.0)
+    return _Written(instance, instance.definition_name, step, None, state, None, 0.0)
 
 
 async def step_timeouts(ctx: JobContext) -> BatchResult:
