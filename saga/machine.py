@@ -177,7 +177,7 @@ def expire(definition: SagaDefinition, state: InstanceState, reason: str) -> Tra
     )
     if step.retriable_only:
         return _park(state, entry, f"{reason}; step {step.name!r} is retriable-only")
-    return _compensate_from(definition, state, state.current_step, reason, entry)
+    return compensate_from(definition, state, state.current_step, reason, entry)
 
 
 def _why_stale(definition: SagaDefinition, state: InstanceState, event: StepEvent) -> str | None:
@@ -222,7 +222,7 @@ def _after_execute(
         if step.retriable_only:
             return _park(state, failed, f"retriable-only step {step.name!r} refused: {reason}")
         # A refusal committed nothing: undo the steps before this one.
-        return _compensate_from(
+        return compensate_from(
             definition, state, index - 1, f"step {step.name!r} failed: {reason}", failed
         )
 
@@ -247,7 +247,7 @@ def _after_execute(
         return _park(state, failed, f"{why}; the final step's outcome is unknown")
     # A late delivery may still commit it: undo this step too (the participant's inbox
     # makes undoing a step that never ran a no-op, and bars it from running later).
-    return _compensate_from(definition, state, index, why, failed)
+    return compensate_from(definition, state, index, why, failed)
 
 
 def _after_compensate(
@@ -262,7 +262,7 @@ def _after_compensate(
         done = LogEntry(
             index, Phase.COMPENSATE, LogStatus.SUCCEEDED, attempt, response=event.result
         )
-        return _compensate_from(definition, state, index - 1, state.error, done)
+        return compensate_from(definition, state, index - 1, state.error, done)
 
     reason = event.reason or event.outcome.value
     if attempt < step.compensation_retry.max_attempts:
@@ -275,8 +275,19 @@ def _after_compensate(
         state,
         failed,
         f"compensation of step {step.name!r} failed after {attempt} attempts: {reason}"
-        f" (compensating because {state.error})",
+        f"{_COMPENSATING_BECAUSE}{state.error})",
     )
+
+
+_COMPENSATING_BECAUSE = " (compensating because "
+
+
+def compensation_cause(error: str | None) -> str | None:
+    """Why a saga parked in its compensation was compensating in the first place: the
+    reason its compensation carries on with when an operator resumes it."""
+    if error is None or not error.endswith(")") or _COMPENSATING_BECAUSE not in error:
+        return error
+    return error.split(_COMPENSATING_BECAUSE, 1)[1][:-1]
 
 
 def _retry(state: InstanceState, entry: LogEntry, delay: float, phase: Phase) -> Transition:
@@ -287,7 +298,7 @@ def _retry(state: InstanceState, entry: LogEntry, delay: float, phase: Phase) ->
     )
 
 
-def _compensate_from(
+def compensate_from(
     definition: SagaDefinition,
     state: InstanceState,
     start: int,

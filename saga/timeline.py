@@ -2,18 +2,20 @@
 
 Each attempt of a step or compensation is logged when it is dispatched and again when its
 outcome arrives; the timeline shows one line per attempt (its outcome when there is one,
-else "dispatched"), plus replies the coordinator ignored, in the order they happened.
+else "dispatched", carrying the request its dispatch recorded), plus replies the
+coordinator ignored and rows operators wrote by hand, in the order they happened.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from saga.errors import SagaNotFound
-from saga.store.driver import DriverConnection
+from saga.store.driver import DriverConnection, document
 
 _INSTANCE = """
 SELECT id, definition_name, definition_version, status, error, started_at, finished_at
@@ -21,8 +23,8 @@ FROM shared.saga_instance WHERE id = $1
 """
 
 _ENTRIES = """
-SELECT step_index, step_name, journey, action, status, attempt, error,
-       started_at, finished_at, duration_ms
+SELECT step_index, step_name, journey, action, status, attempt, error, actor,
+       request, response, started_at, finished_at, duration_ms
 FROM shared.saga_step_log
 WHERE saga_instance_id = $1
 ORDER BY created_at, started_at, step_index
@@ -41,6 +43,12 @@ class TimelineEntry:
     started_at: datetime
     finished_at: datetime | None
     duration_ms: float | None
+    actor: str | None = None
+    """Who wrote the row by hand (``saga retry``, ``skip``, ...); ``None`` for the engine."""
+    request: Any = None
+    """What the attempt's command carried (recorded when it was dispatched)."""
+    response: Any = None
+    """The result the participant answered with, when it succeeded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +87,6 @@ async def load_timeline(conn: DriverConnection, saga_id: uuid.UUID) -> Timeline:
     instance = await conn.fetchrow(_INSTANCE, saga_id)
     if instance is None:
         raise SagaNotFound(f"no saga with id {saga_id}")
-    rows = await conn.fetch(_ENTRIES, saga_id)
     return Timeline(
         saga_id=instance["id"],
         definition=instance["definition_name"],
@@ -88,34 +95,57 @@ async def load_timeline(conn: DriverConnection, saga_id: uuid.UUID) -> Timeline:
         error=instance["error"],
         started_at=instance["started_at"],
         finished_at=instance["finished_at"],
-        entries=_one_per_attempt(
-            [
-                TimelineEntry(
-                    step_index=row["step_index"],
-                    step_name=row["step_name"],
-                    journey=row["journey"],
-                    action=row["action"],
-                    status=row["status"],
-                    attempt=row["attempt"],
-                    error=row["error"],
-                    started_at=row["started_at"],
-                    finished_at=row["finished_at"],
-                    duration_ms=row["duration_ms"],
-                )
-                for row in rows
-            ]
-        ),
+        entries=await load_entries(conn, saga_id),
     )
 
 
-def _one_per_attempt(entries: list[TimelineEntry]) -> list[TimelineEntry]:
-    """Drop each "dispatched" entry whose attempt has an outcome; keep everything else."""
-    answered = {(e.step_index, e.action, e.attempt) for e in entries if e.status != "dispatched"}
-    kept = [
-        e
+async def load_entries(conn: DriverConnection, saga_id: uuid.UUID) -> list[TimelineEntry]:
+    """The saga's step log, one entry per attempt (see :func:`one_per_attempt`)."""
+    rows = await conn.fetch(_ENTRIES, saga_id)
+    return one_per_attempt(
+        [
+            TimelineEntry(
+                step_index=row["step_index"],
+                step_name=row["step_name"],
+                journey=row["journey"],
+                action=row["action"],
+                status=row["status"],
+                attempt=row["attempt"],
+                error=row["error"],
+                started_at=row["started_at"],
+                finished_at=row["finished_at"],
+                duration_ms=row["duration_ms"],
+                actor=row["actor"],
+                request=document(row["request"]),
+                response=document(row["response"]),
+            )
+            for row in rows
+        ]
+    )
+
+
+def one_per_attempt(entries: list[TimelineEntry]) -> list[TimelineEntry]:
+    """Drop each "dispatched" entry whose attempt has an outcome, giving the outcome the
+    request its dispatch recorded; keep everything else, ordered by when it started.
+
+    An ignored reply is not an outcome (the coordinator did not apply it), so it never
+    hides the dispatch of an attempt still waiting for its answer."""
+    requests = {
+        (e.step_index, e.action, e.attempt): e.request for e in entries if e.status == "dispatched"
+    }
+    answered = {
+        (e.step_index, e.action, e.attempt)
         for e in entries
-        if e.status != "dispatched" or (e.step_index, e.action, e.attempt) not in answered
-    ]
+        if e.status not in ("dispatched", "ignored")
+    }
+    kept = []
+    for e in entries:
+        key = (e.step_index, e.action, e.attempt)
+        if e.status == "dispatched" and key in answered:
+            continue
+        if e.status != "dispatched" and e.request is None and requests.get(key) is not None:
+            e = replace(e, request=requests[key])
+        kept.append(e)
     return sorted(kept, key=lambda e: e.started_at)
 
 

@@ -1,5 +1,6 @@
 """The ``saga`` command: ``saga db ...`` for migrations, lint and seeds; ``saga demo``;
-``saga run coordinator``.
+``saga run coordinator|participant|worker``; the operators' ``saga ls|show|stats|
+definitions`` and ``saga retry|compensate|skip|abort``.
 
 Every failure is one line on stderr and a non-zero exit: 1 when the work found a problem
 (lint findings, a refused migration), 2 when the command or configuration was wrong.
@@ -11,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from saga.cli import db, demo, run
+from saga.cli import act, db, demo, inspect, run
 from saga.errors import ConfigurationError, SagaError
 
 EXIT_PROBLEM = 1
@@ -20,12 +21,16 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="saga", description="AUSTA saga engine: migrations, seeds and the demo."
+        prog="saga",
+        description="AUSTA saga engine: migrations, seeds, the demo, the engine's "
+        "processes, and operators' commands to inspect and act on sagas.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     db.add_parser(commands)
     demo.add_parser(commands)
     run.add_parser(commands)
+    inspect.add_parser(commands)
+    act.add_parser(commands)
     return parser
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from saga.machine import InstanceState, LogEntry, SagaStatus
-from saga.store.driver import DriverConnection, document
+from saga.machine import InstanceState, LogEntry, Phase, SagaStatus
+from saga.store.driver import DriverConnection, document, rows_affected
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,8 @@ class LogRow:
     serialization_retries: int = 0
     deadlock_retries: int = 0
     """How often the participant re-ran the step's transaction before it answered."""
+    actor: str | None = None
+    """Who wrote the row by hand (``saga retry`` and the other operator actions)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ class OutboxRow:
 _LOG_COLUMNS = """
     saga_instance_id, step_index, step_name, journey, action, status, attempt,
     message_id, request, response, error, started_at, finished_at,
-    serialization_retries, deadlock_retries
+    serialization_retries, deadlock_retries, actor
 """
 
 # The log rows arrive as parallel arrays; a dispatched row is open (no finished_at) and
@@ -70,13 +72,14 @@ _LOG_FROM_ARRAYS = f"""
            e.message_id, e.request::jsonb, e.response::jsonb, e.error,
            COALESCE(e.started_at, now() + make_interval(secs => $DELAY)),
            CASE WHEN e.status = 'dispatched' THEN NULL ELSE now() END,
-           e.serialization_retries, e.deadlock_retries
+           e.serialization_retries, e.deadlock_retries, e.actor
     FROM {{source}} i,
          unnest($LOG1::integer[], $LOG2::text[], $LOG3::text[], $LOG4::text[], $LOG5::text[],
                 $LOG6::integer[], $LOG7::uuid[], $LOG8::text[], $LOG9::text[], $LOG10::text[],
-                $LOG11::timestamptz[], $LOG12::integer[], $LOG13::integer[])
+                $LOG11::timestamptz[], $LOG12::integer[], $LOG13::integer[], $LOG14::text[])
          AS e(step_index, step_name, journey, action, status, attempt, message_id,
-              request, response, error, started_at, serialization_retries, deadlock_retries)
+              request, response, error, started_at, serialization_retries, deadlock_retries,
+              actor)
 """
 
 _OUTBOX_FROM = """
@@ -95,7 +98,7 @@ def _numbered(sql: str, names: Sequence[str], first: int) -> str:
     return sql
 
 
-_SHARED_PARAMS = ["DELAY", *(f"LOG{n}" for n in range(1, 14)), *(f"OB{n}" for n in range(1, 6))]
+_SHARED_PARAMS = ["DELAY", *(f"LOG{n}" for n in range(1, 15)), *(f"OB{n}" for n in range(1, 6))]
 
 
 def _shared_args(log: Sequence[LogRow], outbox: OutboxRow | None, delay: float) -> list[Any]:
@@ -114,6 +117,7 @@ def _shared_args(log: Sequence[LogRow], outbox: OutboxRow | None, delay: float) 
         [r.started_at for r in log],
         [r.serialization_retries for r in log],
         [r.deadlock_retries for r in log],
+        [r.actor for r in log],
         outbox.message_id if outbox else None,
         outbox.topic if outbox else None,
         outbox.key if outbox else None,
@@ -194,6 +198,55 @@ async def load_instance(conn: DriverConnection, saga_id: uuid.UUID) -> InstanceR
         f"SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance WHERE id = $1", saga_id
     )
     return None if row is None else _instance_from(row)
+
+
+async def lock_instance(conn: DriverConnection, saga_id: uuid.UUID) -> InstanceRow | None:
+    """The instance, locked until the transaction ends (an operator's action holds it
+    while it decides, as a worker's claim does)."""
+    row = await conn.fetchrow(
+        f"SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance WHERE id = $1 FOR UPDATE",
+        saga_id,
+    )
+    return None if row is None else _instance_from(row)
+
+
+@dataclass(frozen=True, slots=True)
+class StepPosition:
+    """Where the step log last left the saga's current step."""
+
+    phase: Phase
+    step_name: str
+    journey: str
+
+
+async def step_position(conn: DriverConnection, instance: InstanceRow) -> StepPosition | None:
+    """The latest row the coordinator logged for the instance's current step (replies it
+    ignored do not count): its phase tells whether a parked saga stopped in the step
+    or in its compensation."""
+    row = await conn.fetchrow(
+        """
+        SELECT action, step_name, journey FROM shared.saga_step_log
+        WHERE saga_instance_id = $1 AND step_index = $2 AND status <> 'ignored'
+        ORDER BY created_at DESC, started_at DESC
+        LIMIT 1
+        """,
+        instance.id,
+        instance.state.current_step,
+    )
+    if row is None:
+        return None
+    return StepPosition(Phase(row["action"]), row["step_name"], row["journey"])
+
+
+async def withdraw_commands(conn: DriverConnection, saga_id: uuid.UUID) -> int:
+    """Delete the saga's commands not yet recorded as published (a retry waiting out its
+    backoff, or one sent a moment ago), so the relay never sends one an operator's action
+    has overtaken. Returns how many."""
+    status = await conn.execute(
+        "DELETE FROM shared.saga_outbox WHERE saga_instance_id = $1 AND published_at IS NULL",
+        saga_id,
+    )
+    return rows_affected(status)
 
 
 async def claim_overdue_steps(conn: DriverConnection, limit: int) -> list[InstanceRow]:
@@ -309,7 +362,8 @@ async def record_ignored(conn: DriverConnection, saga_id: uuid.UUID, row: LogRow
     await conn.execute(
         f"""
         INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
-        VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9, now(), now(), 0, 0)
+        VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9, now(), now(), 0, 0,
+                NULL)
         """,
         saga_id,
         row.entry.step_index,

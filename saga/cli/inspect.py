@@ -1,0 +1,437 @@
+"""``saga ls``, ``saga show``, ``saga stats``, ``saga definitions``: read the saga log.
+
+Every command reads in one read-only transaction and prints a table (``--json``: one JSON
+document). Bad input is refused before the database is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from saga.errors import ConfigurationError
+from saga.logging import configure_logging
+from saga.masking import mask
+from saga.operator import queries
+from saga.operator.filters import (
+    SagaListing,
+    add_filter_arguments,
+    check_window,
+    filter_from_args,
+    parse_count,
+    parse_moment,
+    parse_names,
+    parse_saga_id,
+    select_sagas,
+)
+from saga.operator.render import cell, duration_text, print_json, print_table, utc_text
+from saga.participant.journey import discover_journeys
+from saga.settings import load_settings
+from saga.store import Database
+from saga.store.driver import DriverConnection
+from saga.timeline import TimelineEntry
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+ERROR_WIDTH = 60
+"""A table cuts longer errors (``saga show`` and ``--json`` give them whole)."""
+
+
+def add_parser(commands: Any) -> None:
+    ls = commands.add_parser(
+        "ls", help="list sagas, newest first", description="List sagas, newest first."
+    )
+    add_filter_arguments(ls)
+    pages = ls.add_argument_group("pages")
+    pages.add_argument(
+        "--limit", default=str(DEFAULT_LIMIT), help=f"sagas per page, 1..{MAX_LIMIT} (default 50)"
+    )
+    pages.add_argument("--page", help="which page, from 1 (default 1)")
+    pages.add_argument("--offset", help="skip this many sagas instead of giving --page")
+    _json_flag(ls)
+    ls.set_defaults(handler=_ls)
+
+    show = commands.add_parser("show", help="one saga: its state and the timeline of every attempt")
+    show.add_argument("saga_id", metavar="ID", help="the saga's id (a UUID)")
+    _json_flag(show)
+    show.set_defaults(handler=_show)
+
+    stats = commands.add_parser(
+        "stats",
+        help="sagas by status and step durations over a time window",
+        description="Sagas started in the window by definition and status; attempts that "
+        "ended in it by step and phase (count, p50/p95/p99/max ms, failures, retries, "
+        "timeouts); the slowest steps by p95. Times: an ISO time or a duration ago "
+        "(30s, 10m, 2h, 7d).",
+    )
+    stats.add_argument(
+        "--since", default="24h", metavar="WHEN", help="window start (default 24h ago)"
+    )
+    stats.add_argument("--until", metavar="WHEN", help="window end (default now)")
+    stats.add_argument(
+        "--definition",
+        action="append",
+        metavar="NAME",
+        help="only these definitions (repeatable or comma-separated)",
+    )
+    stats.add_argument("--top", default="5", help="how many slowest steps to list (default 5)")
+    _json_flag(stats)
+    stats.set_defaults(handler=_stats)
+
+    definitions = commands.add_parser(
+        "definitions",
+        help="registered saga definitions and their sagas in flight or parked",
+        description="Every registered saga definition (name, version, steps, when it "
+        "was registered) with how many of its sagas are running, compensating or parked.",
+    )
+    _json_flag(definitions)
+    definitions.set_defaults(handler=_definitions)
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+# --- running a read ---------------------------------------------------------------------
+
+
+def _read(work: Callable[[DriverConnection], Awaitable[T]], *, name: str) -> T:
+    settings = load_settings()
+    configure_logging(settings)
+
+    async def main() -> T:
+        database = Database.from_settings(settings, application_name="saga-cli")
+        try:
+            return await queries.read_only(database, work, name=name)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(main())
+
+
+# --- saga ls ------------------------------------------------------------------------------
+
+
+def _ls(args: argparse.Namespace) -> int:
+    selected = filter_from_args(args)
+    limit = parse_count(args.limit, "--limit", low=1, high=MAX_LIMIT)
+    if args.page is not None and args.offset is not None:
+        raise ConfigurationError("--page and --offset: give one or the other")
+    page = parse_count(args.page, "--page", low=1) if args.page is not None else None
+    offset = parse_count(args.offset, "--offset", low=0) if args.offset is not None else None
+    start = offset if offset is not None else ((page or 1) - 1) * limit
+
+    async def work(conn: DriverConnection) -> list[SagaListing]:
+        # One more than a page says whether another page follows.
+        return await select_sagas(conn, selected, limit=limit + 1, offset=start)
+
+    found = _read(work, name="cli.ls")
+    more = len(found) > limit
+    shown = found[:limit]
+    if args.json:
+        print_json(
+            {
+                "sagas": [listing.as_dict() for listing in shown],
+                "limit": limit,
+                "offset": start,
+                "page": page if offset is None else None,
+                "more": more,
+            }
+        )
+        return 0
+    if not shown:
+        print("no sagas match")
+        return 0
+    now = datetime.now(UTC)
+    print_table([_listing_row(listing, now) for listing in shown], LS_COLUMNS)
+    if more:
+        if offset is not None:
+            print(f"offset {start}, {len(shown)} shown; --offset {start + limit} for more")
+        else:
+            current = page or 1
+            print(f"page {current}, {len(shown)} shown; --page {current + 1} for more")
+    return 0
+
+
+LS_COLUMNS = (
+    "id",
+    "definition",
+    "status",
+    "step",
+    "journey",
+    "phase",
+    "attempt",
+    "started",
+    "took",
+    "waiting",
+    "error",
+)
+
+
+def _listing_row(listing: SagaListing, now: datetime) -> dict[str, Any]:
+    waiting = None
+    if listing.status.in_flight and listing.step_started_at is not None:
+        # How long the current attempt has been going: what --stuck-for compares.
+        waiting = now - listing.step_started_at
+    return {
+        "id": listing.id,
+        "definition": f"{listing.definition_name} v{listing.definition_version}",
+        "status": listing.status,
+        "step": listing.step_name,
+        "journey": listing.journey,
+        "phase": listing.phase,
+        "attempt": listing.step_attempt,
+        "started": listing.started_at,
+        "took": _took(listing.started_at, listing.finished_at),
+        "waiting": waiting,
+        "error": _cut(listing.error),
+    }
+
+
+def _took(started: datetime, finished: datetime | None) -> timedelta | None:
+    return None if finished is None else finished - started
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None or len(text) <= ERROR_WIDTH:
+        return text
+    return text[: ERROR_WIDTH - 1] + "…"
+
+
+# --- saga show ----------------------------------------------------------------------------
+
+
+def _show(args: argparse.Namespace) -> int:
+    saga_id = parse_saga_id(args.saga_id)
+
+    async def work(conn: DriverConnection) -> queries.SagaDetail:
+        return await queries.saga_detail(conn, saga_id)
+
+    detail = _read(work, name="cli.show")
+    # The installed journey services declare their sensitive fields when discovered
+    # (LOG_SENSITIVE_FIELDS is declared with the logging set-up): mask with all of them.
+    discover_journeys()
+    if args.json:
+        print_json(_detail_document(detail))
+    else:
+        for line in _detail_lines(detail, datetime.now(UTC)):
+            print(line)
+    return 0
+
+
+def _detail_document(detail: queries.SagaDetail) -> dict[str, Any]:
+    took = detail.took
+    return {
+        "id": str(detail.id),
+        "definition": detail.definition_name,
+        "version": detail.definition_version,
+        "status": detail.status.value,
+        "error": detail.error,
+        "started_at": detail.started_at,
+        "finished_at": detail.finished_at,
+        "took_ms": None if took is None else took.total_seconds() * 1000,
+        "current_step": {
+            "index": detail.current_step,
+            "name": detail.step_name,
+            "journey": detail.journey,
+            "phase": detail.phase.value,
+            "attempt": detail.step_attempt,
+            "started_at": detail.step_started_at,
+            "deadline": detail.step_deadline,
+        },
+        "deadline": detail.deadline,
+        "idempotency_key": detail.idempotency_key,
+        "payload": mask(detail.payload),
+        "context": mask(detail.context),
+        "timeline": [_entry_document(entry) for entry in detail.entries],
+    }
+
+
+def _entry_document(entry: TimelineEntry) -> dict[str, Any]:
+    document = asdict(entry)
+    document["request"] = mask(entry.request)
+    document["response"] = mask(entry.response)
+    return document
+
+
+def _detail_lines(detail: queries.SagaDetail, now: datetime) -> list[str]:
+    took = detail.took
+    if took is not None:
+        took_text = duration_text(took.total_seconds())
+    else:
+        took_text = f"- (started {duration_text((now - detail.started_at).total_seconds())} ago)"
+    step = detail.step_name or f"#{detail.current_step}"
+    current = (
+        f"step {detail.current_step} {step} ({detail.journey or '?'}), {detail.phase.value}, "
+        f"attempt {detail.step_attempt}"
+    )
+    if detail.step_started_at is not None:
+        current += f", dispatched {utc_text(detail.step_started_at)}"
+    header = [
+        ("definition", f"{detail.definition_name} v{detail.definition_version}"),
+        ("status", detail.status.value),
+        ("reason", detail.error),
+        ("started", utc_text(detail.started_at)),
+        ("finished", utc_text(detail.finished_at) if detail.finished_at else None),
+        ("took", took_text),
+        ("current", current),
+        ("deadline", utc_text(detail.step_deadline) if detail.step_deadline else None),
+        ("key", detail.idempotency_key),
+        ("payload", _compact(mask(detail.payload))),
+        ("context", _compact(mask(detail.context))),
+    ]
+    lines = [f"saga {detail.id}"]
+    lines += [f"  {label:<10} {cell(value)}" for label, value in header]
+    lines += ["", "timeline (one line per attempt; + is the time since the saga started)"]
+    lines += _timeline_lines(detail.entries, detail.started_at)
+    return lines
+
+
+def _timeline_lines(entries: Sequence[TimelineEntry], started: datetime) -> list[str]:
+    if not entries:
+        return ["  (no step-log rows)"]
+    step_width = max(len(e.step_name) for e in entries)
+    journey_width = max(len(e.journey) for e in entries)
+    lines = []
+    for e in entries:
+        offset = (e.started_at - started).total_seconds()
+        took = "-" if e.duration_ms is None else duration_text(e.duration_ms / 1000)
+        line = (
+            f"  +{duration_text(offset):>9}  {e.step_name:<{step_width}}  "
+            f"{e.journey:<{journey_width}}  {e.action:<10}  #{e.attempt:<2} {e.status:<10} "
+            f"{took:>9}"
+        )
+        if e.actor:
+            line += f"  by {e.actor}"
+        if e.error:
+            line += f"  {e.error}"
+        lines.append(line.rstrip())
+        indent = " " * 13
+        if e.request is not None:
+            lines.append(f"{indent}request  {_compact(mask(e.request))}")
+        if e.response is not None:
+            lines.append(f"{indent}response {_compact(mask(e.response))}")
+    return lines
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(", ", ": "))
+
+
+# --- saga stats ---------------------------------------------------------------------------
+
+
+def _stats(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    since = parse_moment(args.since, "--since", now=now)
+    until = parse_moment(args.until, "--until", now=now) if args.until else now
+    check_window(since, until)
+    top = parse_count(args.top, "--top", low=1)
+    names = parse_names(args.definition or (), "--definition")
+
+    async def work(
+        conn: DriverConnection,
+    ) -> tuple[list[queries.StatusCount], list[queries.StepStats]]:
+        counts = await queries.status_counts(conn, since, until, names)
+        return counts, await queries.step_stats(conn, since, until, names)
+
+    counts, steps = _read(work, name="cli.stats")
+    slowest = queries.slowest(steps, top)
+    if args.json:
+        print_json(
+            {
+                "since": since,
+                "until": until,
+                "definitions": list(names),
+                "sagas": [asdict(count) for count in counts],
+                "steps": [asdict(step) for step in steps],
+                "slowest": [asdict(step) for step in slowest],
+            }
+        )
+        return 0
+    print(f"window {utc_text(since)} .. {utc_text(until)}")
+    print()
+    print("sagas started in the window")
+    if counts:
+        print_table([asdict(count) for count in counts], ("definition", "status", "sagas"))
+    else:
+        print("  none")
+    print()
+    print("attempts that ended in the window (durations in ms)")
+    if steps:
+        print_table([asdict(step) for step in steps], STEP_COLUMNS)
+    else:
+        print("  none")
+    if slowest:
+        print()
+        print(f"slowest {len(slowest)} by p95")
+        print_table(
+            [asdict(step) for step in slowest],
+            ("definition", "step_name", "journey", "action", "answers", "p95_ms", "max_ms"),
+        )
+    return 0
+
+
+STEP_COLUMNS = (
+    "definition",
+    "step_name",
+    "journey",
+    "action",
+    "answers",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "failed",
+    "retried",
+    "timed_out",
+    "serialization_retries",
+    "deadlock_retries",
+)
+
+
+# --- saga definitions ---------------------------------------------------------------------
+
+
+def _definitions(args: argparse.Namespace) -> int:
+    found = _read(queries.definitions, name="cli.definitions")
+    rows = [
+        {
+            "name": d.name,
+            "version": d.version,
+            "steps": len(d.steps),
+            "step_names": list(d.steps),
+            "registered_at": d.registered_at,
+            "timeout_seconds": d.timeout_seconds,
+            "running": d.running,
+            "compensating": d.compensating,
+            "parked": d.parked,
+        }
+        for d in found
+    ]
+    if args.json:
+        print_json(rows)
+    elif not rows:
+        print("no saga definitions are registered")
+    else:
+        print_table(
+            rows,
+            (
+                "name",
+                "version",
+                "steps",
+                "step_names",
+                "registered_at",
+                "running",
+                "compensating",
+                "parked",
+            ),
+        )
+    return 0

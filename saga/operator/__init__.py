@@ -1,0 +1,1 @@
+"""What operators do with sagas: find them, read them, and act on them by hand."""
