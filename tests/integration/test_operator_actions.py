@@ -385,8 +385,15 @@ async def test_one_saga_by_id_and_every_bad_input_gets_one_line(
         assert "--status" in bad_status.stderr
         assert "Traceback" not in bad_status.stderr
         summary = await coordinator.status(saga_id)
+        listed = await saga_cli(env, "ls", "--status", "aborted", "--json")
+        shown = await saga_cli(env, "show", sid)
 
     assert summary.status is SagaStatus.ABORTED
+    assert [s["id"] for s in json.loads(listed.stdout)["sagas"]] == [sid]
+    assert "status     aborted" in shown.stdout
+    aborted_line = next(line for line in shown.stdout.splitlines() if " by bob " in line)
+    assert " aborted " in aborted_line
+    assert aborted_line.endswith("by bob  aborted by bob: refund by hand")
     rows = await manual_rows(env.database, saga_id)
     assert [row[2:5] for row in rows] == [("aborted", 3, "bob")]
     assert rows[0][5] == "aborted by bob: refund by hand"
