@@ -116,19 +116,16 @@ def engine_process(
             process.stderr.close()
 
 
-@pytest.fixture
-async def saga_env(
-    settings: Settings,
-    admin_database_url: str,
-    template_database_name: str,
-    kafka_bootstrap_servers: str,
-) -> AsyncIterator[SagaEnvironment]:
-    name = f"austa_test_saga_{uuid.uuid4().hex[:12]}"
+async def open_saga_environment(
+    settings: Settings, admin_url: str, template: str, bootstrap: str, name: str
+) -> SagaEnvironment:
+    """A database ``name`` copied from ``template``, topics of its own on ``bootstrap``;
+    the caller disposes ``database`` and drops the database."""
+    url = await admin.create_database(admin_url, name, template=template)
     # On the embedded broker a dead group member is noticed sooner; Kafka itself refuses
     # session timeouts under its 6 s floor.
     embedded = settings.kafka_bootstrap_servers is None
-    url = await admin.create_database(admin_database_url, name, template=template_database_name)
-    settings = load_settings(
+    own = load_settings(
         env_dir=REPO_ROOT,
         kafka_topic_prefix=f"test.{uuid.uuid4().hex[:10]}",
         kafka_topic_partitions=4,
@@ -137,11 +134,25 @@ async def saga_env(
         kafka_session_timeout_ms=2000 if embedded else 6000,
         kafka_heartbeat_interval_ms=500 if embedded else 2000,
     )
-    database = Database.from_settings(settings, url=url, application_name="tests")
+    database = Database.from_settings(own, url=url, application_name="tests")
+    return SagaEnvironment(own, database, url, bootstrap)
+
+
+@pytest.fixture
+async def saga_env(
+    settings: Settings,
+    admin_database_url: str,
+    template_database_name: str,
+    kafka_bootstrap_servers: str,
+) -> AsyncIterator[SagaEnvironment]:
+    name = f"austa_test_saga_{uuid.uuid4().hex[:12]}"
+    env = await open_saga_environment(
+        settings, admin_database_url, template_database_name, kafka_bootstrap_servers, name
+    )
     try:
-        yield SagaEnvironment(settings, database, url, kafka_bootstrap_servers)
+        yield env
     finally:
-        await database.dispose()
+        await env.database.dispose()
         await admin.drop_database(admin_database_url, name)
 
 

@@ -46,12 +46,12 @@ import pytest
 
 from saga.coordinator import Coordinator
 from saga.definition import SagaDefinition
-from saga.settings import Settings, load_settings, to_plain_url
+from saga.settings import Settings, to_plain_url
 from saga.store import Database, admin
 from saga.worker.jobs.timeouts import STEP_TIMEOUTS
 from saga.worker.scheduler import Worker
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import SagaEnvironment
+from tests.integration.conftest import SagaEnvironment, open_saga_environment
 from tests.integration.sagas import BOOKING, cluster, create_effect_tables
 
 SHORT = SagaDefinition(
@@ -220,24 +220,12 @@ async def _backdate(database: Database, saga_ids: list[uuid.UUID]) -> None:
 async def _open(
     settings: Settings, admin_url: str, template: str, bootstrap: str, name: str
 ) -> Scene:
-    url = await admin.create_database(admin_url, name, template=template)
-    embedded = settings.kafka_bootstrap_servers is None
-    scene_settings = load_settings(
-        env_dir=REPO_ROOT,
-        kafka_topic_prefix=f"test.{uuid.uuid4().hex[:10]}",
-        kafka_topic_partitions=4,
-        database_pool_size=12,
-        database_max_overflow=4,
-        kafka_session_timeout_ms=2000 if embedded else 6000,
-        kafka_heartbeat_interval_ms=500 if embedded else 2000,
-    )
-    database = Database.from_settings(scene_settings, url=url, application_name="tests")
-    env = SagaEnvironment(scene_settings, database, url, bootstrap)
+    env = await open_saga_environment(settings, admin_url, template, bootstrap, name)
     try:
         return Scene(env, await build(env))
     finally:
         # The scene's tests run in loops of their own: nothing may stay bound to this one.
-        await database.dispose()
+        await env.database.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saga.coordinator import Coordinator
 from saga.definition import NoCompensation, SagaDefinition, Step
@@ -25,6 +25,9 @@ from saga.participant import Participant, StepContext
 from saga.retry import RetryPolicy
 from saga.settings import Settings
 from saga.store import Database
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import SagaEnvironment
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.05)
 FAST_RELAY = RelaySettings(interval=0.2, grace=1.0, lease=5.0)
@@ -225,6 +228,32 @@ async def cluster(
         yield running
     finally:
         await running.stop_all()
+
+
+@contextlib.asynccontextmanager
+async def starter(env: SagaEnvironment) -> AsyncIterator[Coordinator]:
+    """A coordinator of the test's own that starts sagas and waits for their end."""
+    async with Coordinator(
+        settings=env.settings,
+        database=env.database,
+        bootstrap_servers=env.bootstrap,
+        relay=FAST_RELAY,
+    ) as coordinator:
+        yield coordinator
+
+
+async def wait_until(database: Database, saga_id: uuid.UUID, condition: str) -> None:
+    """Poll until ``condition`` (SQL over shared.saga_instance ``i``) holds for the saga."""
+    for _ in range(400):
+        found = await database.run_driver(
+            lambda conn: conn.fetchval(
+                f"SELECT {condition} FROM shared.saga_instance i WHERE id = $1", saga_id
+            )
+        )
+        if found:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"saga {saga_id} never reached {condition}")
 
 
 async def effects(database: Database, saga_id: uuid.UUID) -> list[str]:

@@ -23,12 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from journeys import world
 from journeys.care.sagas import BOOK_APPOINTMENT, book_appointment
-from saga.coordinator import Coordinator
 from saga.machine import SagaStatus
 from saga.store.driver import DriverConnection
 from saga.transport import OutgoingMessage, Producer, Topics
 from tests.integration.conftest import SagaEnvironment, engine_process
-from tests.integration.sagas import FAST_RELAY
+from tests.integration.sagas import starter
 
 pytestmark = pytest.mark.integration
 
@@ -163,38 +162,33 @@ async def test_every_process_exports_what_happened_on_its_metrics_endpoint(
         }
         started_before = in_process("saga_started_total", definition=BOOKING)
 
-        async with Coordinator(
-            settings=env.settings,
-            database=env.database,
-            bootstrap_servers=env.bootstrap,
-            relay=FAST_RELAY,
-        ) as starter:
+        async with starter(env) as starting:
             outcomes = []
             for slot in slots[:3]:
                 saga_id = await book_appointment(
-                    starter, user_id=rich.user_id, slot_id=slot.slot_id, amount_cents=20_000
+                    starting, user_id=rich.user_id, slot_id=slot.slot_id, amount_cents=20_000
                 )
-                outcomes.append((await starter.wait(saga_id, timeout=40)).status)
+                outcomes.append((await starting.wait(saga_id, timeout=40)).status)
             refused = await book_appointment(
-                starter, user_id=poor.user_id, slot_id=slots[3].slot_id, amount_cents=20_000
+                starting, user_id=poor.user_id, slot_id=slots[3].slot_id, amount_cents=20_000
             )
-            outcomes.append((await starter.wait(refused, timeout=40)).status)
+            outcomes.append((await starting.wait(refused, timeout=40)).status)
             # A repeated start with the same key starts nothing and counts nothing.
             again = await book_appointment(
-                starter,
+                starting,
                 user_id=rich.user_id,
                 slot_id=slots[0].slot_id,
                 amount_cents=20_000,
                 idempotency_key="metrics-once",
             )
             assert again == await book_appointment(
-                starter,
+                starting,
                 user_id=rich.user_id,
                 slot_id=slots[0].slot_id,
                 amount_cents=20_000,
                 idempotency_key="metrics-once",
             )
-            outcomes.append((await starter.wait(again, timeout=40)).status)
+            outcomes.append((await starting.wait(again, timeout=40)).status)
         assert outcomes == [SagaStatus.COMPLETED] * 3 + [
             SagaStatus.COMPENSATED,
             SagaStatus.COMPENSATED,  # the slot is taken by the first booking

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from saga.coordinator import Coordinator
 from saga.coordinator.service import COORDINATOR_OUTBOX
 from saga.definition import SagaDefinition
 from saga.errors import SagaNotFound
@@ -32,11 +31,12 @@ from tests.integration.conftest import SagaEnvironment
 from tests.integration.sagas import (
     ALL_DONE,
     BOOKING,
-    FAST_RELAY,
     cluster,
     create_effect_tables,
     effects,
     executions,
+    starter,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,31 +59,6 @@ async def operator(env: SagaEnvironment) -> AsyncIterator[SagaActions]:
     finally:
         await publisher.close()
         await producer.stop()
-
-
-@contextlib.asynccontextmanager
-async def starter(env: SagaEnvironment) -> AsyncIterator[Coordinator]:
-    async with Coordinator(
-        settings=env.settings,
-        database=env.database,
-        bootstrap_servers=env.bootstrap,
-        relay=FAST_RELAY,
-    ) as coordinator:
-        yield coordinator
-
-
-async def wait_for(database: Database, saga_id: uuid.UUID, condition: str) -> None:
-    """Poll until ``condition`` (SQL over shared.saga_instance ``i``) holds."""
-    for _ in range(400):
-        found = await database.run_driver(
-            lambda conn: conn.fetchval(
-                f"SELECT {condition} FROM shared.saga_instance i WHERE id = $1", saga_id
-            )
-        )
-        if found:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"saga {saga_id} never reached {condition}")
 
 
 async def manual_rows(database: Database, saga_id: uuid.UUID) -> list[tuple[Any, ...]]:
@@ -150,7 +125,7 @@ async def test_retry_of_a_step_in_flight_runs_it_once(saga_env: SagaEnvironment)
         operator(env) as actions,
     ):
         saga_id = await coordinator.start(BOOKING, {})
-        await wait_for(env.database, saga_id, "i.current_step = 1")
+        await wait_until(env.database, saga_id, "i.current_step = 1")
         outcome = await actions.apply(saga_id, request(Action.RETRY))
         assert outcome.command == "authorize #2"
         # Both attempts now wait on the plan topic; the second is answered from the inbox.
@@ -172,7 +147,7 @@ async def test_compensate_undoes_a_saga_whose_step_is_in_flight(
         operator(env) as actions,
     ):
         saga_id = await coordinator.start(BOOKING, {})
-        await wait_for(env.database, saga_id, "i.current_step = 1")
+        await wait_until(env.database, saga_id, "i.current_step = 1")
         outcome = await actions.apply(saga_id, request(Action.COMPENSATE))
         assert outcome.after == "compensating at authorize (compensate) #1"
         # authorize may run when plan comes back (it was sent first); void then undoes it.
@@ -198,7 +173,7 @@ async def test_skip_counts_a_step_done_by_hand_with_its_result(saga_env: SagaEnv
         operator(env) as actions,
     ):
         saga_id = await coordinator.start(BOOKING, {})
-        await wait_for(env.database, saga_id, "i.current_step = 2")
+        await wait_until(env.database, saga_id, "i.current_step = 2")
         wrong = await actions.apply(saga_id, request(Action.SKIP, step="confirm"))
         assert wrong.refused == (
             "the saga is at step 'award' (execute), not 'confirm'; skip acts only on the "
@@ -234,7 +209,7 @@ async def test_abort_stops_a_parked_saga_and_withdraws_a_command_waiting_its_bac
         operator(env) as actions,
     ):
         saga_id = await coordinator.start(definition, {"refuse": "award", "error": {"void": 1}})
-        await wait_for(env.database, saga_id, "i.step_attempt = 2 AND i.current_step = 1")
+        await wait_until(env.database, saga_id, "i.step_attempt = 2 AND i.current_step = 1")
         outcome = await actions.apply(saga_id, request(Action.ABORT))
         again = await actions.apply(saga_id, request(Action.RETRY))
         summary = await coordinator.status(saga_id)

@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from saga.coordinator import Coordinator
 from saga.machine import SagaStatus
 from saga.participant import Participant, StepContext
 from saga.retry import RetryPolicy
@@ -29,6 +28,7 @@ from tests.integration.sagas import (
     executions,
     make_compensation,
     make_handler,
+    starter,
 )
 
 pytestmark = pytest.mark.integration
@@ -76,12 +76,7 @@ async def test_retries_are_logged_per_step_and_alerted_past_the_threshold(
         plan.register("authorize", contended_authorize())
         plan.register("void", make_compensation("authorize", "void"))
         running._launch("participant-plan", plan.run(), plan.stop)
-        async with Coordinator(
-            settings=env.settings,
-            database=env.database,
-            bootstrap_servers=env.bootstrap,
-            relay=FAST_RELAY,
-        ) as coordinator:
+        async with starter(env) as coordinator:
             saga_ids = [await coordinator.start(BOOKING, {}) for _ in range(2)]
             for saga_id in saga_ids:
                 summary = await coordinator.wait(saga_id, timeout=30)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -14,12 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from saga.coordinator import Coordinator
 from saga.definition import SagaDefinition
 from saga.machine import Phase, SagaStatus, command_message_id
 from saga.retry import RetryPolicy
 from saga.settings import Settings
-from saga.store import Database
 from saga.worker.job import Job
 from saga.worker.jobs.timeouts import SAGA_DEADLINES, STEP_TIMEOUTS
 from saga.worker.scheduler import Worker
@@ -27,12 +24,13 @@ from tests.integration.conftest import SagaEnvironment
 from tests.integration.sagas import (
     ALL_DONE,
     BOOKING,
-    FAST_RELAY,
     cluster,
     create_effect_tables,
     effects,
     executions,
+    starter,
     step_log,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -79,31 +77,6 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
     finally:
         await worker.stop()
         await asyncio.wait_for(task, 15)
-
-
-@contextlib.asynccontextmanager
-async def starter(env: SagaEnvironment) -> AsyncIterator[Coordinator]:
-    async with Coordinator(
-        settings=env.settings,
-        database=env.database,
-        bootstrap_servers=env.bootstrap,
-        relay=FAST_RELAY,
-    ) as coordinator:
-        yield coordinator
-
-
-async def wait_until(database: Database, saga_id: uuid.UUID, condition: str) -> None:
-    """Poll until ``condition`` (SQL over shared.saga_instance ``i``) holds for the saga."""
-    for _ in range(400):
-        found = await database.run_driver(
-            lambda conn: conn.fetchval(
-                f"SELECT {condition} FROM shared.saga_instance i WHERE id = $1", saga_id
-            )
-        )
-        if found:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"saga {saga_id} never reached {condition}")
 
 
 async def test_a_step_nobody_answers_is_resent_with_its_id_then_failed_and_compensated(
