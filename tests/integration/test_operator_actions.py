@@ -136,7 +136,7 @@ async def test_retry_of_a_step_in_flight_runs_it_once(saga_env: SagaEnvironment)
     assert await executions(env.database, saga_id) == ALL_DONE
 
 
-async def test_compensate_undoes_a_saga_whose_step_is_in_flight(
+async def test_compensate_undoes_a_saga_whose_step_is_in_flight_once_however_often_asked(
     saga_env: SagaEnvironment,
 ) -> None:
     env = saga_env
@@ -145,10 +145,20 @@ async def test_compensate_undoes_a_saga_whose_step_is_in_flight(
         cluster(env.settings, env.database, env.bootstrap, journeys=("care", "gamification")) as c,
         starter(env) as coordinator,
         operator(env) as actions,
+        operator(env) as colleague,
     ):
         saga_id = await coordinator.start(BOOKING, {})
         await wait_until(env.database, saga_id, "i.current_step = 1")
-        outcome = await actions.apply(saga_id, request(Action.COMPENSATE))
+        # Two operators at once: the row lock orders them, and the second finds the saga
+        # already compensating.
+        first, second = await asyncio.gather(
+            actions.apply(saga_id, request(Action.COMPENSATE)),
+            colleague.apply(saga_id, request(Action.COMPENSATE)),
+        )
+        outcome, other = (first, second) if first.applied else (second, first)
+        assert not other.applied
+        assert other.refused is not None
+        assert other.refused.startswith("the saga is already compensating")
         assert outcome.after == "compensating at authorize (compensate) #1"
         # authorize may run when plan comes back (it was sent first); void then undoes it.
         c.start_participant("plan")
