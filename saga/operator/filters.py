@@ -340,24 +340,27 @@ async def select_sagas(
         limit,
         offset,
     )
-    return [
-        SagaListing(
-            id=row["id"],
-            definition_name=row["definition_name"],
-            definition_version=row["definition_version"],
-            status=SagaStatus(row["status"]),
-            current_step=row["current_step"],
-            step_name=row["step_name"],
-            journey=row["journey"],
-            step_attempt=row["step_attempt"],
-            phase=Phase(row["phase"]),
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            step_started_at=row["step_started_at"],
-            error=row["error"],
-        )
-        for row in rows
-    ]
+    return [SagaListing(**listing_fields(row)) for row in rows]
+
+
+def listing_fields(row: Any) -> dict[str, Any]:
+    """A :class:`SagaListing`'s fields from a row with its columns (``saga show``'s
+    detail has them too)."""
+    return {
+        "id": row["id"],
+        "definition_name": row["definition_name"],
+        "definition_version": row["definition_version"],
+        "status": SagaStatus(row["status"]),
+        "current_step": row["current_step"],
+        "step_name": row["step_name"],
+        "journey": row["journey"],
+        "step_attempt": row["step_attempt"],
+        "phase": Phase(row["phase"]),
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "step_started_at": row["step_started_at"],
+        "error": row["error"],
+    }
 
 
 def _array_or_none(values: Iterable[str]) -> Sequence[str] | None:

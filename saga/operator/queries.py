@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from saga.errors import SagaNotFound
 from saga.machine import Phase, SagaStatus
-from saga.operator.filters import phase_sql
+from saga.operator.filters import listing_fields, phase_sql
 from saga.store.database import Database, IsolationLevel
 from saga.store.driver import DriverConnection, document
 from saga.timeline import TimelineEntry, load_entries
@@ -90,19 +90,7 @@ async def saga_detail(conn: DriverConnection, saga_id: uuid.UUID) -> SagaDetail:
     if row is None:
         raise SagaNotFound(f"no saga with id {saga_id}")
     return SagaDetail(
-        id=row["id"],
-        definition_name=row["definition_name"],
-        definition_version=row["definition_version"],
-        status=SagaStatus(row["status"]),
-        error=row["error"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        current_step=row["current_step"],
-        step_name=row["step_name"],
-        journey=row["journey"],
-        phase=Phase(row["phase"]),
-        step_attempt=row["step_attempt"],
-        step_started_at=row["step_started_at"],
+        **listing_fields(row),
         step_deadline=row["step_deadline"],
         deadline=row["deadline"],
         idempotency_key=row["idempotency_key"],
