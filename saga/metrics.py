@@ -1,7 +1,8 @@
-"""Prometheus metrics the engine's processes keep, and the endpoint that serves them.
+"""Prometheus metrics the engine's processes keep.
 
 One registry per process (the default one): counters are process-local and Prometheus
-sums them across processes. :func:`serve_metrics` starts ``/metrics`` on METRICS_PORT.
+sums them across processes. :func:`saga.health.serve_endpoints` serves ``/metrics`` on
+METRICS_PORT, beside the probes.
 
 Labels are bounded on purpose: definition, step, journey, action and outbox names come
 from stored definitions and registered handlers, topics and partitions from the broker,
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -209,9 +210,3 @@ class _PoolCollector(Collector):
 
 POOLS = _PoolCollector()
 REGISTRY.register(POOLS)
-
-
-def serve_metrics(port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from outside
-    """Serve ``/metrics`` on ``port`` (0 picks a free one) and return the port."""
-    server, _ = start_http_server(port, addr=host)
-    return int(server.server_port)

@@ -177,6 +177,21 @@ class OutboxPublisher:
         await asyncio.gather(*self._delayed, return_exceptions=True)
         await self.flush()
 
+    async def drain(self, seconds: float) -> int:
+        """At shutdown, send what is due and still unsent, for up to ``seconds``, so that
+        nothing this process leaves behind waits for another process's relay; returns how
+        many were sent. A broker or database that fails now leaves the rest to the relay."""
+        sent = 0
+        try:
+            async with asyncio.timeout(seconds):
+                while (swept := await self.sweep()) > 0:
+                    sent += swept
+        except TimeoutError:
+            log.warning("outbox_drain_unfinished", table=self.table, sent=sent)
+        except SagaError as exc:
+            log.warning("outbox_drain_failed", table=self.table, sent=sent, error=str(exc))
+        return sent
+
     async def sweep(self) -> int:
         """Publish one batch of rows left behind; returns how many were sent."""
 

@@ -3,7 +3,7 @@
 Start: create the topics, connect the producer, start publishing the outbox (the relay
 first sweeps what a previous run of this process left behind). Run: consume this
 process's topic in a consumer group. Stop: stop taking messages, let the batch in hand
-finish, record what was published, disconnect.
+finish, send what is due in the outbox, record what was published, disconnect.
 """
 
 from __future__ import annotations
@@ -117,9 +117,12 @@ class MessagingRuntime:
             task.result()
 
     async def stop(self) -> None:
+        """Within SHUTDOWN_TIMEOUT_SECONDS: half of it for the batch in hand to finish and
+        commit, a quarter to send what is due in the outbox, the rest to disconnect."""
+        budget = self.settings.shutdown_timeout_seconds
         try:
             if self.consumer is not None:
-                await self.consumer.stop()
+                await self.consumer.stop(grace=budget / 2)
         finally:
             if self._background is not None:
                 self._background.cancel()
@@ -128,6 +131,7 @@ class MessagingRuntime:
                 self._background = None
             if self._started:
                 try:
+                    await self.publisher.drain(budget / 4)
                     await self.publisher.close()
                 finally:
                     await self.producer.stop()

@@ -193,7 +193,13 @@ class Settings(BaseSettings):
         default=None,
         ge=0,
         le=65535,
-        description="a TCP port 0..65535 for the Prometheus /metrics endpoint; unset: none",
+        description="a TCP port 0..65535 for /metrics, /live and /ready; unset: none",
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="seconds 1..3600 a stopping process has to finish what it holds",
     )
 
     log_level: str = Field(

@@ -32,6 +32,7 @@ class RunningServices:
         default_factory=list
     )
     _databases: list[Database] = field(default_factory=list)
+    _stopped: bool = False
 
     def _launch(
         self, name: str, work: Awaitable[None], stop: Callable[[], Awaitable[None]]
@@ -62,12 +63,20 @@ class RunningServices:
                     found.append((name, error))
         return found
 
-    async def _stop(self) -> None:
-        """Stop every service, then raise the first one's failure, if any failed.
+    def ready(self) -> bool:
+        """Every service's consumer has been given its partitions."""
+        runtimes = [self.coordinator.runtime] + [p.runtime for p in self.participants.values()]
+        return all(r.consumer is not None and r.consumer.ready.is_set() for r in runtimes)
+
+    async def stop(self) -> None:
+        """Stop every service (once), then raise the first one's failure, if any failed.
 
         Participants stop first, so that replies already on their way still find the
         coordinator; anything unfinished is redelivered to the next run.
         """
+        if self._stopped:
+            return
+        self._stopped = True
         failures: list[BaseException] = []
         for _name, task, stop in reversed(self._tasks):
             try:
@@ -126,7 +135,7 @@ async def running_services(
         await services.wait_ready()
         yield services
     finally:
-        await services._stop()
+        await services.stop()
 
 
 async def _run(work: Awaitable[None]) -> None:

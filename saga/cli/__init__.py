@@ -1,6 +1,6 @@
 """The ``saga`` command: ``saga db ...`` for migrations, lint and seeds; ``saga demo``;
-``saga run coordinator|participant|worker``; the operators' ``saga ls|show|stats|
-definitions`` and ``saga retry|compensate|skip|abort``.
+``saga run coordinator|participant|worker|all`` and ``saga health``, its probe; the
+operators' ``saga ls|show|stats|definitions`` and ``saga retry|compensate|skip|abort``.
 
 Every failure is one line on stderr and a non-zero exit: 1 when the work found a problem
 (lint findings, a refused migration), 2 when the command or configuration was wrong.
@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from saga.cli import act, db, demo, inspect, run
+from saga.cli import act, db, demo, health, inspect, run
 from saga.errors import ConfigurationError, SagaError
 
 EXIT_PROBLEM = 1
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser(commands)
     demo.add_parser(commands)
     run.add_parser(commands)
+    health.add_parser(commands)
     inspect.add_parser(commands)
     act.add_parser(commands)
     return parser

@@ -1,9 +1,11 @@
-"""``saga run coordinator|participant|worker``: long-running engine processes, stopped by
-SIGTERM or SIGINT.
+"""``saga run coordinator|participant|worker|all``: long-running engine processes, stopped
+by SIGTERM or SIGINT.
 
-On the signal it stops taking replies, lets the batch in hand finish, records what it
-published and exits 0; whatever it had not finished is redelivered to another member of
-its consumer group (or to itself when restarted).
+Each serves ``/metrics``, ``/live`` and ``/ready`` on METRICS_PORT (:mod:`saga.health`).
+On the signal it reports not ready, stops taking work, lets the batch in hand finish,
+sends what is due in its outbox, records what it published and exits 0, all within
+SHUTDOWN_TIMEOUT_SECONDS (else it exits 1). Whatever it had not finished is redelivered to
+another member of its consumer group (or to itself when restarted): nothing is lost.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
 
 from saga.coordinator import Coordinator
 from saga.errors import ConfigurationError
+from saga.health import Health, serve_endpoints
 from saga.logging import configure_logging
-from saga.metrics import serve_metrics
 from saga.participant.journey import discover_journeys, journey_named
+from saga.runtime import MessagingRuntime
 from saga.settings import Settings, load_settings
+from saga.stack import RunningServices, running_services
 from saga.store import Database
 from saga.worker.scheduler import Worker, build_schedule, installed_jobs
 
@@ -65,29 +70,36 @@ def add_parser(commands: Any) -> None:
         "--list", action="store_true", help="print the jobs with their schedules and exit"
     )
     worker.set_defaults(handler=_worker)
+    everything = sub.add_parser(
+        "all",
+        help="the coordinator, every installed journey's participant and the worker in one "
+        "process (a small deployment; each journey still logs in as its own role)",
+    )
+    everything.set_defaults(handler=_all)
 
 
 def _coordinator(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings)
 
-    async def main() -> None:
-        _serve_metrics(settings)
+    async def main() -> int:
+        health = Health("coordinator")
         database = Database.from_settings(settings, application_name="saga-coordinator")
         coordinator = Coordinator(
             settings=settings, database=database, max_concurrency=args.concurrency
         )
+        health.require("coordinator", lambda: _consuming(coordinator.runtime))
         try:
-            # The sagas the installed journey services start are known before any reply.
-            for journey in discover_journeys().values():
-                for definition in journey.definitions:
-                    await coordinator.register(definition)
-            await until_signalled(coordinator.run(), coordinator.stop)
+            async with _probes(settings, health):
+                # The sagas the installed journey services start are known before any reply.
+                for journey in discover_journeys().values():
+                    for definition in journey.definitions:
+                        await coordinator.register(definition)
+                return await _serve(settings, health, coordinator.run(), coordinator.stop)
         finally:
             await database.dispose()
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def _participant(args: argparse.Namespace) -> int:
@@ -97,8 +109,8 @@ def _participant(args: argparse.Namespace) -> int:
     if settings.database_url is None:
         raise ConfigurationError("`saga run participant` needs DATABASE_URL")
 
-    async def main() -> None:
-        _serve_metrics(settings)
+    async def main() -> int:
+        health = Health(f"participant-{journey.name}")
         database = Database.from_settings(
             settings,
             url=journey.database_url(settings.database_url or ""),
@@ -107,6 +119,7 @@ def _participant(args: argparse.Namespace) -> int:
         participant = journey.participant(
             settings=settings, database=database, max_concurrency=args.concurrency
         )
+        health.require(journey.name, lambda: _consuming(participant.runtime))
         log.info(
             "participant_starting",
             journey=journey.name,
@@ -114,12 +127,12 @@ def _participant(args: argparse.Namespace) -> int:
             actions=sorted(participant.actions),
         )
         try:
-            await until_signalled(participant.run(), participant.stop)
+            async with _probes(settings, health):
+                return await _serve(settings, health, participant.run(), participant.stop)
         finally:
             await database.dispose()
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -143,8 +156,7 @@ def _worker(args: argparse.Namespace) -> int:
     if settings.database_url is None:
         raise ConfigurationError("`saga run worker` needs DATABASE_URL")
 
-    async def main() -> None:
-        _serve_metrics(settings)
+    async def main() -> int:
         database = Database.from_settings(settings, application_name="saga-worker")
         try:
             worker = Worker(settings=settings, database=database)
@@ -155,23 +167,117 @@ def _worker(args: argparse.Namespace) -> int:
                         await worker.run_job(name)
                 finally:
                     await worker.close()
-                return
-            await until_signalled(worker.run(), worker.stop)
+                return 0
+            health = Health("worker")
+            health.require("worker", lambda: worker.running)
+            async with _probes(settings, health):
+                return await _serve(settings, health, worker.run(), worker.stop)
         finally:
             await database.dispose()
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
-def _serve_metrics(settings: Settings) -> None:
+def _all(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings)
+    if settings.database_url is None or settings.kafka_bootstrap_servers is None:
+        raise ConfigurationError("`saga run all` needs DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS")
+    database_url, bootstrap_servers = settings.database_url, settings.kafka_bootstrap_servers
+    journeys = list(discover_journeys().values())
+
+    async def main() -> int:
+        health = Health("all")
+        async with (
+            _probes(settings, health),
+            running_services(
+                settings,
+                database_url=database_url,
+                bootstrap_servers=bootstrap_servers,
+                journeys=journeys,
+            ) as services,
+        ):
+            worker = Worker(settings=settings, database=services.database, journeys=journeys)
+            worker_stopped = asyncio.Event()
+            health.require("coordinator and participants", services.ready)
+            health.require("worker", lambda: worker.running)
+
+            async def stop() -> None:
+                # The worker first: it writes through the pools the services' stop closes.
+                await worker.stop()
+                await worker_stopped.wait()
+                await services.stop()
+
+            work = _worker_beside(services, worker, worker_stopped)
+            return await _serve(settings, health, work, stop)
+
+    return asyncio.run(main())
+
+
+async def _worker_beside(services: RunningServices, worker: Worker, stopped: asyncio.Event) -> None:
+    """Run the worker until it is stopped; a service that fails meanwhile ends the process
+    (its orchestrator restarts it) instead of leaving the others running without it."""
+    running = asyncio.ensure_future(worker.run())
+    try:
+        while not running.done():
+            failed = services.failed()
+            if failed:
+                name, error = failed[0]
+                await worker.stop()
+                await running
+                raise ConfigurationError(f"{name} stopped: {error}") from error
+            await asyncio.wait({running}, timeout=1.0)
+        running.result()
+    finally:
+        stopped.set()
+
+
+def _consuming(runtime: MessagingRuntime) -> bool:
+    return runtime.consumer is not None and runtime.consumer.ready.is_set()
+
+
+@contextlib.asynccontextmanager
+async def _probes(settings: Settings, health: Health) -> AsyncIterator[None]:
+    """Answer /live and /ready (and serve /metrics) from the start: a process that is
+    still connecting is alive but not ready."""
     if settings.metrics_port is not None:
-        port = serve_metrics(settings.metrics_port)
-        log.info("metrics_serving", port=port, path="/metrics")
+        server = serve_endpoints(settings.metrics_port, health)
+        log.info(
+            "endpoints_serving", port=server.server_port, paths=["/metrics", "/live", "/ready"]
+        )
+    beating = asyncio.ensure_future(health.heartbeat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
 
 
-async def until_signalled(work: Any, stop: Any) -> None:
-    """Run ``work`` until it ends or SIGTERM/SIGINT arrives; then await ``stop()``."""
+async def _serve(
+    settings: Settings,
+    health: Health,
+    work: Awaitable[None],
+    stop: Callable[[], Awaitable[None]],
+) -> int:
+    """Run ``work`` until it ends or a signal stops it; the process's exit code: 0, or 1
+    when the shutdown ran out of time."""
+    stopped = await until_signalled(
+        work, stop, timeout=settings.shutdown_timeout_seconds, on_signal=health.stopping
+    )
+    return 0 if stopped else 1
+
+
+async def until_signalled(
+    work: Awaitable[None],
+    stop: Callable[[], Awaitable[None]],
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 - a shutdown budget, not a call timeout
+    on_signal: Callable[[], None] | None = None,
+) -> bool:
+    """Run ``work`` until it ends or SIGTERM/SIGINT arrives; then call ``on_signal``, await
+    ``stop()`` and the end of ``work``. Returns False when that took longer than
+    ``timeout`` seconds: the work is then cancelled (what it held is redelivered)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -180,13 +286,34 @@ async def until_signalled(work: Any, stop: Any) -> None:
     signalled = asyncio.ensure_future(stopping.wait())
     try:
         await asyncio.wait([running, signalled], return_when=asyncio.FIRST_COMPLETED)
-        if signalled.done():
-            log.info("stopping_on_signal")
-            await stop()
-        await running
+        if not signalled.done():
+            await running
+            return True
+        log.info("stopping_on_signal", timeout_seconds=timeout)
+        if on_signal is not None:
+            on_signal()
+        started = loop.time()
+        shutdown = asyncio.ensure_future(_stop_then_wait(stop, running))
+        done, _ = await asyncio.wait([shutdown], timeout=timeout)
+        if not done:
+            log.error("shutdown_timed_out", timeout_seconds=timeout)
+            for task in (shutdown, running):
+                task.cancel()
+            await asyncio.wait([shutdown, running])
+            return False
+        shutdown.result()
+        log.info("stopped", seconds=round(loop.time() - started, 3))
+        return True
     finally:
         signalled.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await signalled
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _stop_then_wait(
+    stop: Callable[[], Awaitable[None]], running: asyncio.Future[None]
+) -> None:
+    await stop()
+    await running

@@ -128,6 +128,11 @@ class Worker:
             await self.producer.start()
             self._started = True
 
+    @property
+    def running(self) -> bool:
+        """Its jobs are running and it has not been asked to stop."""
+        return self._started and not self._stopping.is_set()
+
     async def stop(self) -> None:
         """Let each job finish the batch in hand, record what was published, disconnect."""
         self._stopping.set()
