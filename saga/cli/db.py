@@ -1,20 +1,25 @@
-"""``saga db``: upgrade, downgrade, offline SQL, new revisions, the schema lint, seeds."""
+"""``saga db``: upgrade, downgrade, offline SQL, new revisions, the schema lint, seeds, and
+``setup``, the deployment's one-shot migrate job (upgrade, seed, service role passwords)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import structlog
 from alembic.util.exc import CommandError
 
 from saga.errors import ConfigurationError, SettingsError
 from saga.logging import configure_logging
 from saga.settings import AppEnv, Settings, load_settings
 from saga.store import migrate
+
+log = structlog.get_logger("saga.cli")
 
 
 def add_parser(commands: Any) -> None:
@@ -52,6 +57,18 @@ def add_parser(commands: Any) -> None:
 
     current = sub.add_parser("current", help="show the database's revision and the head")
     current.set_defaults(handler=_current)
+
+    setup = sub.add_parser(
+        "setup",
+        help="the deployment's migrate job: upgrade to head, seed, set the service roles' "
+        "passwords from DB_PASSWORD_<ROLE>",
+        description="Upgrade to head, load the seed data (samples only in development), then "
+        "set the password of every service role (each journey's and the coordinator's) from "
+        "DB_PASSWORD_<ROLE>, e.g. DB_PASSWORD_AUSTA_CARE_JOURNEY. An unset variable leaves "
+        "its role as it is; with APP_ENV=production it is an error, before anything changes. "
+        "Safe to run again.",
+    )
+    setup.set_defaults(handler=_setup)
 
 
 def _settings() -> Settings:
@@ -132,10 +149,15 @@ def _lint(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
+    _run_seeders(_settings(), args.samples)
+    return 0
+
+
+def _run_seeders(settings: Settings, samples: bool | None) -> None:
+    """Seed, with sample data when asked or, by default, in development; print the report."""
     from saga.store.seeding import discover_seeders, run_seeders
 
-    settings = _settings()
-    samples = args.samples if args.samples is not None else settings.app_env is AppEnv.DEVELOPMENT
+    samples = samples if samples is not None else settings.app_env is AppEnv.DEVELOPMENT
     seeders = discover_seeders()
 
     async def work(conn: Any) -> Any:
@@ -146,6 +168,35 @@ def _seed(args: argparse.Namespace) -> int:
         rows = ", ".join(f"{table}={count}" for table, count in tables.items() if count)
         print(f"{name}: {rows or 'nothing new'}")
     print(f"seeded {report.total} row(s){' including samples' if samples else ''}")
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from saga.participant.journey import discover_journeys
+    from saga.store import roles
+
+    settings = _settings()
+    url = _database_url(settings)
+    journey_roles = [journey.database_role for journey in discover_journeys().values()]
+    # Read (and in production require) every password first: a missing one stops the job
+    # before the schema, the data or any role has changed.
+    passwords = roles.read_passwords(
+        roles.service_roles(journey_roles),
+        os.environ,
+        required=settings.app_env is AppEnv.PRODUCTION,
+    )
+    with _alembic_errors():
+        migrate.upgrade(url, "head")
+    print("upgraded to head")
+    _run_seeders(settings, None)
+    changed = asyncio.run(roles.apply_passwords(url, passwords))
+    unchanged = [entry for entry in passwords if entry.password is None]
+    for entry in passwords:
+        event = "role_password_unchanged" if entry.password is None else "role_password_set"
+        log.info(event, role=entry.role, variable=entry.variable)
+    print(
+        f"role passwords: {len(changed)} set"
+        + (f"; left as they were: {', '.join(e.role for e in unchanged)}" if unchanged else "")
+    )
     return 0
 
 
