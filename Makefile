@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit format clean
+.PHONY: venv tools demo test lint typecheck unit format clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,20 @@ venv: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/saga demo
 
+# The tests validate docker-compose.yml with Debian's docker-compose (no Docker engine
+# needed). Installed when missing; apt-get update only if the package lists are stale.
+tools:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make tools: docker-compose is missing; install it (apt-get install docker-compose) or run make as root" >&2; \
+			exit 1; \
+		fi; \
+		apt-get install -y -q docker-compose \
+			|| { apt-get update -q && apt-get install -y -q docker-compose; }; \
+	}
+
 # Everything CI checks: lint, formatting, types, then the whole test suite.
-test: lint typecheck
+test: tools lint typecheck
 	$(BIN)/pytest
 
 lint: $(INSTALLED)

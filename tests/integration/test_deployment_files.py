@@ -1,0 +1,284 @@
+"""The deployment files as the tools read them: docker-compose.yml through Debian's
+``docker-compose config`` (no Docker engine needed), the Dockerfile, the environment
+templates. Each service must run a command the ``saga`` CLI accepts, log in as its own
+role, and hold no secret; `make tools` installs docker-compose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
+
+from saga.cli import build_parser
+from saga.participant.journey import discover_journeys
+from saga.settings import Settings, load_settings
+from saga.store import roles
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+EXAMPLE = REPO_ROOT / "compose.env.example"
+JOURNEYS = discover_journeys()
+INFRASTRUCTURE = {"postgres", "kafka"}
+SERVICES = {"coordinator", "worker", *JOURNEYS}  # the long-running engine services
+APP_SERVICES = {"migrate", *SERVICES}
+# A ${VAR:?why} reference: compose refuses to start while VAR is unset or empty.
+REQUIRED_REFERENCE = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]+\}$")
+PASSWORD_IN_URL = re.compile(r"://[^/@:]+:(?P<password>[^@]*)@")
+
+
+def example() -> dict[str, str]:
+    return {k: v or "" for k, v in dotenv_values(EXAMPLE, interpolate=False).items()}
+
+
+def dummy(variable: str) -> str:
+    return f"dummy{variable.lower().replace('_', '')}"
+
+
+def compose_config(
+    tmp_path: Path, variables: Mapping[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` with ``variables`` as its .env file and nothing else: a
+    real .env of the checkout, or the tester's own variables, must not fill the gaps."""
+    executable = shutil.which("docker-compose")
+    assert executable is not None, "docker-compose is missing: run `make tools`"
+    env_file = tmp_path / "compose.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in variables.items()))
+    return subprocess.run(
+        [executable, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The resolved compose file, every empty variable of the example filled in."""
+    filled = {name: value or dummy(name) for name, value in example().items()}
+    result = compose_config(tmp_path_factory.mktemp("compose"), filled)
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, Any] = yaml.safe_load(result.stdout)
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    """The file as written (YAML anchors merged, ${...} left as they are)."""
+    parsed: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return parsed
+
+
+def test_the_services_are_the_stack(config: dict[str, Any], raw: dict[str, Any]) -> None:
+    assert set(config["services"]) == INFRASTRUCTURE | APP_SERVICES
+    # Debian's docker-compose 1.29 refuses a top-level name; the compose spec needs no version.
+    assert "name" not in raw
+    assert "version" not in raw
+
+
+def test_every_engine_service_runs_a_command_the_cli_accepts(config: dict[str, Any]) -> None:
+    parser = build_parser()
+    for name in APP_SERVICES:
+        args = parser.parse_args(config["services"][name]["command"])
+        assert callable(args.handler), name
+        if name in JOURNEYS:
+            assert (args.command, args.process, args.journey) == ("run", "participant", name)
+        elif name != "migrate":
+            assert (args.command, args.process) == ("run", name)
+    migrate = parser.parse_args(config["services"]["migrate"]["command"])
+    assert (migrate.command, migrate.db_command) == ("db", "setup")
+
+
+def test_every_long_running_service_has_a_health_check(config: dict[str, Any]) -> None:
+    parser = build_parser()
+    for name in SERVICES | INFRASTRUCTURE:
+        assert config["services"][name]["healthcheck"]["test"], name
+    for name in SERVICES:
+        service = config["services"][name]
+        test = service["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "saga"], name
+        assert parser.parse_args(test[2:]).command == "health"
+        assert seconds(service["healthcheck"]["start_period"]) > 0
+        assert service["environment"]["METRICS_PORT"] == "9100", name
+    # The one-shot job serves nothing to probe; it is "healthy" by exiting 0.
+    assert "healthcheck" not in config["services"]["migrate"]
+
+
+def test_start_order_restarts_and_stop_grace(config: dict[str, Any]) -> None:
+    services = config["services"]
+    shutdown_default = Settings.model_fields["shutdown_timeout_seconds"].default
+    for name in SERVICES:
+        service = services[name]
+        assert service["depends_on"] == {
+            "migrate": {"condition": "service_completed_successfully"},
+            "kafka": {"condition": "service_healthy"},
+        }, name
+        assert service["restart"] == "unless-stopped", name
+        # Compose kills a container this long after SIGTERM: the engine's own shutdown
+        # budget must fit in it.
+        grace = seconds(service["stop_grace_period"])
+        assert grace > shutdown_default, name
+        assert grace > float(service["environment"].get("SHUTDOWN_TIMEOUT_SECONDS", 0)), name
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert services["migrate"]["restart"] == "no"
+
+
+def test_images(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert re.fullmatch(r"timescale/timescaledb:\d+\.\d+\.\d+-pg15", services["postgres"]["image"])
+    assert services["kafka"]["image"] == "apache/kafka:3.8.0"
+    assert services["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    # Every engine service runs the one image, built from this checkout.
+    assert len({services[name]["image"] for name in APP_SERVICES}) == 1
+    for name in APP_SERVICES:
+        assert Path(services[name]["build"]["context"]) == REPO_ROOT, name
+        assert services[name]["environment"]["APP_ENV"] == "production", name
+
+
+def test_each_service_logs_in_as_its_own_role(
+    config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings each container would load (its environment and the image's
+    .env.production): every one is valid, and names the role the service must use."""
+    expected_user = {
+        "coordinator": roles.COORDINATOR_ROLE,
+        "migrate": example()["DB_USER"],
+        "worker": example()["DB_USER"],  # the owner: it creates and detaches partitions
+        **{name: journey.database_role for name, journey in JOURNEYS.items()},
+    }
+    for name in APP_SERVICES:
+        settings = settings_in(config["services"][name]["environment"], monkeypatch)
+        assert settings.database_url is not None
+        url = make_url(settings.database_url)
+        assert url.username == expected_user[name], name
+        if name in JOURNEYS:  # kept as it is (password included), not narrowed to the role
+            assert JOURNEYS[name].database_url(settings.database_url) == settings.database_url
+        owner = name in {"migrate", "worker"}
+        variable = "DB_PASSWORD" if owner else roles.password_variable(expected_user[name])
+        assert url.password == dummy(variable), name
+        assert (url.host, url.database) == ("postgres", example()["DB_NAME"])
+        assert settings.kafka_bootstrap_servers == "kafka:9092"
+        assert settings.kafka_topic_partitions == int(example()["KAFKA_TOPIC_PARTITIONS"])
+    migrate = config["services"]["migrate"]["environment"]
+    for role in roles.service_roles(j.database_role for j in JOURNEYS.values()):
+        variable = roles.password_variable(role)
+        assert migrate[variable] == dummy(variable), f"migrate must set {role}'s password"
+
+
+def settings_in(environment: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    with monkeypatch.context() as patch:
+        for name in [*os.environ]:
+            patch.delenv(name)
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        return load_settings(env_dir=REPO_ROOT)
+
+
+@pytest.mark.parametrize("variable", sorted(name for name in example() if "PASSWORD" in name))
+def test_a_missing_password_stops_compose_and_is_named(tmp_path: Path, variable: str) -> None:
+    filled = {name: value or dummy(name) for name, value in example().items()}
+    filled[variable] = ""  # as in the example, not filled in
+    result = compose_config(tmp_path, filled)
+    assert result.returncode != 0
+    # docker-compose 1.29 dumps the whole mapping it was interpolating (every variable's
+    # name in it) before the reason: the reason, after the service, must name this one.
+    reason = re.search(r'in service "[^"]+": (?P<why>.*)$', result.stderr.strip())
+    assert reason is not None, result.stderr
+    assert re.search(rf"(?<![A-Z0-9_]){variable}(?![A-Z0-9_])", reason["why"]), reason["why"]
+
+
+def test_no_secret_in_the_compose_file_or_the_templates(raw: dict[str, Any]) -> None:
+    for service_name, service in raw["services"].items():
+        passwords = 0
+        for name, value in (service.get("environment") or {}).items():
+            text = str(value)
+            if "PASSWORD" in name:
+                assert REQUIRED_REFERENCE.match(text), f"{service_name}: {name}={text!r}"
+                passwords += 1
+            for found in PASSWORD_IN_URL.finditer(text):
+                assert REQUIRED_REFERENCE.match(found["password"]), f"{service_name}: {name}"
+                passwords += 1
+        # Every service that logs in to PostgreSQL (or is it) is given a password.
+        assert passwords or service_name == "kafka", service_name
+    # Each service's URL takes the password of the role it names.
+    for name in SERVICES - {"worker"}:
+        url = raw["services"][name]["environment"]["DATABASE_URL"]
+        user = url.split("://", 1)[1].split(":", 1)[0]
+        assert f"${{{roles.password_variable(user)}:?" in url, name
+
+    templates = sorted(REPO_ROOT.glob(".env.*"))
+    assert REPO_ROOT / ".env.production" in templates
+    for template in templates:
+        for name, value in dotenv_values(template, interpolate=False).items():
+            text = value or ""
+            if "PASSWORD" in name:
+                assert not text or text.startswith("${"), f"{template.name}: {name}"
+            for found in PASSWORD_IN_URL.finditer(text):
+                assert found["password"].startswith("${"), f"{template.name}: {name}"
+    for name, value in example().items():
+        if "PASSWORD" in name:
+            assert value == "", f"compose.env.example: {name} must be left empty"
+
+
+def test_the_example_lists_every_variable_compose_reads() -> None:
+    lines = COMPOSE_FILE.read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text))
+    assert read == set(example())
+
+
+def test_the_image_runs_the_saga_console_script_as_a_user() -> None:
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    final = (REPO_ROOT / "Dockerfile").read_text().split("\nFROM ")[-1]
+    instructions = dict(instruction(line) for line in joined_lines(final))
+    entrypoint = json.loads(instructions["ENTRYPOINT"])
+    assert entrypoint == ["saga"]
+    assert entrypoint[0] in scripts
+    assert instructions["USER"].split(":")[0] not in {"root", "0"}
+    assert "COPY .env.production" in final
+    ignored = (REPO_ROOT / ".dockerignore").read_text().split()
+    for path in (".git", ".venv", "tests", ".env", "**/__pycache__", ".mypy_cache"):
+        assert path in ignored, path
+    assert "!.env.production" in ignored
+
+
+def joined_lines(dockerfile: str) -> Iterator[str]:
+    """The instructions, continuation lines joined, comments dropped."""
+    current = ""
+    for line in dockerfile.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            if current.strip():
+                yield current.strip()
+            current = ""
+
+
+def instruction(line: str) -> tuple[str, str]:
+    keyword, _, rest = line.partition(" ")
+    return keyword.upper(), rest.strip()
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (``45s``, ``1m30s``, ``500ms``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts, duration
+    assert "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)
