@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from alembic.util.exc import CommandError
 
+from saga.cli import restore_drill
 from saga.errors import ConfigurationError, SettingsError
 from saga.logging import configure_logging
 from saga.settings import AppEnv, Settings, load_settings
@@ -69,6 +70,8 @@ def add_parser(commands: Any) -> None:
         "Safe to run again.",
     )
     setup.set_defaults(handler=_setup)
+
+    restore_drill.add_parser(sub)
 
 
 def _settings() -> Settings:
