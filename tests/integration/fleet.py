@@ -57,6 +57,7 @@ class EngineProcess:
     argv: list[str]
     port: int
     log: Path
+    environ: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     output: IO[bytes] | None = None
     runs: int = 0
@@ -74,8 +75,11 @@ class Fleet:
     environ: dict[str, str] = field(default_factory=dict)
     processes: dict[str, EngineProcess] = field(default_factory=dict)
 
-    def add(self, name: str, *argv: str) -> EngineProcess:
-        engine = EngineProcess(name, list(argv), free_port(), self.logs / f"{name}.log")
+    def add(self, name: str, *argv: str, environ: dict[str, str] | None = None) -> EngineProcess:
+        """A process ``saga *argv``; ``environ`` adds to (or overrides) its environment."""
+        engine = EngineProcess(
+            name, list(argv), free_port(), self.logs / f"{name}.log", environ=environ or {}
+        )
         self.processes[name] = engine
         return engine
 
@@ -97,6 +101,7 @@ class Fleet:
                 "LOG_LEVEL": "INFO",
                 "LOG_FORMAT": "json",
                 **self.environ,
+                **engine.environ,
                 "METRICS_PORT": str(engine.port),
             },
             stdout=engine.output,
