@@ -241,7 +241,13 @@ async def _probes(settings: Settings, health: Health) -> AsyncIterator[None]:
     """Answer /live and /ready (and serve /metrics) from the start: a process that is
     still connecting is alive but not ready."""
     if settings.metrics_port is not None:
-        server = serve_endpoints(settings.metrics_port, health)
+        try:
+            server = serve_endpoints(settings.metrics_port, health)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve /metrics, /live and /ready on METRICS_PORT="
+                f"{settings.metrics_port}: {exc.strerror or exc}"
+            ) from exc
         log.info(
             "endpoints_serving", port=server.server_port, paths=["/metrics", "/live", "/ready"]
         )

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,12 +34,6 @@ from tests.integration.conftest import SagaEnvironment
 FINISHED = ("completed", "compensated", "aborted")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def probe(port: int, endpoint: str = "ready") -> tuple[int, dict[str, Any]]:
     """One GET of a process's /ready or /live: the status and the JSON report."""
     url = f"http://127.0.0.1:{port}/{endpoint}"
@@ -55,15 +48,25 @@ def probe(port: int, endpoint: str = "ready") -> tuple[int, dict[str, Any]]:
 class EngineProcess:
     name: str
     argv: list[str]
-    port: int
     log: Path
     environ: dict[str, str] = field(default_factory=dict)
+    port: int | None = None
+    """Where this run serves /metrics, /live and /ready: it picks a free port itself
+    (METRICS_PORT=0, so no other process can take it in between) and logs it."""
     process: subprocess.Popen[bytes] | None = None
     output: IO[bytes] | None = None
     runs: int = 0
 
     def output_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def served_port(self) -> int | None:
+        """The port this run logged it serves on, once it has."""
+        this_run = self.output_text().rsplit(f"=== run {self.runs} ===", 1)[-1]
+        for event in log_events(this_run):
+            if event.get("event") == "endpoints_serving":
+                return int(event["port"])
+        return None
 
 
 @dataclass
@@ -77,9 +80,7 @@ class Fleet:
 
     def add(self, name: str, *argv: str, environ: dict[str, str] | None = None) -> EngineProcess:
         """A process ``saga *argv``; ``environ`` adds to (or overrides) its environment."""
-        engine = EngineProcess(
-            name, list(argv), free_port(), self.logs / f"{name}.log", environ=environ or {}
-        )
+        engine = EngineProcess(name, list(argv), self.logs / f"{name}.log", environ=environ or {})
         self.processes[name] = engine
         return engine
 
@@ -88,6 +89,7 @@ class Fleet:
         if engine.process is not None and engine.process.poll() is None:
             raise AssertionError(f"{name} is already running")
         engine.runs += 1
+        engine.port = None
         if engine.output is not None:
             engine.output.close()
         engine.output = engine.log.open("ab")
@@ -102,7 +104,7 @@ class Fleet:
                 "LOG_FORMAT": "json",
                 **self.environ,
                 **engine.environ,
-                "METRICS_PORT": str(engine.port),
+                "METRICS_PORT": "0",
             },
             stdout=engine.output,
             stderr=engine.output,
@@ -117,10 +119,13 @@ class Fleet:
                 assert engine.process is not None
                 if engine.process.poll() is not None:
                     raise AssertionError(f"{name} exited with {engine.process.returncode}")
-                with contextlib.suppress(OSError, ValueError):
-                    status, _ = await asyncio.to_thread(probe, engine.port)
-                    if status == 200:
-                        break
+                if engine.port is None:
+                    engine.port = engine.served_port()
+                if engine.port is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        status, _ = await asyncio.to_thread(probe, engine.port)
+                        if status == 200:
+                            break
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{name} not ready within {within} s")
                 await asyncio.sleep(0.1)

@@ -101,7 +101,8 @@ CASES = {
 }
 
 
-def metric_total(port: int, name: str) -> float:
+def metric_total(port: int | None, name: str) -> float:
+    assert port is not None, "the process has not said where it serves /metrics"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return sum(

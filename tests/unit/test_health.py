@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -202,3 +204,29 @@ async def test_work_that_ends_by_itself_needs_no_signal() -> None:
         raise AssertionError("stop is for signals")
 
     assert await until_signalled(work(), stop, timeout=1)
+
+
+def test_a_metrics_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 - where the process binds too
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "saga", "run", "worker"],
+            env={
+                **os.environ,
+                "APP_ENV": "test",
+                # Never connected to: the endpoints are bound before any database work.
+                "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/nowhere",
+                "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+                "METRICS_PORT": str(port),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"saga: error: cannot serve /metrics, /live and /ready on METRICS_PORT={port}: "
+        "Address already in use"
+    ]
