@@ -20,7 +20,9 @@ assertion. It checks:
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +58,33 @@ def _payload_int(key: str) -> str:
     )
 
 
+# "<found> ..., expected [exactly|at most] <wanted>" and "ledger nets <found> points, the
+# payload awards / its grant is worth / the goal rewards <wanted>": the two shapes of a
+# completed saga's effect count that is off.
+_COUNT_OFF = re.compile(r"^(-?\d+) .*expected (?:exactly |at most )?(-?\d+)$")
+_LEDGER_OFF = re.compile(r"^ledger nets (-?\d+) points, .* (-?\d+)$")
+
+
+def effect_problem_kind(violation: str) -> str | None:
+    """What an ``[effects]`` violation says happened to the effects, for reports that
+    count them (None for the other invariants):
+
+    - ``lost``: a completed saga has fewer of an effect than it made;
+    - ``duplicated``: it has more (a step's effect applied twice);
+    - ``not undone``: a compensated saga left an effect behind;
+    - ``wrong``: an effect exists once but is not the one the saga asked for.
+    """
+    if not violation.startswith("[effects] "):
+        return None
+    head, _, detail = violation.partition("): ")
+    if head.endswith("(compensated"):
+        return "not undone"
+    found = _COUNT_OFF.match(detail) or _LEDGER_OFF.match(detail)
+    if found is None:
+        return "wrong"
+    return "lost" if int(found[1]) < int(found[2]) else "duplicated"
+
+
 class InvariantViolation(AssertionError):
     """Raised by :meth:`InvariantReport.raise_if_violated`, listing every violation."""
 
@@ -72,6 +101,12 @@ class InvariantReport:
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    def effect_problems(self) -> Counter[str]:
+        """The ``[effects]`` violations by what went wrong (:func:`effect_problem_kind`)."""
+        return Counter(
+            kind for line in self.violations if (kind := effect_problem_kind(line)) is not None
+        )
 
     def describe(self) -> str:
         lines = self.violations[:MAX_MESSAGE_LINES]

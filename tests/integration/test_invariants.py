@@ -460,6 +460,7 @@ async def test_a_completed_booking_without_its_appointment(
         f"[effects] book_appointment saga {scene.booked} (completed): 0 live "
         "confirmed/completed/billed appointments (none), expected exactly 1"
     ]
+    assert report.effect_problems() == {"lost": 1}
 
 
 async def test_a_completed_booking_awarded_twice(saga_env: SagaEnvironment, scene: Scene) -> None:
@@ -475,6 +476,7 @@ async def test_a_completed_booking_awarded_twice(saga_env: SagaEnvironment, scen
         f"{prefix}: ledger nets 20 points, the payload awards 10",
         f"{prefix}: 2 un-reversed awards in the ledger, expected 1",
     ]
+    assert report.effect_problems() == {"duplicated": 2}
 
 
 async def test_a_compensated_booking_that_left_its_hold(
@@ -496,6 +498,7 @@ async def test_a_compensated_booking_that_left_its_hold(
     )
     assert hold.startswith(f"[hold] appointment {scene.unbooked_appointment} is still held")
     assert hold.endswith(f"though its book_appointment saga {scene.unbooked} is compensated")
+    assert report.effect_problems() == {"not undone": 1}
 
 
 async def test_claim_and_goal_sagas_with_missing_or_leftover_effects(
@@ -516,6 +519,7 @@ async def test_claim_and_goal_sagas_with_missing_or_leftover_effects(
     assert goal.endswith("not completed by this saga")
     assert claim.startswith(f"[effects] submit_claim saga {scene.claimed} (completed)")
     assert claim.endswith("is completed, not billed")
+    assert report.effect_problems() == {"wrong": 2}
 
     # As if their compensation had been recorded without undoing the rest.
     await execute(
@@ -536,6 +540,7 @@ async def test_claim_and_goal_sagas_with_missing_or_leftover_effects(
         "1 live achievement grants left",
         "ledger nets 30 points, expected 0",
     ]
+    assert report.effect_problems() == {"not undone": 5}
 
 
 async def test_xp_that_disagrees_with_the_ledger(saga_env: SagaEnvironment, scene: Scene) -> None:
