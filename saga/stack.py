@@ -17,6 +17,7 @@ from typing import Any
 from saga.coordinator import Coordinator
 from saga.participant import Participant
 from saga.participant.journey import JourneyService
+from saga.patience import UntilTheBrokerIsBack
 from saga.settings import Settings
 from saga.store import Database
 
@@ -35,9 +36,17 @@ class RunningServices:
     _stopped: bool = False
 
     def _launch(
-        self, name: str, work: Awaitable[None], stop: Callable[[], Awaitable[None]]
+        self,
+        name: str,
+        work: Callable[[], Awaitable[None]],
+        stop: Callable[[], Awaitable[None]],
+        *,
+        patient: bool,
     ) -> None:
-        task = asyncio.get_running_loop().create_task(_run(work), name=name)
+        if patient:
+            waiting = UntilTheBrokerIsBack(name, work, stop)
+            work, stop = waiting.run, waiting.stop
+        task = asyncio.get_running_loop().create_task(_run(work()), name=name)
         self._tasks.append((name, task, stop))
 
     async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
@@ -99,9 +108,11 @@ async def running_services(
     journeys: Sequence[JourneyService],
     coordinator_options: dict[str, Any] | None = None,
     participant_options: dict[str, Any] | None = None,
+    patient: bool = False,
 ) -> AsyncIterator[RunningServices]:
     """Start a coordinator on ``database_url`` and one participant per journey, register
-    the sagas the journeys start, and stop everything on exit."""
+    the sagas the journeys start, and stop everything on exit. ``patient`` services wait
+    out a broker they cannot reach (:mod:`saga.patience`) instead of failing."""
     database = Database.from_settings(settings, url=database_url, application_name="saga-stack")
     coordinator = Coordinator(
         settings=settings,
@@ -115,7 +126,7 @@ async def running_services(
         for journey in journeys:
             for definition in journey.definitions:
                 await coordinator.register(definition)
-        services._launch("coordinator", coordinator.run(), coordinator.stop)
+        services._launch("coordinator", coordinator.run, coordinator.stop, patient=patient)
         for journey in journeys:
             role_database = Database.from_settings(
                 settings,
@@ -131,7 +142,9 @@ async def running_services(
                 **(participant_options or {}),
             )
             services.participants[journey.name] = participant
-            services._launch(f"participant-{journey.name}", participant.run(), participant.stop)
+            services._launch(
+                f"participant-{journey.name}", participant.run, participant.stop, patient=patient
+            )
         await services.wait_ready()
         yield services
     finally:

@@ -24,6 +24,7 @@ from saga.errors import ConfigurationError
 from saga.health import Health, serve_endpoints
 from saga.logging import configure_logging
 from saga.participant.journey import discover_journeys, journey_named
+from saga.patience import UntilTheBrokerIsBack
 from saga.runtime import MessagingRuntime
 from saga.settings import Settings, load_settings
 from saga.stack import RunningServices, running_services
@@ -95,7 +96,7 @@ def _coordinator(args: argparse.Namespace) -> int:
                 for journey in discover_journeys().values():
                     for definition in journey.definitions:
                         await coordinator.register(definition)
-                return await _serve(settings, health, coordinator.run(), coordinator.stop)
+                return await _serve(settings, health, coordinator.run, coordinator.stop)
         finally:
             await database.dispose()
 
@@ -128,7 +129,7 @@ def _participant(args: argparse.Namespace) -> int:
         )
         try:
             async with _probes(settings, health):
-                return await _serve(settings, health, participant.run(), participant.stop)
+                return await _serve(settings, health, participant.run, participant.stop)
         finally:
             await database.dispose()
 
@@ -171,7 +172,7 @@ def _worker(args: argparse.Namespace) -> int:
             health = Health("worker")
             health.require("worker", lambda: worker.running)
             async with _probes(settings, health):
-                return await _serve(settings, health, worker.run(), worker.stop)
+                return await _serve(settings, health, worker.run, worker.stop)
         finally:
             await database.dispose()
 
@@ -195,6 +196,7 @@ def _all(args: argparse.Namespace) -> int:
                 database_url=database_url,
                 bootstrap_servers=bootstrap_servers,
                 journeys=journeys,
+                patient=True,
             ) as services,
         ):
             worker = Worker(settings=settings, database=services.database, journeys=journeys)
@@ -208,8 +210,12 @@ def _all(args: argparse.Namespace) -> int:
                 await worker_stopped.wait()
                 await services.stop()
 
-            work = _worker_beside(services, worker, worker_stopped)
-            return await _serve(settings, health, work, stop)
+            return await _serve(
+                settings,
+                health,
+                lambda: _worker_beside(services, worker, worker_stopped),
+                stop,
+            )
 
     return asyncio.run(main())
 
@@ -263,13 +269,18 @@ async def _probes(settings: Settings, health: Health) -> AsyncIterator[None]:
 async def _serve(
     settings: Settings,
     health: Health,
-    work: Awaitable[None],
+    work: Callable[[], Awaitable[None]],
     stop: Callable[[], Awaitable[None]],
 ) -> int:
-    """Run ``work`` until it ends or a signal stops it; the process's exit code: 0, or 1
-    when the shutdown ran out of time."""
+    """Run ``work()`` until it ends or a signal stops it, starting it again while the
+    broker cannot be reached; the process's exit code: 0, or 1 when the shutdown ran out
+    of time."""
+    patient = UntilTheBrokerIsBack(health.process, work, stop)
     stopped = await until_signalled(
-        work, stop, timeout=settings.shutdown_timeout_seconds, on_signal=health.stopping
+        patient.run(),
+        patient.stop,
+        timeout=settings.shutdown_timeout_seconds,
+        on_signal=health.stopping,
     )
     return 0 if stopped else 1
 
