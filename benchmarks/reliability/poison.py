@@ -138,12 +138,17 @@ class PoisonInjector:
         """time.monotonic() of the last fault injected."""
         self.draw = draw
         self._plan = [(topic, kind) for topic in topics for kind in kinds]
+        self._topics = list(topics)
+        self._kinds = list(kinds)
         self._producer: Any = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Each kind once first (on a random topic), so even a short run injects them all;
+        # then topic and kind at random.
+        first = [(self.draw.choice(self._topics), kind) for kind in self._kinds]
         try:
             while not await pause(stop, self.every * self.draw.uniform(0.5, 1.5)):
-                topic, kind = self.draw.choice(self._plan)
+                topic, kind = first.pop(0) if first else self.draw.choice(self._plan)
                 if not await self._ensure_producer(stop):
                     return
                 await self.inject(topic, kind)
