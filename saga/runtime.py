@@ -14,12 +14,17 @@ from collections.abc import Sequence
 
 import structlog
 
+from saga.errors import BrokerUnavailable
 from saga.outbox import OutboxPublisher, RelaySettings
 from saga.settings import Settings
 from saga.store.database import Database
 from saga.transport import BatchConsumer, DeadLetters, Handler, Producer, Topics, ensure_topics
 
 log = structlog.get_logger("saga.runtime")
+
+# How long a rebalance waits for lost topics to be created again before consuming on; the
+# consumer's next rebalance tries again.
+_RESTORE_WAIT_SECONDS = 10.0
 
 
 class MessagingRuntime:
@@ -80,6 +85,30 @@ class MessagingRuntime:
             )
             self._known_topics.update(missing)
 
+    async def restore_topics(self) -> None:
+        """Create again whichever of the topics this process made sure of are gone.
+
+        Topics are otherwise created only at start, but a broker that comes back without
+        its data (a restart of an in-memory broker, a lost volume) has none: a consumer
+        then waits forever on a topic nobody creates (Kafka has auto-creation off; Tansu
+        creates a topic only for some clients' requests), and every send to it stalls
+        until the request timeout. Such a broker also forgot the consumer groups, so
+        every member rejoins: the consumer calls this after each rebalance, which costs
+        one metadata request when nothing was lost. A broker still away is left to the
+        next rebalance, which its return causes.
+        """
+        names = sorted(self._known_topics)
+        try:
+            await ensure_topics(
+                self.bootstrap_servers,
+                names,
+                partitions=self.settings.kafka_topic_partitions,
+                client_id=self.settings.kafka_client_id,
+                max_wait=_RESTORE_WAIT_SECONDS,
+            )
+        except BrokerUnavailable as exc:
+            log.warning("topics_not_restored", name=self.name, topics=names, error=str(exc))
+
     async def consume(
         self, *, topic: str, group_id: str, handle: Handler, max_concurrency: int
     ) -> None:
@@ -97,6 +126,7 @@ class MessagingRuntime:
             max_concurrency=max_concurrency,
             session_timeout_ms=self.settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+            on_rebalance=self.restore_topics,
         )
         consuming = asyncio.ensure_future(self.consumer.run())
         assert self._background is not None

@@ -92,8 +92,17 @@ class EmbeddedBroker:
         self._process = None
 
     def restart(self) -> None:
-        """Stop and start on the same port: every message and offset it held is gone."""
-        self.stop()
+        """Kill and start on the same port: every message, topic, committed offset and
+        consumer group it held is gone, as after a crash.
+
+        Killed rather than stopped: on SIGTERM Tansu keeps serving its open connections for
+        about 5 s before it exits, so a stop would blur the moment of the loss and make the
+        outage 5 s longer than the restart itself.
+        """
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=5)
+            self._process = None
         self.start()
 
     def __enter__(self) -> EmbeddedBroker:

@@ -56,6 +56,9 @@ _DEFAULT_FETCH_BYTES = 1024 * 1024
 _LAG_REFRESH_SECONDS = 1.0
 # A position not known yet would be fetched from the broker: not worth stalling the poll.
 _POSITION_WAIT_SECONDS = 0.05
+# A commit takes milliseconds; one that takes this long is stuck on a broker error that
+# aiokafka retries forever. The offsets are left for a later batch's commit to cover.
+_COMMIT_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class Incoming:
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
 
 
 class _Record(Protocol):
@@ -95,7 +99,9 @@ class BatchConsumer:
 
     ``await run()`` until ``await stop()``. ``ready`` is set once the group has given this
     member its partitions for the first time; ``processed``, ``dead_lettered`` and
-    ``retried`` count records handled, records dead-lettered and retries made.
+    ``retried`` count records handled, records dead-lettered and retries made, and
+    ``rebalances`` the assignments received after the first. ``on_rebalance`` is awaited
+    from the poll loop after each of those (see :meth:`_after_rebalance`).
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class BatchConsumer:
         unexpected_error_attempts: int = 3,
         retry_delay: float = 0.05,
         max_retry_delay: float = 2.0,
+        on_rebalance: Hook | None = None,
     ) -> None:
         if not topics:
             raise ConfigurationError("a BatchConsumer needs at least one topic")
@@ -139,6 +146,7 @@ class BatchConsumer:
         self._unexpected_error_attempts = unexpected_error_attempts
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
+        self._on_rebalance = on_rebalance
         self._slots = asyncio.Semaphore(max_concurrency)
         self._stopping = asyncio.Event()
         self._closed = asyncio.Event()
@@ -146,10 +154,15 @@ class BatchConsumer:
         self._grace = 10.0
         self.ready = asyncio.Event()
         self._assigned: frozenset[tuple[str, int]] = frozenset()
+        # Bumped by every rebalance; a batch remembers the one it was fetched under.
+        self._assignments = 0
+        # The rebalance on_rebalance last ran for.
+        self._hooked = 0
         self.lag = _Lag(group_id)
         self.processed = 0
         self.dead_lettered = 0
         self.retried = 0
+        self.rebalances = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -232,13 +245,40 @@ class BatchConsumer:
                 delay = min(delay * 2, self._max_retry_delay)
                 continue
             delay = self._retry_delay
+            # Taken before the hook awaits: a rebalance during it fences this batch too.
+            assignments = self._assignments
+            if self.rebalances > self._hooked:
+                # After getmany, which may itself have waited out the rebalance and
+                # returned the new assignment's first records: they are handled, and
+                # committed, only once the hook has run.
+                await self._after_rebalance()
             if batch:
-                await self._run_batch(consumer, batch)
+                await self._run_batch(consumer, batch, assignments)
             await self.lag.refresh(consumer)
+
+    async def _after_rebalance(self) -> None:
+        """Run ``on_rebalance`` once per rebalance after the first, from the poll loop (not
+        from aiokafka's rebalance callback, which must not block on the broker).
+
+        A broker that came back empty is noticed here: it forgot the group, so every member
+        rejoins, and the hook can restore what the broker lost (the topics) before a record
+        of the new assignment is handled or committed (Tansu refuses to commit offsets of a
+        topic it holds records of but no longer lists). A failing hook is logged and tried
+        again at the next rebalance: it must not stop consumption, which may recover
+        without it (e.g. a broker that auto-creates)."""
+        self._hooked = self.rebalances
+        if self._on_rebalance is None:
+            return
+        try:
+            await self._on_rebalance()
+        except Exception:
+            log.exception("rebalance_hook_failed", group_id=self.group_id)
 
     # -- one batch ------------------------------------------------------------------------
 
-    async def _run_batch(self, consumer: Any, batch: dict[Any, list[_Record]]) -> None:
+    async def _run_batch(
+        self, consumer: Any, batch: dict[Any, list[_Record]], assignments: int
+    ) -> None:
         settled: set[tuple[str, int, int]] = set()
         work = asyncio.create_task(self._settle_all(batch, settled))
         stopping = asyncio.create_task(self._stopping.wait())
@@ -254,6 +294,19 @@ class BatchConsumer:
             await asyncio.wait({work})
         if not work.cancelled():
             work.result()  # a failure that is neither the record's nor passing
+        if assignments != self._assignments:
+            # The group rebalanced while the batch ran. Its offsets belong to the old
+            # assignment: after a broker that lost its groups and logs comes back, the
+            # same partitions are handed out again (Tansu even keeps generation 0, so the
+            # broker accepts the commit) but their logs restart at 0, and committing this
+            # batch's old, higher offsets would make whoever takes the partition next skip
+            # every record below them (Tansu answers a fetch past the end with nothing,
+            # not OFFSET_OUT_OF_RANGE). Not committing costs at most a redelivery, and
+            # usually not even that: the rebalance already reset every position from the
+            # committed offsets, so the batch is fetched again anyway; handlers are
+            # idempotent. A rebalance is rare, so this is no cost on the hot path.
+            log.info("commit_skipped_after_rebalance", group_id=self.group_id, settled=len(settled))
+            return
         await self._commit(consumer, batch, settled)
 
     async def _settle_all(
@@ -314,7 +367,14 @@ class BatchConsumer:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
+            # aiokafka retries a retriable commit error forever; UNKNOWN_TOPIC_OR_PARTITION,
+            # which a broker that lost the topic answers until someone creates it again, is
+            # one, and the poll loop would hang here. Giving up only delays the commit.
+            async with asyncio.timeout(_COMMIT_TIMEOUT_SECONDS):
+                await consumer.commit(offsets)
+        except TimeoutError:
+            _observe_abandoned_commits()
+            log.warning("commit_timed_out", group_id=self.group_id)
         except KafkaError as exc:
             # CommitFailedError: a rebalance gave the partitions to another member, which
             # redelivers what we did not commit; the handlers are idempotent. Any other
@@ -410,11 +470,15 @@ class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
         if revoked:
             log.info("partitions_revoked", group_id=self._owner.group_id, count=len(revoked))
         self._owner._assigned = frozenset()
+        self._owner._assignments += 1
         self._owner.lag.clear()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions_assigned", group_id=self._owner.group_id, count=len(assigned))
         self._owner._assigned = frozenset((tp.topic, tp.partition) for tp in assigned)
+        self._owner._assignments += 1
+        if self._owner.ready.is_set():
+            self._owner.rebalances += 1
         self._owner.ready.set()
 
 
@@ -458,6 +522,25 @@ class _Lag:
             _remove_lag(self._group_id, topic, partition)
         self._shown = set()
         self._due = 0.0
+
+
+def _observe_abandoned_commits() -> None:
+    """Read the outcome of the commit request a timed-out commit left running.
+
+    aiokafka sends each commit request in ``asyncio.shield``; cancelling the commit while
+    a request is in flight leaves that task to finish on its own, and asyncio (3.11) drops
+    the callback that would have read its error, which it then reports as "Task exception
+    was never retrieved". The error is known and harmless (the offsets are committed by a
+    later batch), so it is read here. Only a commit that timed out gets here.
+    """
+    for task in asyncio.all_tasks():
+        if getattr(task.get_coro(), "__qualname__", "").endswith("._do_commit_offsets"):
+            task.add_done_callback(_read_outcome)
+
+
+def _read_outcome(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _remove_lag(group_id: str, topic: str, partition: int) -> None:

@@ -15,12 +15,16 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
 from saga.errors import BrokerUnavailable, ConfigurationError, MessageRejected
 from saga.settings import Settings
 
 _Translated = BrokerUnavailable | MessageRejected
+
+# Pauses before sending again what the broker refused with UNKNOWN_SERVER_ERROR (-1): about
+# 1.5 s in all, enough for a broker that came back empty to have the topic made again.
+_UNKNOWN_ERROR_PAUSES = (0.1, 0.2, 0.4, 0.8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +132,28 @@ class Producer:
 
         Returns, in order, ``None`` for each acknowledged message and the error (as
         :meth:`send` would raise it) for each that was not; one failure does not stop the
-        others. Messages sharing a key keep their order.
+        others. Messages sharing a key keep their order, except that one sent again after
+        an unknown server error lands after the others (receivers tolerate that: they
+        deduplicate and check versions).
         """
+        outcomes = await self._send_once(messages)
+        for pause in _UNKNOWN_ERROR_PAUSES:
+            # A broker that lost its topics (an in-memory broker restarted) answers -1 to
+            # a send to a partition it no longer has, an error aiokafka does not retry,
+            # until the topic's consumer has made it again: about a second. Trying again
+            # here saves each such message the outbox relay's grace (5 s), which is as
+            # long as a step's timeout, so the step would be sent again for nothing. Only
+            # failed sends wait; the normal path costs nothing more.
+            again = [n for n, outcome in enumerate(outcomes) if _unknown_error(outcome)]
+            if not again:
+                break
+            await asyncio.sleep(pause)
+            retried = await self._send_once([messages[n] for n in again])
+            for n, outcome in zip(again, retried, strict=True):
+                outcomes[n] = outcome
+        return outcomes
+
+    async def _send_once(self, messages: Sequence[OutgoingMessage]) -> list[BaseException | None]:
         if self._stopped:
             # A send racing a shutdown fails like one the broker did not acknowledge.
             return [
@@ -162,6 +186,10 @@ class Producer:
         return [
             _result(outcome, message) for outcome, message in zip(outcomes, messages, strict=True)
         ]
+
+
+def _unknown_error(outcome: BaseException | None) -> bool:
+    return isinstance(outcome, BrokerUnavailable) and isinstance(outcome.__cause__, UnknownError)
 
 
 def _result(

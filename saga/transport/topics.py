@@ -14,11 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from saga.errors import BrokerUnavailable, ConfigurationError
 from saga.settings import Settings
+
+log = structlog.get_logger("saga.transport")
 
 _POLL_INTERVAL_S = 0.05
 
@@ -78,6 +81,8 @@ async def ensure_topics(
     try:
         await admin.start()
         missing = [name for name in wanted if name not in await _listed(admin)]
+        if missing:
+            log.info("topics_creating", topics=missing, partitions=partitions)
         while missing:
             missing = await _create(admin, missing, partitions, replication_factor)
             if missing:
