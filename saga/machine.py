@@ -161,6 +161,10 @@ def advance(
     stale = _why_stale(definition, state, event)
     if stale is not None:
         return Transition(state, ignored=stale)
+    if event.attempt != state.step_attempt:
+        # A settled answer to an earlier attempt (see _settles): it is the outcome of the
+        # command the current attempt re-sent, so it stands as the current attempt's.
+        event = replace(event, attempt=state.step_attempt)
     step = definition.steps[event.step_index]
     if event.phase is Phase.EXECUTE:
         return _after_execute(definition, state, step, event, rng)
@@ -190,9 +194,29 @@ def _why_stale(definition: SagaDefinition, state: InstanceState, event: StepEven
             f"reply for step {event.step_index} ({event.phase.value}) but the saga is at "
             f"step {state.current_step} ({state.phase.value})"
         )
-    if event.attempt != state.step_attempt:
+    if event.attempt != state.step_attempt and not _settles(state, event):
         return f"reply for attempt {event.attempt} but the step is at attempt {state.step_attempt}"
     return None
+
+
+def _settles(state: InstanceState, event: StepEvent) -> bool:
+    """An earlier attempt's reply that settles the step: succeeded, or (a step, not a
+    compensation, which is retried when it fails) refused.
+
+    Every attempt of a step carries the same message id, and the participant runs that
+    command once and answers every delivery of it from its inbox, so a settled answer to
+    attempt 1 is the answer attempt 2 will get too. Ignoring it would leave the step to
+    time out again whenever the queue ahead of the participant is slower than the step's
+    timeout, until its attempts run out and the saga parks with an unknown outcome (the
+    reliability suite saw 3 % of sagas park so under overload). An error or a timeout of
+    an earlier attempt settles nothing: the current attempt is still the one to wait for.
+    """
+    settled = (
+        (Outcome.SUCCEEDED, Outcome.FAILED)
+        if event.phase is Phase.EXECUTE
+        else (Outcome.SUCCEEDED,)
+    )
+    return event.attempt < state.step_attempt and event.outcome in settled
 
 
 def _after_execute(

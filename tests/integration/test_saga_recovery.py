@@ -53,7 +53,7 @@ def reply(saga_id: uuid.UUID, step: int, attempt: int, outcome: Outcome) -> Inco
     return Incoming("replies", 0, 0, str(saga_id), message.to_bytes(), {}, 0)
 
 
-async def test_replies_for_an_old_attempt_or_a_past_step_are_ignored(
+async def test_an_old_attempts_error_and_replies_for_a_past_step_are_ignored(
     saga_env: SagaEnvironment,
 ) -> None:
     env = saga_env
@@ -77,27 +77,30 @@ async def test_replies_for_an_old_attempt_or_a_past_step_are_ignored(
         # Every transition is logged with what identifies it.
         assert {key: transition.get(key) for key in expected} == expected
 
-        await handle(reply(saga_id, 0, 1, Outcome.SUCCEEDED))  # the old attempt answers late
+        await handle(reply(saga_id, 0, 1, Outcome.ERROR))  # the old attempt errs again, late
         summary = await coordinator.status(saga_id)
         assert summary.status is SagaStatus.RUNNING
         assert summary.context == {}
 
-        await handle(reply(saga_id, 0, 2, Outcome.SUCCEEDED))
-        await handle(reply(saga_id, 0, 2, Outcome.SUCCEEDED))  # a duplicate of it
-        await handle(reply(saga_id, 0, 2, Outcome.FAILED))  # and a contradiction, too late
+        # Attempt 2 re-sent the same command (one message id): a late success of attempt 1
+        # is its answer too, and settles the step.
+        await handle(reply(saga_id, 0, 1, Outcome.SUCCEEDED))
+        await handle(reply(saga_id, 0, 2, Outcome.SUCCEEDED))  # attempt 2's answer, too late
+        await handle(reply(saga_id, 0, 2, Outcome.FAILED))  # and a contradiction
         summary = await coordinator.status(saga_id)
         assert summary.status is SagaStatus.RUNNING
-        assert summary.context == {"step": 0, "attempt": 2}
+        assert summary.context == {"step": 0, "attempt": 1}
 
     rows = [
         (r["step_name"], r["attempt"], r["status"], r["error"])
         for r in await step_log(env.database, saga_id)
     ]
-    assert rows[:4] == [
+    assert rows[:5] == [
         ("reserve", 1, "dispatched", None),
         ("reserve", 1, "retried", "test"),
         ("reserve", 2, "dispatched", None),
         ("reserve", 1, "ignored", "ignored: reply for attempt 1 but the step is at attempt 2"),
+        ("reserve", 2, "succeeded", None),
     ]
     ignored = [r[3] for r in rows if r[2] == "ignored"]
     assert (
@@ -163,8 +166,9 @@ async def test_a_write_decided_on_a_stale_copy_loses_and_the_reply_is_judged_aga
                 saga_id,
             )
         )
-        # The cached copy says attempt 1 and would apply this; the database says no.
-        await coordinator.replies.handle(reply(saga_id, 1, 1, Outcome.SUCCEEDED))
+        # The cached copy says attempt 1 and would apply this error (a retry); the database
+        # says attempt 2, for which an earlier attempt's error settles nothing.
+        await coordinator.replies.handle(reply(saga_id, 1, 1, Outcome.ERROR))
         summary = await coordinator.status(saga_id)
         assert coordinator.replies.races == 1
         assert coordinator.replies.ignored == 1

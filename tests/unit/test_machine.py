@@ -6,7 +6,7 @@ import itertools
 import random
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import hypothesis
@@ -466,7 +466,6 @@ def _compensating_at_1() -> InstanceState:
 
 
 STALE = [
-    pytest.param(running(1, 2), ok(1, attempt=1), "attempt 1", id="old-attempt"),
     pytest.param(running(1, 2), ok(1, attempt=3), "attempt 3", id="future-attempt"),
     pytest.param(running(2), ok(1), "step 1 (execute)", id="step-already-past"),
     pytest.param(running(1), ok(2), "step 2 (execute)", id="step-not-yet-reached"),
@@ -503,6 +502,33 @@ def test_a_stale_event_is_ignored_and_says_why(
         stale = StepEvent(event.step_index, event.phase, event.attempt, outcome, {"x": 1})
         reason = assert_ignored(advance(BOOK, state, stale), state)
         assert why in reason
+
+
+@pytest.mark.parametrize("outcome", [Outcome.ERROR, Outcome.TIMED_OUT])
+def test_an_earlier_attempts_error_or_timeout_is_stale(outcome: Outcome) -> None:
+    state = running(1, 2)
+    late = StepEvent(1, EXECUTE, 1, outcome, {"x": 1}, reason="late")
+    assert "attempt 1 but the step is at attempt 2" in assert_ignored(
+        advance(BOOK, state, late), state
+    )
+
+
+def test_an_earlier_attempts_failed_compensation_is_stale() -> None:
+    """A failed compensation is tried again, so it settles nothing."""
+    state = replace(_compensating_at_1(), step_attempt=2)
+    late = StepEvent(1, COMPENSATE, 1, Outcome.FAILED, {}, reason="late")
+    assert "attempt 1" in assert_ignored(advance(BOOK, state, late), state)
+
+
+@pytest.mark.parametrize("phase", [EXECUTE, COMPENSATE])
+def test_an_earlier_attempts_settled_answer_stands_for_the_current_attempt(phase: Phase) -> None:
+    """Every attempt is the same command (one message id, answered once from the inbox),
+    so a late success or refusal of attempt 1 is attempt 2's answer too."""
+    state = running(1, 2) if phase is EXECUTE else replace(_compensating_at_1(), step_attempt=2)
+    late = advance(BOOK, state, StepEvent(1, phase, 1, Outcome.SUCCEEDED, {"auth": "a"}))
+    expected = advance(BOOK, state, StepEvent(1, phase, 2, Outcome.SUCCEEDED, {"auth": "a"}))
+    assert late.changed
+    assert late == expected
 
 
 def test_a_duplicate_reply_is_ignored() -> None:
@@ -656,11 +682,14 @@ class Run:
 
 
 def _matches(state: InstanceState, event: StepEvent) -> bool:
+    # An earlier attempt's success, or a step's refusal, is the command's one answer.
+    settled = [Outcome.SUCCEEDED] + ([Outcome.FAILED] if event.phase is EXECUTE else [])
+    settles = event.attempt < state.step_attempt and event.outcome in settled
     return (
         state.status.in_flight
         and event.step_index == state.current_step
         and event.phase is state.phase
-        and event.attempt == state.step_attempt
+        and (event.attempt == state.step_attempt or settles)
     )
 
 
