@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from sqlalchemy.engine import make_url
@@ -39,6 +40,7 @@ from benchmarks.saga_bench.workload import Starter
 from journeys.invariants import check_invariants
 from saga.coordinator import Coordinator
 from saga.embedded import EmbeddedBroker
+from saga.errors import DatabaseUnavailable
 from saga.outbox import RelaySettings
 from saga.participant.journey import discover_journeys
 from saga.settings import Settings, load_settings, to_plain_url
@@ -46,6 +48,7 @@ from saga.store import Database
 from saga.transport import Topics
 
 log = structlog.get_logger("reliability")
+T = TypeVar("T")
 
 COORDINATORS = ("coordinator",)
 WORKERS = ("worker",)
@@ -329,11 +332,34 @@ async def start_load(
     pace = BURST / run.rate
     for first in range(0, len(starting), BURST):
         began = time.monotonic()
-        while await count_in_flight(database) >= run.max_in_flight:  # noqa: ASYNC110 - polls the database
+        while (  # noqa: ASYNC110 - polls the database
+            await patiently(lambda: count_in_flight(database), "in flight") >= run.max_in_flight
+        ):
             await asyncio.sleep(0.2)
         burst = starting[first : first + BURST]
-        ids.extend(await asyncio.gather(*(start(coordinator) for start in burst)))
+        ids.extend(
+            await asyncio.gather(
+                *(patiently(functools.partial(start, coordinator), "start") for start in burst)
+            )
+        )
         await asyncio.sleep(max(0.0, pace - (time.monotonic() - began)))
+
+
+async def patiently(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """``call()``, again while the database cannot be reached (the server's connection
+    slots can run out while the faults restart processes): the harness must outlast what
+    it does to the system. Starting a saga again is safe here because the harness's own
+    connections are never terminated (the terminator picks ``saga-*`` ones only), so a
+    start that failed never reached its commit."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return await call()
+        except DatabaseUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("harness_database_unavailable", what=what, error=str(exc))
+            await asyncio.sleep(0.5)
 
 
 async def count_in_flight(database: Database) -> int:
@@ -367,7 +393,7 @@ async def drain(
     """Seconds from the last fault until no saga is left running or compensating (None
     if that did not happen ``within`` seconds)."""
     deadline = time.monotonic() + within
-    while await count_unfinished(database, ids) > 0:
+    while await patiently(lambda: count_unfinished(database, ids), "unfinished") > 0:
         if time.monotonic() > deadline:
             return None
         await asyncio.sleep(0.25)
