@@ -8,7 +8,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -61,12 +61,9 @@ class BackendTerminator:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            while not await pause(stop, self.every * self.draw.uniform(0.5, 1.5)):
-                try:
-                    await self.terminate_one()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("fault_terminator_failed", reason=f"{type(exc).__name__}: {exc}")
-                    await self.close()  # connect again next time
+            await _strike_until(
+                stop, self.every, self.draw, self.terminate_one, self.close, "terminator"
+            )
         finally:
             await self.close()
 
@@ -223,12 +220,9 @@ class Contention:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            while not await pause(stop, self.every * self.draw.uniform(0.5, 1.5)):
-                try:
-                    await self.contend_once()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("fault_contention_failed", reason=f"{type(exc).__name__}: {exc}")
-                    await self.close()
+            await _strike_until(
+                stop, self.every, self.draw, self.contend_once, self.close, "contention"
+            )
         finally:
             await self.close()
 
@@ -286,3 +280,22 @@ class Contention:
                 },
             )
         return self._conn
+
+
+async def _strike_until(
+    stop: asyncio.Event,
+    every: float,
+    draw: random.Random,
+    strike: Callable[[], Awaitable[object]],
+    reset: Callable[[], Awaitable[None]],
+    injector: str,
+) -> None:
+    """``strike()`` every ``every`` s (±50 %) until ``stop``; a database error is logged
+    and the injector's connection dropped, to be opened again at the next strike (the
+    faults it causes may well reach its own connection)."""
+    while not await pause(stop, every * draw.uniform(0.5, 1.5)):
+        try:
+            await strike()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(f"fault_{injector}_failed", reason=f"{type(exc).__name__}: {exc}")
+            await reset()

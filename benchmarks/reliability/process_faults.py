@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from benchmarks.reliability._kafka import pause
 from benchmarks.reliability.processes import Fleet
 from saga.embedded import EmbeddedBroker
 
@@ -27,15 +28,6 @@ STARVED_POOL = {
     "DATABASE_MAX_OVERFLOW": "0",
     "DATABASE_CONNECTION_TIMEOUT": "50",
 }
-
-
-async def pause(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep ``seconds`` unless ``stop`` is set first; True when it was."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
 
 
 def jittered(draw: random.Random, every: float) -> float:
