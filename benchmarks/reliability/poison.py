@@ -143,15 +143,17 @@ class PoisonInjector:
         self._producer: Any = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        # Each kind once first (on a random topic), so even a short run injects them all;
-        # then topic and kind at random.
+        # Each kind once first (on a random topic), so even a short run injects them all,
+        # each tried again until the broker takes it (one sent while the broker restarts is
+        # lost); then topic and kind at random.
         first = [(self.draw.choice(self._topics), kind) for kind in self._kinds]
         try:
             while not await pause(stop, self.every * self.draw.uniform(0.5, 1.5)):
-                topic, kind = first.pop(0) if first else self.draw.choice(self._plan)
+                topic, kind = first[0] if first else self.draw.choice(self._plan)
                 if not await self._ensure_producer(stop):
                     return
-                await self.inject(topic, kind)
+                if await self.inject(topic, kind) is not None and first:
+                    first.pop(0)
         finally:
             await self.close()
 
