@@ -160,20 +160,36 @@ METRIC_BODY = f"""
 """
 
 # One statement decides the storage, so `alembic upgrade --sql` emits the same choice the
-# online upgrade makes, on the server that runs it. TimescaleDB needs to be both installed
-# and preloaded (CREATE EXTENSION fails otherwise); without it, native monthly range
-# partitions made ahead of time, and a DEFAULT partition so that no insert is ever refused
-# for want of a partition. The maintenance worker keeps creating partitions ahead.
-# The extension is not dropped on downgrade: other schemas of the database may use it.
+# online upgrade makes, on the server that runs it. It reads nothing a non-superuser owner
+# may not read (``shared_preload_libraries`` needs pg_read_all_settings):
+#
+# - TimescaleDB already created in the database (by a DBA, say): a hypertable.
+# - Its loader preloaded, so its own setting ``timescaledb.disable_load`` exists in this
+#   session: the migration creates the extension and a hypertable. That needs a superuser,
+#   or CREATE on the database (the extension is trusted); refused for want of either
+#   (insufficient_privilege), the sub-block rolls back and native partitions are made.
+# - Otherwise native partitions. CREATE EXTENSION is never tried without the loader: it
+#   ends the connection (FATAL "must be preloaded"), which no handler can catch.
+#
+# Every branch runs in the migration's transaction, so a failure leaves no table behind.
+# Native: monthly range partitions made ahead of time, and a DEFAULT partition so that no
+# insert is ever refused for want of a partition; the maintenance worker keeps creating
+# partitions ahead. The extension is not dropped on downgrade: other schemas may use it.
 METRIC_TABLE = [
     f"""
     DO $$
     BEGIN
-        IF EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')
-           OR (EXISTS (SELECT FROM pg_available_extensions WHERE name = 'timescaledb')
-               AND current_setting('shared_preload_libraries') LIKE '%timescaledb%')
+        IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')
+           AND current_setting('timescaledb.disable_load', true) IS NOT NULL
         THEN
-            CREATE EXTENSION IF NOT EXISTS timescaledb;
+            BEGIN
+                CREATE EXTENSION IF NOT EXISTS timescaledb;
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE NOTICE 'native partitions: % may not create TimescaleDB (%)',
+                    current_user, SQLERRM;
+            END;
+        END IF;
+        IF EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb') THEN
             CREATE TABLE health_journey.health_metric ({METRIC_BODY});
             PERFORM create_hypertable(
                 'health_journey.health_metric', 'recorded_at',

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy.engine import make_url
 
 from benchmarks.reliability.faults import (
     BACKEND_TERMINATED,
@@ -425,7 +426,8 @@ async def test_dead_letter_counter_counts_by_kind_and_survives_a_broker_restart(
 async def test_backend_terminator_terminates_only_the_engines_backends_on_its_database(
     admin_database_url: str, fresh_database_url: str
 ) -> None:
-    database = fresh_database_url.rsplit("/", 1)[-1]
+    database = make_url(fresh_database_url).database
+    assert database is not None
 
     async def connect(url: str, name: str) -> asyncpg.Connection:
         return await asyncpg.connect(to_plain_url(url), server_settings={"application_name": name})
