@@ -16,7 +16,7 @@ from saga.embedded import EmbeddedBroker
 from saga.embedded.broker import free_port
 from tests.integration.conftest import SagaEnvironment
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
 
 async def waiting_for_the_broker(fleet: Fleet, name: str, within: float = 30) -> None:

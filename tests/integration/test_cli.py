@@ -11,7 +11,7 @@ import pytest
 
 from saga.store import migrate
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,7 @@ from saga.settings import to_plain_url
 from saga.store import migrate, roles
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
 SERVICE_ROLES = roles.service_roles(j.database_role for j in discover_journeys().values())
 

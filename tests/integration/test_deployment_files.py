@@ -150,6 +150,7 @@ def test_images(config: dict[str, Any]) -> None:
         assert services[name]["environment"]["APP_ENV"] == "production", name
 
 
+@pytest.mark.embedded
 def test_each_service_logs_in_as_its_own_role(
     config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -113,6 +113,7 @@ async def test_constraint_errors_are_translated_and_not_retried(scratch: Databas
     assert caught.value.constraint == "account_positive"
 
 
+@pytest.mark.embedded
 async def test_a_killed_backend_is_unavailability_and_rolls_back(
     scratch: Database, fresh_database_url: str
 ) -> None:
@@ -173,6 +174,7 @@ async def test_every_statement_is_counted_and_slow_ones_logged(scratch: Database
     assert [entry["statement"] for entry in slow] == ["SELECT pg_sleep(0.05)"]
 
 
+@pytest.mark.embedded
 async def test_a_full_pool_is_waited_out_not_surfaced(
     settings: Settings, fresh_database_url: str
 ) -> None:

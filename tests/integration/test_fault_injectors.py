@@ -423,6 +423,7 @@ async def test_dead_letter_counter_counts_by_kind_and_survives_a_broker_restart(
 # -- database faults ------------------------------------------------------------------------
 
 
+@pytest.mark.embedded
 async def test_backend_terminator_terminates_only_the_engines_backends_on_its_database(
     admin_database_url: str, fresh_database_url: str
 ) -> None:
@@ -500,6 +501,7 @@ async def slowed_plan(saga_env: SagaEnvironment) -> AsyncIterator[RunningService
         yield services
 
 
+@pytest.mark.embedded
 async def test_contention_makes_the_plan_step_retry_without_changing_what_it_decides(
     saga_env: SagaEnvironment, slowed_plan: RunningServices
 ) -> None:

@@ -42,7 +42,7 @@ from tests.integration.fleet import (
 )
 from tests.integration.sagas import starter
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
 SHUTDOWN_TIMEOUT = 20  # SHUTDOWN_TIMEOUT_SECONDS of every process
 SAGAS = 80

@@ -22,7 +22,7 @@ from tests.conftest import REPO_ROOT
 from tests.integration.conftest import SagaEnvironment, engine_process
 from tests.integration.sagas import FAST_RELAY
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
 
 async def logged_in_roles(env: SagaEnvironment, application: str) -> set[str]:

@@ -29,7 +29,7 @@ from saga.transport import OutgoingMessage, Producer, Topics
 from tests.integration.conftest import SagaEnvironment, engine_process
 from tests.integration.sagas import starter
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
 PARTICIPANTS = ("care", "plan", "gamification")
 OUTBOXES = {

@@ -318,6 +318,7 @@ async def test_bulk_forms_are_a_dry_run_until_told_to_execute(saga_env: SagaEnvi
         assert rows[0][5] == "retried by carol: void fixed"
 
 
+@pytest.mark.embedded
 async def test_one_saga_by_id_and_every_bad_input_gets_one_line(
     saga_env: SagaEnvironment,
 ) -> None:

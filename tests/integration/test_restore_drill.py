@@ -186,6 +186,7 @@ def drilled(
         asyncio.run(admin.drop_database(admin_database_url, name))
 
 
+@pytest.mark.embedded
 def test_the_drill_passes_and_reports_every_saga_table(drilled: Drilled) -> None:
     assert drilled.run.returncode == 0, drilled.run.stderr
     assert drilled.run.stderr == ""
@@ -297,6 +298,7 @@ def test_missing_client_tools_are_a_one_line_usage_error(
     assert not database_exists(admin_database_url, target)
 
 
+@pytest.mark.embedded
 def test_an_unmigrated_source_is_a_one_line_usage_error(fresh_database_url: str) -> None:
     ran = subprocess.run(
         [sys.executable, "-m", "saga", "db", "restore-drill"],
@@ -392,6 +394,7 @@ async def owner_database(admin_url: str) -> AsyncIterator[str]:
         await admin.execute_on(admin_url, f"DROP ROLE {role}")
 
 
+@pytest.mark.embedded
 async def test_the_drill_needs_no_superuser(
     settings: Settings, admin_database_url: str, kafka_bootstrap_servers: str
 ) -> None:

@@ -228,6 +228,7 @@ def saga_seed(database_url: str, hash_seed: str) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.embedded
 def test_the_cli_seeds_and_then_finds_nothing_new(fresh_database_url: str) -> None:
     migrate.upgrade(fresh_database_url)
 

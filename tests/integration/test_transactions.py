@@ -209,6 +209,7 @@ async def test_a_failed_unit_leaves_nothing_behind(scratch: Database) -> None:
     )
 
 
+@pytest.mark.embedded
 async def test_a_killed_backend_is_unavailability_and_not_rerun(
     scratch: Database, fresh_database_url: str
 ) -> None:

@@ -21,7 +21,7 @@ from tests.conftest import REPO_ROOT
 from tests.integration.conftest import SagaEnvironment, engine_process
 from tests.integration.sagas import BOOKING, FAST_RELAY, cluster, create_effect_tables
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
 QUICK = RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.02)
 UNANSWERED = SagaDefinition(
