@@ -141,8 +141,8 @@ class Coordinator:
         idempotency_key: str | None = None,
     ) -> uuid.UUID:
         """Start an instance and return its id; a key used before returns the first id."""
-        definition = await self._resolve(definition)
         _check_payload(payload)
+        definition = await self._resolve(definition)
         await self._runtime.start()
         saga_id = uuid.uuid4()
         transition = begin(definition)
