@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from journeys.scenarios import SCENARIOS
-from saga.scenarios import run_standalone
+from saga import run_standalone
 
 if __name__ == "__main__":
     sys.exit(run_standalone([s for s in SCENARIOS if s.name == "submit_claim"]))

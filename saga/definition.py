@@ -24,11 +24,18 @@ from typing import Any
 
 from saga.errors import DefinitionError
 from saga.retry import RetryPolicy
-from saga.store.database import IsolationLevel
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 _DEFAULT_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.05, max_delay=2.0)
 _DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.05, max_delay=5.0)
+
+
+class IsolationLevel(StrEnum):
+    """The isolation levels a step may ask for (the guide's three)."""
+
+    READ_COMMITTED = "READ COMMITTED"
+    REPEATABLE_READ = "REPEATABLE READ"
+    SERIALIZABLE = "SERIALIZABLE"
 
 
 class NoCompensation(StrEnum):
