@@ -1,5 +1,6 @@
 """Every relative link of README.md and docs/ leads to a file, and every #anchor to a
-heading of its page; the README links every page of docs/."""
+heading of its page; the README links every page of docs/; the Python blocks teach the
+public API only (they run in tests/integration/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.doc_pages import doc_pages, outside_blocks, page_name
+from tests.doc_pages import doc_pages, fenced_blocks, outside_blocks, page_name
+from tests.unit.test_public_imports import violations
 
 _LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6} (?P<title>.+?)\s*#*\s*$", re.MULTILINE)
@@ -66,3 +68,14 @@ def test_a_broken_link_is_found(tmp_path: Path) -> None:
         f"#nowhere: no heading #nowhere in {page_name(page)}",
         "missing.md: no such file",
     ]
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=page_name)
+def test_the_python_blocks_of_the_page_import_only_public_names(page: Path) -> None:
+    problems = [
+        problem
+        for block in fenced_blocks(page)
+        if block.language == "python"
+        for problem in violations("\n" * block.line + block.text, page_name(page))
+    ]
+    assert problems == []
