@@ -22,6 +22,7 @@ from saga import (
     SagaDefinition,
     SagaError,
     Settings,
+    SettingsError,
     Step,
     StepContext,
     UsageError,
@@ -134,3 +135,8 @@ async def test_contradicting_run_driver_options_are_a_usage_error(database: Data
 
     with pytest.raises(UsageError, match=r"need transaction=True.*SERIALIZABLE"):
         await database.run_driver(unit, transaction=False, isolation=IsolationLevel.SERIALIZABLE)
+
+
+def test_settings_built_directly_name_the_bad_variable() -> None:
+    with pytest.raises(SettingsError, match=r"DATABASE_URL: expected .*scheme must be one of"):
+        Settings(database_url="mysql://somewhere/db")
