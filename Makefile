@@ -41,6 +41,8 @@ test-embedded: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# journeys/ and examples/ may import only saga and saga.testing from the engine.
+	$(BIN)/pytest -q tests/unit/test_public_imports.py
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

@@ -1,20 +1,39 @@
-"""Book an appointment: completes, then a second booking past the plan's limit is compensated.
+"""Book an appointment: the saga the care service starts when a patient books a slot.
 
-Runs against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS when they are set (the database
-migrated), else against an embedded PostgreSQL and broker started for the run:
+care reserve_slot (a hold that expires: the lock other bookings see) → plan
+authorize_coverage (Serializable: it reserves the price on the member's coverage) →
+gamification award_points → care confirm_appointment (the last step, never undone). A slot
+someone holds is refused as ``slot taken``, a coverage that cannot pay as ``not covered:
+...``; either way the steps before are undone in reverse order.
+
+The care service starts it through one call that builds the payload and returns the saga's
+id at once; whoever wants the outcome waits for it:
+
+    saga_id = await book_appointment(
+        coordinator, user_id=member.user_id, slot_id=slot.slot_id, amount_cents=25_000
+    )
+    outcome = await coordinator.wait(saga_id)  # completed, compensated or parked
+
+This script prints the definition, then books a slot (completes) and a second one past the
+plan's limit (compensated), printing each saga's timeline and the rows it touched. It runs
+against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS when they are set (the database migrated),
+else against an embedded PostgreSQL and broker started for the run:
 
     .venv/bin/python examples/book_appointment.py
 
-Prints each saga's timeline from the log tables and the rows it touched; exits non-zero
-if a saga ends otherwise than described.
+It exits non-zero if a saga ends otherwise than described.
 """
 
 from __future__ import annotations
 
 import sys
 
+from outline import print_outline
+
+from journeys.care.sagas import BOOK_APPOINTMENT, book_appointment
 from journeys.scenarios import SCENARIOS
-from saga.scenarios import run_standalone
+from saga import run_standalone
 
 if __name__ == "__main__":
+    print_outline(BOOK_APPOINTMENT, book_appointment)
     sys.exit(run_standalone([s for s in SCENARIOS if s.name == "book_appointment"]))

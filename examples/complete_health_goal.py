@@ -1,20 +1,44 @@
-"""Complete a health goal: completes, then a member without coverage is compensated.
+"""Complete a health goal: the saga the health service starts when a member meets a goal.
 
-Runs against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS when they are set (the database
-migrated), else against an embedded PostgreSQL and broker started for the run:
+health record_goal_completion (and the reading that proves it, validated like every
+metric) → gamification award_points → plan apply_wellness_credit (Serializable: a credit
+on the member's coverage). A goal that is not met is refused (``goal ...``), a reading out
+of range as ``invalid metric: ...``, a member without coverage as ``not covered: ...``;
+either way the steps before are undone in reverse order.
+
+The health service starts it through one call that builds the payload and returns the
+saga's id at once; whoever wants the outcome waits for it:
+
+    saga_id = await complete_health_goal(
+        coordinator,
+        user_id=member.user_id,
+        goal_id=goal_id,
+        completion_value=Decimal(9500),
+        metric_type="steps",  # also stored as the day's steps reading
+    )
+    outcome = await coordinator.wait(saga_id)  # completed, compensated or parked
+
+This script prints the definition, then completes a member's goal (completes) and the goal
+of a member without coverage to credit (compensated), printing each saga's timeline and the
+rows it touched. It runs against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS when they are set
+(the database migrated), else against an embedded PostgreSQL and broker started for the
+run:
 
     .venv/bin/python examples/complete_health_goal.py
 
-Prints each saga's timeline from the log tables and the rows it touched; exits non-zero
-if a saga ends otherwise than described.
+It exits non-zero if a saga ends otherwise than described.
 """
 
 from __future__ import annotations
 
 import sys
 
+from outline import print_outline
+
+from journeys.health.sagas import COMPLETE_HEALTH_GOAL, complete_health_goal
 from journeys.scenarios import SCENARIOS
-from saga.scenarios import run_standalone
+from saga import run_standalone
 
 if __name__ == "__main__":
+    print_outline(COMPLETE_HEALTH_GOAL, complete_health_goal)
     sys.exit(run_standalone([s for s in SCENARIOS if s.name == "complete_health_goal"]))

@@ -27,9 +27,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from saga.machine import SagaStatus
-from saga.store import Database, IsolationLevel
-from saga.store.driver import DriverConnection
+from saga import Connection, Database, IsolationLevel, SagaStatus
 
 MAX_MESSAGE_LINES = 50
 
@@ -132,7 +130,7 @@ async def check_invariants(
     database's global ones, all in one snapshot. Reads only."""
     ids = None if saga_ids is None else list(dict.fromkeys(saga_ids))
 
-    async def unit(conn: DriverConnection) -> InvariantReport:
+    async def unit(conn: Connection) -> InvariantReport:
         # Nothing here writes; saying so lets PostgreSQL refuse any mistake that would.
         await conn.execute("SET TRANSACTION READ ONLY")
         return await _check(conn, ids, allow_parked=allow_parked)
@@ -143,7 +141,7 @@ async def check_invariants(
 
 
 async def _check(
-    conn: DriverConnection, ids: list[uuid.UUID] | None, *, allow_parked: bool
+    conn: Connection, ids: list[uuid.UUID] | None, *, allow_parked: bool
 ) -> InvariantReport:
     # The sagas checked: a filter on shared.saga_instance aliased ``s``; $1 when given.
     scope = "TRUE" if ids is None else "s.id = ANY($1::uuid[])"
@@ -188,7 +186,7 @@ async def _check(
     return InvariantReport(by_status, parked, violations)
 
 
-async def _missing_sagas(conn: DriverConnection, ids: Sequence[uuid.UUID]) -> list[str]:
+async def _missing_sagas(conn: Connection, ids: Sequence[uuid.UUID]) -> list[str]:
     rows = await conn.fetch(
         """
         SELECT u.id FROM unnest($1::uuid[]) AS u(id)
@@ -472,7 +470,7 @@ ORDER BY c.id
 """
 
 
-async def _global_violations(conn: DriverConnection) -> list[str]:
+async def _global_violations(conn: Connection) -> list[str]:
     violations = [
         f"[xp] profile {r['id']} (user {r['user_id']}) has xp {r['xp']}, "
         f"its ledger sums to {r['ledger']}"

@@ -17,11 +17,7 @@ from journeys import world
 from journeys.care.sagas import book_appointment
 from journeys.health.sagas import complete_health_goal
 from journeys.plan.sagas import submit_claim
-from saga.machine import SagaStatus
-from saga.scenarios import Say, Scenario
-from saga.stack import RunningServices
-from saga.store.driver import DriverConnection
-from saga.timeline import load_timeline
+from saga import Connection, RunningServices, SagaStatus, Say, Scenario, load_timeline
 
 CONSULTATION = "10101012"  # TUSS: consulta em consultório
 
@@ -47,7 +43,7 @@ async def _expect(
 
 
 async def _show(services: RunningServices, say: Say, title: str, sql: str, *args: object) -> None:
-    async def fetch(conn: DriverConnection) -> list[dict[str, object]]:
+    async def fetch(conn: Connection) -> list[dict[str, object]]:
         return [dict(row) for row in await conn.fetch(sql, *args)]
 
     rows = await services.database.run_driver(fetch, transaction=False)
@@ -62,7 +58,7 @@ async def booking(services: RunningServices, say: Say) -> None:
     """Book a slot (completes), then book another past the plan's limit: plan refuses,
     care releases the hold."""
 
-    async def scene(conn: DriverConnection) -> tuple[world.Member, list[world.Slot]]:
+    async def scene(conn: Connection) -> tuple[world.Member, list[world.Slot]]:
         member = await world.create_member(conn, limit_cents=30_000, name="Ana Souza")
         provider = await world.create_provider(conn, "Dra. Beatriz Lima")
         return member, await world.create_slots(conn, provider, 2)
@@ -102,7 +98,7 @@ async def claim(services: RunningServices, say: Say) -> None:
     not bill it, so plan cancels the claim."""
 
     async def scene(
-        conn: DriverConnection,
+        conn: Connection,
     ) -> tuple[world.Member, world.CompletedAppointment, world.CompletedAppointment]:
         member = await world.create_member(conn, limit_cents=500_000, name="Carlos Pereira")
         provider = await world.create_provider(conn, "Dr. Daniel Rocha")
@@ -158,7 +154,7 @@ async def health_goal(services: RunningServices, say: Say) -> None:
     """Complete a steps goal (completes), then another member's goal with no coverage to
     credit: plan refuses, gamification revokes the points, health reopens the goal."""
 
-    async def scene(conn: DriverConnection) -> tuple[world.Member, uuid.UUID, uuid.UUID, uuid.UUID]:
+    async def scene(conn: Connection) -> tuple[world.Member, uuid.UUID, uuid.UUID, uuid.UUID]:
         member = await world.create_member(conn, name="Fernanda Alves")
         goal = await world.create_goal(conn, member.user_id)
         uncovered = await world.create_user(conn, "Gustavo Ribeiro")

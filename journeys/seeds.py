@@ -12,7 +12,7 @@ from journeys.gamification import seeds as gamification
 from journeys.health import seeds as health
 from journeys.plan import seeds as plan
 from journeys.shared import seeds as shared
-from saga.store.seeding import Seeder
+from saga import Seeder
 
 SEEDERS: list[Seeder] = [
     shared.REFERENCE,

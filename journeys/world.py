@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from saga.store.driver import DriverConnection
+from saga import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class CompletedAppointment:
     service_date: date
 
 
-async def create_user(conn: DriverConnection, name: str = "Paciente de Teste") -> uuid.UUID:
+async def create_user(conn: Connection, name: str = "Paciente de Teste") -> uuid.UUID:
     tag = uuid.uuid4().hex[:12]
     user_id: uuid.UUID = await conn.fetchval(
         "INSERT INTO shared.shared_user (email, full_name) VALUES ($1, $2) RETURNING id",
@@ -49,7 +49,7 @@ async def create_user(conn: DriverConnection, name: str = "Paciente de Teste") -
 
 
 async def create_member(
-    conn: DriverConnection,
+    conn: Connection,
     *,
     limit_cents: int = 1_000_000,
     name: str = "Paciente de Teste",
@@ -89,7 +89,7 @@ async def create_member(
     return Member(user_id, coverage_id, limit_cents)
 
 
-async def create_provider(conn: DriverConnection, name: str = "Dra. Teste") -> uuid.UUID:
+async def create_provider(conn: Connection, name: str = "Dra. Teste") -> uuid.UUID:
     tag = uuid.uuid4().hex[:12]
     specialty_id = await conn.fetchval(
         """
@@ -111,7 +111,7 @@ async def create_provider(conn: DriverConnection, name: str = "Dra. Teste") -> u
 
 
 async def create_slots(
-    conn: DriverConnection,
+    conn: Connection,
     provider_id: uuid.UUID,
     count: int,
     *,
@@ -138,7 +138,7 @@ async def create_slots(
 
 
 async def create_completed_appointment(
-    conn: DriverConnection,
+    conn: Connection,
     user_id: uuid.UUID,
     provider_id: uuid.UUID,
     *,
@@ -189,7 +189,7 @@ async def create_completed_appointment(
 
 
 async def create_goal(
-    conn: DriverConnection,
+    conn: Connection,
     user_id: uuid.UUID,
     *,
     goal_type: str = "daily_steps",

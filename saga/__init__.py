@@ -1,32 +1,62 @@
 """AUSTA saga engine: cross-journey transactions over PostgreSQL and Kafka.
 
-The public surface is re-exported here; everything else is an implementation detail.
+Everything a journey service, a worker job, a seeder, an example or a user's code needs is
+importable from here (and, for tests, from :mod:`saga.testing`); every other module is an
+implementation detail that may change without notice.
 """
 
 from saga.coordinator import Coordinator, SagaSummary
-from saga.definition import NoCompensation, SagaDefinition, Step
+from saga.definition import IsolationLevel, NoCompensation, SagaDefinition, Step
 from saga.errors import (
     BrokerUnavailable,
+    CheckViolation,
     ConfigurationError,
     DatabaseError,
+    DatabaseUnavailable,
+    DeadlockDetected,
     DefinitionConflict,
     DefinitionError,
+    ExclusionViolation,
+    ForeignKeyViolation,
+    HandlerConflict,
+    HandlerError,
+    InsufficientPrivilege,
+    IntegrityViolation,
+    InvalidPayload,
+    MalformedMessage,
     MessageRejected,
+    MigrationNameError,
+    PolicyError,
+    PoolExhausted,
     RetriableDatabaseError,
     RetriesExhausted,
     SagaError,
+    SagaFailed,
     SagaNotFound,
     SagaTimeout,
+    SchemaNotMigrated,
+    SerializationConflict,
     SettingsError,
+    StatementTimeout,
     StepRefused,
     TransactionConflict,
+    UniqueViolation,
     UnknownDefinition,
+    UsageError,
 )
 from saga.machine import SagaStatus
-from saga.participant import Participant, StepContext
+from saga.participant import Handler, Participant, StepContext
+from saga.participant.journey import JourneyService
 from saga.retry import RetryPolicy
+from saga.scenarios import Say, Scenario, run_standalone
 from saga.settings import AppEnv, Settings, load_settings
-from saga.store import Database, IsolationLevel
+from saga.stack import RunningServices, running_services
+from saga.store import Database
+from saga.store.connection import Connection, Row
+from saga.store.seeding import FunctionSeeder, Seeder
+from saga.timeline import Timeline, TimelineEntry, load_timeline
+from saga.worker.job import BatchResult, Job, JobContext, JobFunction, try_job_lock
+from saga.worker.policies import PartitionPolicy
 
 __all__ = [
     # configuration
@@ -34,33 +64,77 @@ __all__ = [
     "Settings",
     "load_settings",
     # defining sagas
+    "IsolationLevel",
     "NoCompensation",
     "RetryPolicy",
     "SagaDefinition",
     "Step",
-    "IsolationLevel",
     # running sagas
     "Coordinator",
-    "Participant",
     "SagaStatus",
     "SagaSummary",
+    # writing a journey service: handlers, its declaration, its background jobs
+    "Handler",
+    "JourneyService",
+    "Participant",
     "StepContext",
-    # persistence
+    "BatchResult",
+    "Job",
+    "JobContext",
+    "JobFunction",
+    "PartitionPolicy",
+    "try_job_lock",
+    # persistence: the connection units and handlers get, and seed data
+    "Connection",
     "Database",
-    # errors
-    "BrokerUnavailable",
+    "FunctionSeeder",
+    "Row",
+    "Seeder",
+    # seeing a saga run: timelines, in-process stacks, scripted scenarios
+    "RunningServices",
+    "Say",
+    "Scenario",
+    "Timeline",
+    "TimelineEntry",
+    "load_timeline",
+    "run_standalone",
+    "running_services",
+    # errors: misuse (fix the code or the configuration)
+    "SagaError",
     "ConfigurationError",
-    "DatabaseError",
     "DefinitionConflict",
     "DefinitionError",
+    "HandlerConflict",
+    "HandlerError",
+    "MigrationNameError",
+    "PolicyError",
+    "SettingsError",
+    "UnknownDefinition",
+    "UsageError",
+    # errors: a saga's run and its messages
+    "InvalidPayload",
+    "MalformedMessage",
     "MessageRejected",
-    "RetriableDatabaseError",
-    "RetriesExhausted",
-    "SagaError",
+    "SagaFailed",
     "SagaNotFound",
     "SagaTimeout",
-    "SettingsError",
     "StepRefused",
+    "BrokerUnavailable",
+    # errors: the database, as handlers see them (translated from the driver)
+    "CheckViolation",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "DeadlockDetected",
+    "ExclusionViolation",
+    "ForeignKeyViolation",
+    "InsufficientPrivilege",
+    "IntegrityViolation",
+    "PoolExhausted",
+    "RetriableDatabaseError",
+    "RetriesExhausted",
+    "SchemaNotMigrated",
+    "SerializationConflict",
+    "StatementTimeout",
     "TransactionConflict",
-    "UnknownDefinition",
+    "UniqueViolation",
 ]

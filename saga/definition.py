@@ -6,6 +6,12 @@ it is tried. Definitions are data: the coordinator stores them (:meth:`to_docume
 drives every instance from the stored copy of the version it started with, so a process
 that never imported the definition can still finish its sagas.
 
+Definitions evolve without breaking what is stored: the fields a definition had when the
+first ones were stored (``_FIRST_*_FIELDS``) are always written, and a field the engine
+gains later is written only when it differs from its default. So a definition that does
+not use a new field keeps its stored document and its :attr:`SagaDefinition.content_hash`,
+and registering it again after an upgrade is the no-op it was before.
+
 Classic saga structure is enforced: compensatable steps first, then at most one step that
 needs no compensation because nothing comes after it, or a tail of retriable-only steps
 that must eventually succeed (they are retried, and parked for an operator, never undone).
@@ -13,22 +19,53 @@ that must eventually succeed (they are retried, and parked for an operator, neve
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import re
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
-from saga.errors import DefinitionError
+from saga.errors import ConfigurationError, DefinitionError
 from saga.retry import RetryPolicy
-from saga.store.database import IsolationLevel
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 _DEFAULT_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.05, max_delay=2.0)
 _DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.05, max_delay=5.0)
+
+# The fields of the first stored documents: always written, defaults included, so that
+# the documents and hashes stored since then stay what they were. Never add to these:
+# a new field is optional, and written only when it is not at its default.
+_FIRST_STEP_FIELDS = frozenset(
+    {
+        "name",
+        "journey",
+        "action",
+        "compensation",
+        "no_compensation",
+        "isolation",
+        "timeout",
+        "retry",
+        "compensation_retry",
+    }
+)
+_FIRST_RETRY_FIELDS = frozenset(
+    {"max_attempts", "initial_delay", "multiplier", "max_delay", "jitter"}
+)
+_FIRST_SAGA_FIELDS = frozenset({"name", "version", "steps", "timeout"})
+
+
+class IsolationLevel(StrEnum):
+    """The isolation levels a step may ask for (the guide's three)."""
+
+    READ_COMMITTED = "READ COMMITTED"
+    REPEATABLE_READ = "REPEATABLE READ"
+    SERIALIZABLE = "SERIALIZABLE"
 
 
 class NoCompensation(StrEnum):
@@ -87,6 +124,7 @@ class Step:
         return max(1, round(self.timeout * 1000))
 
     def to_document(self) -> dict[str, Any]:
+        """The step as stored: the first fields always, later ones unless at default."""
         return {
             "name": self.name,
             "journey": self.journey,
@@ -97,10 +135,13 @@ class Step:
             "timeout": float(self.timeout),
             "retry": _retry_document(self.retry),
             "compensation_retry": _retry_document(self.compensation_retry),
+            **_later_fields(self, _FIRST_STEP_FIELDS),
         }
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Step:
+        """The step from its stored document; a field the document lacks takes its
+        default (the document was stored before the field existed, or at its default)."""
         no_compensation = document.get("no_compensation")
         return cls(
             name=document["name"],
@@ -110,8 +151,9 @@ class Step:
             no_compensation=NoCompensation(no_compensation) if no_compensation else None,
             isolation=IsolationLevel(document["isolation"]),
             timeout=float(document["timeout"]),
-            retry=RetryPolicy(**document["retry"]),
-            compensation_retry=RetryPolicy(**document["compensation_retry"]),
+            retry=_retry_from(document["retry"]),
+            compensation_retry=_retry_from(document["compensation_retry"]),
+            **_later_values(cls, document, _FIRST_STEP_FIELDS),
         )
 
 
@@ -150,6 +192,7 @@ class SagaDefinition:
                 "version": self.version,
                 "timeout": None if self.timeout is None else float(self.timeout),
                 "steps": self.to_document(),
+                **_later_fields(self, _FIRST_SAGA_FIELDS),
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -175,7 +218,73 @@ def _retry_document(policy: RetryPolicy) -> dict[str, Any]:
         "multiplier": policy.multiplier,
         "max_delay": policy.max_delay,
         "jitter": policy.jitter,
+        **_later_fields(policy, _FIRST_RETRY_FIELDS),
     }
+
+
+def _retry_from(document: Mapping[str, Any]) -> RetryPolicy:
+    first = {name: document[name] for name in _FIRST_RETRY_FIELDS if name in document}
+    return RetryPolicy(**first, **_later_values(RetryPolicy, document, _FIRST_RETRY_FIELDS))
+
+
+def _later_fields(instance: Any, first: frozenset[str]) -> dict[str, Any]:
+    """The fields added after the first documents, each only when it is not at its
+    default: a definition that does not use a new field keeps its document and hash."""
+    later: dict[str, Any] = {}
+    for spec in dataclasses.fields(instance):
+        if spec.name in first:
+            continue
+        value = getattr(instance, spec.name)
+        if spec.default is not dataclasses.MISSING and value == spec.default:
+            continue
+        if spec.default_factory is not dataclasses.MISSING and value == spec.default_factory():
+            continue
+        later[spec.name] = _encoded(value)
+    return later
+
+
+def _encoded(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, RetryPolicy):
+        return _retry_document(value)
+    if isinstance(value, list | tuple):
+        return [_encoded(item) for item in value]
+    return value
+
+
+def _later_values(kind: type, document: Mapping[str, Any], first: frozenset[str]) -> dict[str, Any]:
+    """The later fields a stored document holds, decoded to their declared types."""
+    known = {spec.name for spec in dataclasses.fields(kind)}
+    unknown = sorted(set(document) - known)
+    if unknown:
+        # Ignoring them would run a saga otherwise than its definition says.
+        raise ConfigurationError(
+            f"a stored {kind.__name__} has fields this engine does not know: "
+            f"{', '.join(unknown)}; a newer engine stored it, so upgrade this process"
+        )
+    hints = typing.get_type_hints(kind)
+    return {
+        spec.name: _decoded(hints[spec.name], document[spec.name])
+        for spec in dataclasses.fields(kind)
+        if spec.name not in first and spec.name in document
+    }
+
+
+def _decoded(hint: Any, raw: Any) -> Any:
+    if raw is None:
+        return None
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        # ``X | None``: decode as X (None was handled above).
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        hint = options[0] if len(options) == 1 else Any
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return hint(raw)
+    if hint is RetryPolicy:
+        return _retry_from(raw)
+    if typing.get_origin(hint) is tuple:
+        return tuple(raw)
+    return raw
 
 
 def _positive_seconds(value: object) -> bool:

@@ -8,7 +8,14 @@ The tree::
     │   ├── MigrationNameError        a migration name breaks the add_/update_/remove_ rule
     │   ├── DefinitionError           a saga definition is invalid (names it and the step)
     │   ├── DefinitionConflict        a changed definition re-registered under its version
-    │   └── UnknownDefinition         no definition of that name and version is registered
+    │   ├── UnknownDefinition         no definition of that name and version is registered
+    │   ├── PolicyError               a RetryPolicy field is out of range (also ValueError)
+    │   ├── HandlerError              a handler registration is wrong, e.g. a bad action name
+    │   │   └── HandlerConflict           a second handler for an action (also ValueError)
+    │   └── UsageError                an engine call's arguments contradict each other
+    │                                 (also ValueError)
+    ├── InvalidPayload                a saga's payload is not a JSON object, or too large
+    │                                 (also TypeError and ValueError)
     ├── SagaNotFound                  no saga instance has that id
     ├── SagaFailed                    awaited saga ended compensated or parked (``saga.testing``)
     ├── SagaTimeout                   awaited saga did not end in time
@@ -33,7 +40,9 @@ The tree::
         ├── InsufficientPrivilege     42501: the role may not touch that object
         └── SchemaNotMigrated         the tables are missing: run `saga db upgrade`
 
-Retryability is the class attribute ``retriable``, never read from a message. Driver
+Retryability is the class attribute ``retriable``, never read from a message. The errors
+marked "also ValueError/TypeError" replaced those built-in errors and still subclass them,
+so code that caught the built-in error keeps working. Driver
 exceptions are translated where the database code lives (:mod:`saga.store.errors`) and
 chained with ``raise ... from``, so nothing from asyncpg or SQLAlchemy leaks through the
 public API.
@@ -86,6 +95,31 @@ class DefinitionConflict(ConfigurationError):
 
 class UnknownDefinition(ConfigurationError):
     """No definition with that name (and version) is registered."""
+
+
+class PolicyError(ConfigurationError, ValueError):
+    """A policy object (:class:`~saga.retry.RetryPolicy`) was given a value out of range;
+    the message names the field and the value."""
+
+
+class HandlerError(ConfigurationError, ValueError):
+    """A step handler cannot be registered as asked (the message names the journey and
+    the action)."""
+
+
+class HandlerConflict(HandlerError):
+    """A journey already has a handler for that action: each action has exactly one."""
+
+
+class UsageError(ConfigurationError, ValueError):
+    """An engine call was given arguments that contradict each other; the message names
+    them."""
+
+
+class InvalidPayload(SagaError, TypeError, ValueError):
+    """The payload given to :meth:`~saga.Coordinator.start` cannot start a saga: it is not
+    a mapping, not JSON-serialisable, or its first command would exceed the broker's
+    message size. The message says which."""
 
 
 class SagaNotFound(SagaError):

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
+from saga.definition import IsolationLevel
 from saga.errors import MalformedMessage
 from saga.machine import Outcome, Phase
-from saga.store.database import IsolationLevel
 
 SCHEMA_VERSION = 1
 """The newest envelope version this code writes and reads."""

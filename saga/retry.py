@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from saga.errors import PolicyError
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
@@ -32,20 +34,20 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+            raise PolicyError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if self.initial_delay < 0:
-            raise ValueError(
+            raise PolicyError(
                 f"RetryPolicy.initial_delay must be >= 0 seconds, got {self.initial_delay}"
             )
         if self.multiplier < 1:
-            raise ValueError(f"RetryPolicy.multiplier must be >= 1, got {self.multiplier}")
+            raise PolicyError(f"RetryPolicy.multiplier must be >= 1, got {self.multiplier}")
         if self.max_delay < self.initial_delay:
-            raise ValueError(
+            raise PolicyError(
                 "RetryPolicy.max_delay must be >= initial_delay, "
                 f"got {self.max_delay} < {self.initial_delay}"
             )
         if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError(f"RetryPolicy.jitter must be within 0.0..1.0, got {self.jitter}")
+            raise PolicyError(f"RetryPolicy.jitter must be within 0.0..1.0, got {self.jitter}")
 
     def delay_before(self, attempt: int, *, rng: random.Random | None = None) -> float:
         """Seconds to wait before try number ``attempt`` (2 is the first retry)."""

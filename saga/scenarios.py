@@ -17,7 +17,7 @@ from saga.logging import configure_logging
 from saga.participant.journey import discover_journeys
 from saga.settings import Settings, load_settings
 from saga.stack import RunningServices, running_services
-from saga.store import Database, migrate
+from saga.store import Database
 from saga.store.seeding import seed_reference
 
 ENTRY_POINT_GROUP = "saga.scenarios"
@@ -71,6 +71,10 @@ async def _seed_reference(settings: Settings, database_url: str) -> None:
 def run_standalone(scenarios: Sequence[Scenario], *, database: str = "austa_example") -> int:
     """An example's ``main``: run ``scenarios`` against the configured stack, or against
     an embedded one (migrated for the occasion) when nothing is configured."""
+    # Alembic costs a quarter of a second to import: only what runs migrations pays it,
+    # not every `import saga`.
+    from saga.store import migrate
+
     settings = load_settings()
     configure_logging(settings)
     with endpoints(settings, say=_say, database=database) as where:
@@ -84,6 +88,8 @@ def run_standalone(scenarios: Sequence[Scenario], *, database: str = "austa_exam
 
 
 async def _revision(settings: Settings, url: str) -> str | None:
+    from saga.store import migrate
+
     database = Database.from_settings(settings, url=url, application_name="saga-example")
     try:
         async with database.engine.connect() as conn:

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    def __init__(self, **values: Any) -> None:
+        # Built directly (tests, embedding code) as well as by load_settings: either way a
+        # bad value is a SettingsError naming the variable, not pydantic's error.
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+
     app_env: AppEnv = Field(
         default=AppEnv.DEVELOPMENT, description="one of development, test, production"
     )

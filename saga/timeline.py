@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from saga.errors import SagaNotFound
-from saga.store.driver import DriverConnection, document
+from saga.store.connection import Connection
+from saga.store.driver import document
 
 _INSTANCE = """
 SELECT id, definition_name, definition_version, status, error, started_at, finished_at
@@ -83,7 +84,7 @@ class Timeline:
         return lines
 
 
-async def load_timeline(conn: DriverConnection, saga_id: uuid.UUID) -> Timeline:
+async def load_timeline(conn: Connection, saga_id: uuid.UUID) -> Timeline:
     instance = await conn.fetchrow(_INSTANCE, saga_id)
     if instance is None:
         raise SagaNotFound(f"no saga with id {saga_id}")
@@ -99,7 +100,7 @@ async def load_timeline(conn: DriverConnection, saga_id: uuid.UUID) -> Timeline:
     )
 
 
-async def load_entries(conn: DriverConnection, saga_id: uuid.UUID) -> list[TimelineEntry]:
+async def load_entries(conn: Connection, saga_id: uuid.UUID) -> list[TimelineEntry]:
     """The saga's step log, one entry per attempt (see :func:`one_per_attempt`)."""
     rows = await conn.fetch(_ENTRIES, saga_id)
     return one_per_attempt(

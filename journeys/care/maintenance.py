@@ -20,11 +20,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-import asyncpg
-
 from journeys.care.steps import releasing
-from saga.store.driver import DriverConnection
-from saga.worker.job import BatchResult, Job, JobContext
+from saga import BatchResult, Connection, Job, JobContext, Row
 
 # The scan walks care_appointment_hold_expires_at_idx (hold_expires_at) WHERE status =
 # 'held'. The saga's status is read, not locked: a finished saga never runs again, and a
@@ -71,7 +68,7 @@ def _reason(saga_id: uuid.UUID | None, saga_status: str | None) -> str:
     return f"reserva expirada: a saga {saga_id} terminou ({saga_status}) sem confirmá-la"
 
 
-async def _release(conn: DriverConnection, holds: Sequence[asyncpg.Record]) -> int:
+async def _release(conn: Connection, holds: Sequence[Row]) -> int:
     slots = {row["id"] for row in await conn.fetch(LOCK_SLOTS, [h["slot_id"] for h in holds])}
     # A hold whose slot another transaction holds stays claimed-but-untouched: the next
     # run takes it again.
@@ -87,7 +84,7 @@ async def _release(conn: DriverConnection, holds: Sequence[asyncpg.Record]) -> i
 
 
 async def release_expired_holds(ctx: JobContext) -> BatchResult:
-    async def batch(conn: DriverConnection) -> tuple[int, int]:
+    async def batch(conn: Connection) -> tuple[int, int]:
         holds = await conn.fetch(CLAIM_EXPIRED_HOLDS, ctx.batch)
         if not holds:
             return 0, 0

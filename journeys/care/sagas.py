@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from saga.coordinator import Coordinator
-from saga.definition import NoCompensation, SagaDefinition, Step
-from saga.store import IsolationLevel
+from saga import Coordinator, IsolationLevel, NoCompensation, SagaDefinition, Step
 
 BOOKING_POINTS = 10
 

@@ -36,7 +36,7 @@ from journeys.shared.seeds import (
     sample_patients,
     sample_users,
 )
-from saga.store.seeding import FunctionSeeder
+from saga import FunctionSeeder
 
 CARE_SPECIALTY = table(
     "care_specialty", column("id"), column("code"), column("name"), schema="care_journey"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from journeys.care.maintenance import RELEASE_EXPIRED_HOLDS
 from journeys.care.sagas import BOOK_APPOINTMENT
 from journeys.care.steps import HANDLERS
-from saga.participant.journey import JourneyService
+from saga import JourneyService
 
 SERVICE = JourneyService(
     name="care",

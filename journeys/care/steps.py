@@ -12,11 +12,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from journeys.shared.payload import OPERATOR_TIMEZONE, payload_uuid
-from saga.errors import StepRefused
-from saga.participant import Handler, StepContext
+from saga import (
+    ExclusionViolation,
+    ForeignKeyViolation,
+    Handler,
+    StepContext,
+    StepRefused,
+    UniqueViolation,
+)
 
 HOLD_MINUTES = 15
 
@@ -85,10 +89,10 @@ async def reserve_slot(step: StepContext) -> dict[str, Any]:
             reason,
             step.saga_id,
         )
-    except (asyncpg.exceptions.UniqueViolationError, asyncpg.exceptions.ExclusionViolationError):
+    except (UniqueViolation, ExclusionViolation):
         # Another live appointment occupies the slot or the provider's time.
         raise StepRefused("slot taken: the provider already has an appointment then") from None
-    except asyncpg.exceptions.ForeignKeyViolationError:
+    except ForeignKeyViolation:
         raise StepRefused(f"invalid payload: user_id {patient_id} is not a user") from None
     assert held is not None  # an INSERT ... VALUES always returns its row
     return {

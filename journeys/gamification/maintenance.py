@@ -10,14 +10,13 @@ their turn instead of queueing behind it for a second, identical refresh.
 
 from __future__ import annotations
 
-from saga.store.driver import DriverConnection
-from saga.worker.job import BatchResult, Job, JobContext, try_job_lock
+from saga import BatchResult, Connection, Job, JobContext, try_job_lock
 
 REFRESH = "SELECT gamification.refresh_leaderboard()"
 
 
 async def refresh_leaderboard(ctx: JobContext) -> BatchResult:
-    async def batch(conn: DriverConnection) -> bool:
+    async def batch(conn: Connection) -> bool:
         if not await try_job_lock(conn, REFRESH_LEADERBOARD.name):
             return False
         await conn.execute(REFRESH)

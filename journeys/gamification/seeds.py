@@ -39,7 +39,7 @@ from journeys.shared.seeds import (
     SampleUser,
     sample_patients,
 )
-from saga.store.seeding import FunctionSeeder
+from saga import FunctionSeeder
 
 GAMIFICATION_ACHIEVEMENT = table(
     "gamification_achievement",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from journeys.gamification.maintenance import REFRESH_LEADERBOARD
 from journeys.gamification.steps import HANDLERS
-from saga.participant.journey import JourneyService
-from saga.worker.policies import PartitionPolicy
+from saga import JourneyService, PartitionPolicy
 
 SERVICE = JourneyService(
     name="gamification",

@@ -16,9 +16,7 @@ from typing import Any
 
 from journeys.gamification.levels import level_for
 from journeys.shared.payload import payload_uuid
-from saga.errors import StepRefused
-from saga.participant import Handler, StepContext
-from saga.store.driver import DriverConnection
+from saga import Connection, Handler, StepContext, StepRefused
 
 JOURNEYS = ("health", "care", "plan", "gamification")
 
@@ -148,7 +146,7 @@ def _source_journey(data: Mapping[str, Any]) -> str:
 # --- Profile, XP and level -------------------------------------------------------------------
 
 
-async def _profile(conn: DriverConnection, user_id: uuid.UUID) -> uuid.UUID:
+async def _profile(conn: Connection, user_id: uuid.UUID) -> uuid.UUID:
     """The member's profile id (made if need be), locked for this transaction."""
     await conn.execute(ENSURE_PROFILE, user_id)
     row = await conn.fetchrow(LOCK_PROFILE, user_id)
@@ -158,7 +156,7 @@ async def _profile(conn: DriverConnection, user_id: uuid.UUID) -> uuid.UUID:
     return profile_id
 
 
-async def _settle_level(conn: DriverConnection, profile_id: uuid.UUID) -> int:
+async def _settle_level(conn: Connection, profile_id: uuid.UUID) -> int:
     """Set the profile's level from its XP after ledger entries; returns the XP. The
     ledger trigger's update holds the row lock, so the XP read here stays current."""
     xp: int = await conn.fetchval(
@@ -172,7 +170,7 @@ async def _settle_level(conn: DriverConnection, profile_id: uuid.UUID) -> int:
     return xp
 
 
-async def _revoke_saga_points(conn: DriverConnection, saga_id: uuid.UUID) -> dict[str, Any]:
+async def _revoke_saga_points(conn: Connection, saga_id: uuid.UUID) -> dict[str, Any]:
     """Reverse the saga's awards not reversed yet; the points taken back and the XP after."""
     rows = await conn.fetch(REVOKE, saga_id)
     xp = None

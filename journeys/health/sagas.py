@@ -15,9 +15,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from saga.coordinator import Coordinator
-from saga.definition import SagaDefinition, Step
-from saga.store import IsolationLevel
+from saga import Coordinator, IsolationLevel, SagaDefinition, Step
 
 WELLNESS_CREDIT_CENTS = 500
 

@@ -31,7 +31,7 @@ from journeys.shared.seeds import (
     SampleUser,
     sample_patients,
 )
-from saga.store.seeding import FunctionSeeder
+from saga import FunctionSeeder
 
 HEALTH_GOAL_TEMPLATE = table(
     "health_goal_template",

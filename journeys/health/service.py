@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from journeys.health.sagas import COMPLETE_HEALTH_GOAL
 from journeys.health.steps import HANDLERS
-from saga.participant.journey import JourneyService
-from saga.worker.policies import PartitionPolicy
+from saga import JourneyService, PartitionPolicy
 
 SERVICE = JourneyService(
     name="health",

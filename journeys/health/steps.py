@@ -15,13 +15,9 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import asyncpg
-
 from journeys.health.metrics import METRIC_TYPES
 from journeys.shared.payload import OPERATOR_TIMEZONE, payload_uuid
-from saga.errors import StepRefused
-from saga.participant import Handler, StepContext
-from saga.store.driver import DriverConnection
+from saga import CheckViolation, Connection, Handler, Row, StepContext, StepRefused
 
 # Goals met by staying at or under the target; every other goal is met at or over it.
 AT_MOST_GOALS = frozenset({"weight_target", "blood_pressure_control", "blood_glucose_control"})
@@ -142,7 +138,7 @@ def _measurement(data: Any) -> Measurement:
 # --- Goal rules ---------------------------------------------------------------------------
 
 
-def _check_goal(goal: asyncpg.Record, user_id: uuid.UUID, value: Decimal) -> None:
+def _check_goal(goal: Row, user_id: uuid.UUID, value: Decimal) -> None:
     """Refuse a goal the member may not complete now with ``value``."""
     if goal["user_id"] != user_id:
         raise StepRefused("goal not found")  # another member's goal is not theirs to see
@@ -161,7 +157,7 @@ def _check_goal(goal: asyncpg.Record, user_id: uuid.UUID, value: Decimal) -> Non
 
 
 async def _insert_metric(
-    conn: DriverConnection, step: StepContext, user_id: uuid.UUID, measurement: Measurement
+    conn: Connection, step: StepContext, user_id: uuid.UUID, measurement: Measurement
 ) -> uuid.UUID:
     try:
         metric_id: uuid.UUID = await conn.fetchval(
@@ -173,11 +169,11 @@ async def _insert_metric(
             measurement.recorded_at,
             metric_note(step.saga_id),
         )
-    except asyncpg.exceptions.CheckViolationError as exc:
+    except CheckViolation as exc:
         # The transaction is aborted: refuse at once.
         raise StepRefused(
             f"invalid metric: {measurement.metric_type} {measurement.value} "
-            f"{measurement.unit} refused by {exc.constraint_name}"
+            f"{measurement.unit} refused by {exc.constraint}"
         ) from None
     return metric_id
 

@@ -46,13 +46,8 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-import asyncpg
-
 from journeys.plan.steps import LIVE_CLAIM, RESERVING, STAMP_SAGA, voiding
-from saga.retry import RetryPolicy
-from saga.store import IsolationLevel
-from saga.store.driver import DriverConnection
-from saga.worker.job import BatchResult, Job, JobContext
+from saga import BatchResult, Connection, IsolationLevel, Job, JobContext, RetryPolicy, Row
 
 # Under Serializable a sequential scan predicate-locks the whole table; the live
 # pre-authorizations are read through plan_pre_authorization_appointment_id_key (partial:
@@ -113,14 +108,14 @@ def _reason(saga_id: uuid.UUID | None, saga_status: str | None, expires_at: date
     return f"anulada: expirou em {expires_at.isoformat()} sem uso ({whose})"
 
 
-async def _void(conn: DriverConnection, orphans: Sequence[asyncpg.Record]) -> int:
+async def _void(conn: Connection, orphans: Sequence[Row]) -> int:
     coverages = await conn.fetch(
         LOCK_COVERAGES, list({row["member_coverage_id"] for row in orphans})
     )
     locked = {row["id"] for row in coverages}
     # One statement per saga, each stamped with its saga id: the audit trigger takes a
     # coverage row's saga from app.saga_id (coverages have no saga column).
-    by_saga: dict[uuid.UUID | None, list[asyncpg.Record]] = {}
+    by_saga: dict[uuid.UUID | None, list[Row]] = {}
     for row in orphans:
         # A pre-authorization whose coverage a step holds waits for the next run.
         if row["member_coverage_id"] in locked:
@@ -146,7 +141,7 @@ def _plan_retry() -> RetryPolicy | None:
 
 
 async def void_orphan_authorizations(ctx: JobContext) -> BatchResult:
-    async def batch(conn: DriverConnection) -> tuple[int, int]:
+    async def batch(conn: Connection) -> tuple[int, int]:
         orphans = await conn.fetch(CLAIM_ORPHANS, ctx.batch)
         if not orphans:
             return 0, 0

@@ -14,9 +14,7 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
-from saga.coordinator import Coordinator
-from saga.definition import SagaDefinition, Step
-from saga.store import IsolationLevel
+from saga import Coordinator, IsolationLevel, SagaDefinition, Step
 
 CLAIM_ACHIEVEMENT = "first_claim"
 

@@ -35,7 +35,7 @@ from journeys.shared.seeds import (
     SampleUser,
     sample_patients,
 )
-from saga.store.seeding import FunctionSeeder
+from saga import FunctionSeeder
 
 PLAN_INSURANCE_PLAN = table(
     "plan_insurance_plan",

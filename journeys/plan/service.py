@@ -5,8 +5,7 @@ from __future__ import annotations
 from journeys.plan.maintenance import VOID_ORPHAN_AUTHORIZATIONS
 from journeys.plan.sagas import SUBMIT_CLAIM
 from journeys.plan.steps import HANDLERS
-from saga.participant.journey import JourneyService
-from saga.retry import RetryPolicy
+from saga import JourneyService, RetryPolicy
 
 SERVICE = JourneyService(
     name="plan",

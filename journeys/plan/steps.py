@@ -20,12 +20,8 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
-import asyncpg
-
 from journeys.shared.payload import OPERATOR_TIMEZONE, operator_today, payload_uuid
-from saga.errors import StepRefused
-from saga.participant import Handler, StepContext
-from saga.store.driver import DriverConnection
+from saga import CheckViolation, Connection, Handler, Row, StepContext, StepRefused, UniqueViolation
 
 # The operator's dates (service dates, coverage periods) are Brazilian.
 # A pre-authorization may be claimed until this many days after the service date.
@@ -76,13 +72,13 @@ LOCK_COVERAGE = """
 """
 
 
-async def _stamp(step: StepContext) -> DriverConnection:
+async def _stamp(step: StepContext) -> Connection:
     """The step's connection, its transaction stamped with the saga id for the audit."""
     await step.connection.execute(STAMP_SAGA, str(step.saga_id))
     return step.connection
 
 
-async def _active_coverage(conn: DriverConnection, user_id: uuid.UUID, on: date) -> asyncpg.Record:
+async def _active_coverage(conn: Connection, user_id: uuid.UUID, on: date) -> Row:
     """The member's active coverage on ``on``, locked; refused when there is none."""
     coverage = await conn.fetchrow(LOCK_COVERAGE, user_id, on)
     if coverage is None:
@@ -90,7 +86,7 @@ async def _active_coverage(conn: DriverConnection, user_id: uuid.UUID, on: date)
     return coverage
 
 
-def _check_limit(coverage: asyncpg.Record, amount: int, *, released: int = 0) -> None:
+def _check_limit(coverage: Row, amount: int, *, released: int = 0) -> None:
     """Refuse ``amount`` if it does not fit in what the coverage has left, counting
     ``released`` cents of reservation as given back."""
     committed = coverage["used_cents"] + coverage["reserved_cents"] - released
@@ -138,7 +134,7 @@ async def authorize_coverage(step: StepContext) -> dict[str, Any]:
         authorization_id = await conn.fetchval(
             AUTHORIZE, coverage["id"], user_id, appointment_id, amount, service_date, step.saga_id
         )
-    except asyncpg.exceptions.UniqueViolationError:
+    except UniqueViolation:
         raise StepRefused(
             f"not covered: appointment {appointment_id} already has a live pre-authorization"
         ) from None
@@ -310,12 +306,12 @@ async def create_claim(step: StepContext) -> dict[str, Any]:
             step.saga_id,
             released,
         )
-    except asyncpg.exceptions.UniqueViolationError:
+    except UniqueViolation:
         raise StepRefused("claim invalid: appointment already claimed") from None
-    except asyncpg.exceptions.CheckViolationError as exc:
+    except CheckViolation as exc:
         # The Python checks mirror the constraints; this is the edge they cannot see
         # (a service date that is "today" across midnight, say).
-        raise StepRefused(f"claim invalid: {exc.constraint_name or exc}") from None
+        raise StepRefused(f"claim invalid: {exc.constraint or exc}") from None
     return {
         "claim_id": str(claim_id),
         "member_coverage_id": str(coverage["id"]),
@@ -410,7 +406,7 @@ async def apply_wellness_credit(step: StepContext) -> dict[str, Any]:
             goal_id,
             step.saga_id,
         )
-    except asyncpg.exceptions.UniqueViolationError:
+    except UniqueViolation:
         raise StepRefused(already) from None
     if credit_id is None:
         raise StepRefused(already)

@@ -9,7 +9,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from saga.errors import StepRefused
+from saga import StepRefused
 
 # The operator's dates (service dates, claims, goal periods) are Brazilian.
 OPERATOR_TIMEZONE = "America/Sao_Paulo"

@@ -24,7 +24,7 @@ from journeys.seeding import (
     rng,
     seed_id,
 )
-from saga.store.seeding import FunctionSeeder
+from saga import FunctionSeeder
 
 # Emails of sample people, on a domain reserved for examples (RFC 2606): nothing is
 # ever sent from the seeds, and no real mailbox can receive one.

@@ -29,7 +29,7 @@ from saga import metrics
 from saga.coordinator.commands import build_command, log_rows, outbox_row
 from saga.coordinator.replies import ReplyProcessor
 from saga.definition import SagaDefinition
-from saga.errors import SagaNotFound, SagaTimeout
+from saga.errors import InvalidPayload, SagaNotFound, SagaTimeout, UsageError
 from saga.logging import saga_context
 from saga.machine import SagaStatus, begin
 from saga.messages import TRACEPARENT
@@ -106,6 +106,10 @@ class Coordinator:
     async def register(self, definition: SagaDefinition) -> None:
         """Check ``definition`` and store it; the same content again is a no-op, other
         content under a stored version raises :class:`~saga.errors.DefinitionConflict`."""
+        if not isinstance(definition, SagaDefinition):
+            raise UsageError(
+                f"Coordinator.register takes a SagaDefinition, got {type(definition).__name__}"
+            )
         definition.validate()
 
         async def store(conn: DriverConnection) -> stored_definitions.StoredDefinition:
@@ -137,8 +141,8 @@ class Coordinator:
         idempotency_key: str | None = None,
     ) -> uuid.UUID:
         """Start an instance and return its id; a key used before returns the first id."""
-        definition = await self._resolve(definition)
         _check_payload(payload)
+        definition = await self._resolve(definition)
         await self._runtime.start()
         saga_id = uuid.uuid4()
         transition = begin(definition)
@@ -155,7 +159,7 @@ class Coordinator:
         await self._runtime.ensure_topics([topic])
         outbox = outbox_row(command, topic, 0.0)
         if len(outbox.payload) > self.settings.kafka_max_message_bytes:
-            raise ValueError(
+            raise InvalidPayload(
                 f"the first command of {definition.name} would be {len(outbox.payload)} bytes, "
                 f"over KAFKA_MAX_MESSAGE_BYTES={self.settings.kafka_max_message_bytes}"
             )
@@ -268,6 +272,11 @@ class Coordinator:
             if definition.key not in self._ids:
                 await self.register(definition)
             return definition
+        if not isinstance(definition, str):
+            raise UsageError(
+                "Coordinator.start takes a SagaDefinition or a registered definition's name, "
+                f"got {type(definition).__name__}"
+            )
         stored = await self.database.run_driver(
             lambda conn: stored_definitions.load(conn, definition),
             transaction=False,
@@ -281,8 +290,8 @@ class Coordinator:
 
 def _check_payload(payload: Mapping[str, Any]) -> None:
     if not isinstance(payload, Mapping):
-        raise TypeError(f"a saga payload must be a mapping, got {type(payload).__name__}")
+        raise InvalidPayload(f"a saga payload must be a mapping, got {type(payload).__name__}")
     try:
         json.dumps(dict(payload))
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"a saga payload must be JSON-serialisable: {exc}") from exc
+        raise InvalidPayload(f"a saga payload must be JSON-serialisable: {exc}") from exc

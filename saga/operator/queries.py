@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from saga.definition import IsolationLevel
 from saga.errors import SagaNotFound
 from saga.machine import Phase, SagaStatus
 from saga.operator.filters import listing_fields, phase_sql
-from saga.store.database import Database, IsolationLevel
+from saga.store.database import Database
 from saga.store.driver import DriverConnection, document
 from saga.timeline import TimelineEntry, load_entries
 

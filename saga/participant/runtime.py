@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from saga import metrics
+from saga.definition import IsolationLevel
 from saga.errors import (
     DatabaseUnavailable,
     MessageRejected,
@@ -45,7 +46,8 @@ from saga.messages import TRACEPARENT, Command, Reply, decode
 from saga.outbox import OutboxPublisher
 from saga.retry import RetryPolicy
 from saga.store import inbox
-from saga.store.database import Database, IsolationLevel
+from saga.store.connection import Connection
+from saga.store.database import Database
 from saga.store.driver import DriverConnection
 from saga.store.inbox import InboxEntry, JourneyTables, ReplyRow
 from saga.store.outbox import PendingMessage
@@ -62,7 +64,8 @@ _NEVER_RAN = "compensated before it ran"
 class StepContext:
     """What a handler gets: the open transaction and the command it serves."""
 
-    connection: DriverConnection
+    connection: Connection
+    """The open transaction: the step's statements run in it, and it commits with the reply."""
     command: Command
 
     @property

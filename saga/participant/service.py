@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from saga.errors import HandlerConflict, HandlerError
 from saga.outbox import RelaySettings
 from saga.participant.runtime import CommandProcessor, Handler, ParticipantStats
 from saga.retry import RetryPolicy
@@ -77,9 +78,17 @@ class Participant:
         """Run ``handler`` for commands naming ``action`` (a step's action or its
         compensation)."""
         if not _ACTION.match(action):
-            raise ValueError(f"an action name must be a lower-case identifier, got {action!r}")
+            raise HandlerError(
+                f"journey {self.journey!r}: an action name must be a lower-case identifier "
+                f"(letters, digits, '_', '.', '-'), got {action!r}"
+            )
+        if not callable(handler):
+            raise HandlerError(
+                f"journey {self.journey!r}: the handler of {action!r} must be an async "
+                f"function of a StepContext, got {type(handler).__name__}"
+            )
         if action in self._handlers:
-            raise ValueError(f"journey {self.journey!r} already has a handler for {action!r}")
+            raise HandlerConflict(f"journey {self.journey!r} already has a handler for {action!r}")
         self._handlers[action] = handler
 
     def action(self, name: str) -> Callable[[Handler], Handler]:

@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TypeVar, cast
 
 import asyncpg
@@ -40,11 +39,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from saga import metrics
+from saga.definition import IsolationLevel
 from saga.errors import (
+    DatabaseError,
     DatabaseUnavailable,
     PoolExhausted,
     RetriesExhausted,
     TransactionConflict,
+    UsageError,
 )
 from saga.retry import RetryPolicy
 from saga.settings import Settings
@@ -57,14 +59,6 @@ UnitOfWork = Callable[[AsyncConnection], Awaitable[T]]
 DriverUnitOfWork = Callable[[DriverConnection], Awaitable[T]]
 
 log = structlog.get_logger("saga.store")
-
-
-class IsolationLevel(StrEnum):
-    """The isolation levels a step may ask for (the guide's three)."""
-
-    READ_COMMITTED = "READ COMMITTED"
-    REPEATABLE_READ = "REPEATABLE READ"
-    SERIALIZABLE = "SERIALIZABLE"
 
 
 @dataclass
@@ -200,7 +194,10 @@ class Database:
         if not transaction and (
             isolation is not IsolationLevel.READ_COMMITTED or statement_timeout_ms is not None
         ):
-            raise ValueError("isolation and statement_timeout_ms need transaction=True")
+            raise UsageError(
+                "run_driver: isolation and statement_timeout_ms need transaction=True "
+                f"(got isolation={isolation.name}, statement_timeout_ms={statement_timeout_ms})"
+            )
 
         async def once() -> T:
             async with self._connection() as conn:
@@ -216,7 +213,7 @@ class Database:
                     # SQLAlchemy saw none of this connection's statements, so it cannot
                     # know it died: take it out of the pool before it is handed out again.
                     await conn.invalidate()
-                    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
+                    if isinstance(exc, DatabaseError | asyncpg.PostgresError) and exc.sqlstate:
                         raise  # the server said why (e.g. 57P01): translated as such
                     # Otherwise the driver reports the loss as a misuse or protocol error
                     # that hides it; the connection's state tells what happened.

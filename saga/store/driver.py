@@ -5,7 +5,9 @@ context, a greenlet switch); on a 2-core machine shared with PostgreSQL that hal
 transactions a process commits (see ``benchmarks/transactions.py``). Hot paths such as the
 coordinator's transitions therefore run on the driver connection, checked out from the
 same SQLAlchemy pool, with PostgreSQL's ``$1`` parameters. :class:`DriverConnection`
-exposes only what such a unit needs and times every statement for the slow-query log.
+exposes only what such a unit needs (the public :class:`~saga.store.connection.Connection`
+protocol), times every statement for the slow-query log and translates the driver's errors
+into :mod:`saga.errors`, so no handler ever catches an ``asyncpg`` exception.
 """
 
 from __future__ import annotations
@@ -13,18 +15,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
+from saga.store.connection import Row
 from saga.store.engine import QueryRecorder
+from saga.store.errors import translate
 
 R = TypeVar("R")
+
+# What a statement on the driver connection may raise: the server's errors (with their
+# SQLSTATE), the driver's own (a closed connection, a protocol misuse) and the socket's.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 class DriverConnection:
     """An asyncpg connection inside a transaction the runner owns: no ``transaction()``,
-    no ``close()``; each statement is timed and counted."""
+    no ``close()``; each statement is timed and counted, and its errors are raised as
+    :mod:`saga.errors` types chained to the driver's."""
 
     __slots__ = ("_conn", "_recorder")
 
@@ -40,10 +49,11 @@ class DriverConnection:
         """Run one statement for each argument tuple, pipelined in one round trip."""
         await self._timed(query, self._conn.executemany(query, args))
 
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        return await self._timed(query, self._conn.fetch(query, *args))
+    async def fetch(self, query: str, *args: Any) -> list[Row]:
+        # asyncpg's Record is a Row; the cast only tells the type checker so.
+        return cast("list[Row]", await self._timed(query, self._conn.fetch(query, *args)))
 
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+    async def fetchrow(self, query: str, *args: Any) -> Row | None:
         return await self._timed(query, self._conn.fetchrow(query, *args))
 
     async def fetchval(self, query: str, *args: Any) -> Any:
@@ -53,6 +63,8 @@ class DriverConnection:
         started = time.perf_counter()
         try:
             return await pending
+        except _DRIVER_ERRORS as exc:
+            raise translate(exc) from exc
         finally:
             self._recorder.record(query, (time.perf_counter() - started) * 1000)
 

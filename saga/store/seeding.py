@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga.errors import ConfigurationError, SchemaNotMigrated
-from saga.store.migrate import current_revision, head_revision
 
 if TYPE_CHECKING:
     from saga.store.database import Database
@@ -72,6 +71,10 @@ def discover_seeders() -> list[Seeder]:
 
 
 async def ensure_migrated(conn: AsyncConnection) -> None:
+    # Imported here: Alembic costs a quarter of a second, and `import saga` brings this
+    # module (its Seeder types are public) to every process.
+    from saga.store.migrate import current_revision, head_revision
+
     version = await current_revision(conn)
     if version is None:
         raise SchemaNotMigrated(

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from saga.outbox import OutboxPublisher
 from saga.settings import Settings
+from saga.store.connection import Connection
 from saga.store.database import Database
-from saga.store.driver import DriverConnection
 from saga.transport import Producer
 
 if TYPE_CHECKING:
@@ -84,6 +84,6 @@ def lock_key(name: str) -> int:
     )
 
 
-async def try_job_lock(conn: DriverConnection, name: str) -> bool:
+async def try_job_lock(conn: Connection, name: str) -> bool:
     """Take the job's transaction-scoped advisory lock if no other worker holds it."""
     return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_key(name)))

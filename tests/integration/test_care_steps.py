@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 
 from journeys import world
 from journeys.care.service import SERVICE
+from saga import Row
 from saga.errors import StepRefused
 from saga.store import Database
 from saga.store.driver import DriverConnection
@@ -23,7 +23,7 @@ from tests.integration.journey_steps import refusal, role_database, run_step
 pytestmark = pytest.mark.integration
 
 
-async def row(db: Database, query: str, *args: Any) -> asyncpg.Record:
+async def row(db: Database, query: str, *args: Any) -> Row:
     found = await db.run_driver(lambda conn: conn.fetchrow(query, *args))
     assert found is not None, f"no row for {query} {args}"
     return found
@@ -33,7 +33,7 @@ async def execute(db: Database, query: str, *args: Any) -> None:
     await db.run_driver(lambda conn: conn.execute(query, *args))
 
 
-async def appointment(db: Database, appointment_id: Any) -> asyncpg.Record:
+async def appointment(db: Database, appointment_id: Any) -> Row:
     return await row(
         db, "SELECT * FROM care_journey.care_appointment WHERE id = $1::uuid", appointment_id
     )

@@ -13,13 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from journeys.gamification.levels import level_for
 from journeys.gamification.service import SERVICE
 from journeys.health.sagas import COMPLETE_HEALTH_GOAL
 from journeys.world import create_user
+from saga import Row
 from saga.store import Database
 from tests.integration.conftest import SagaEnvironment
 from tests.integration.journey_steps import refusal, role_database, run_step
@@ -52,11 +52,11 @@ def claim(user_id: uuid.UUID, code: str = "first_claim") -> dict[str, Any]:
     return {"user_id": str(user_id), "achievement_code": code, "source_journey": "plan"}
 
 
-async def fetch(db: Database, query: str, *args: Any) -> list[asyncpg.Record]:
+async def fetch(db: Database, query: str, *args: Any) -> list[Row]:
     return await db.run_driver(lambda conn: conn.fetch(query, *args))
 
 
-async def profile(db: Database, user_id: uuid.UUID) -> asyncpg.Record | None:
+async def profile(db: Database, user_id: uuid.UUID) -> Row | None:
     rows = await fetch(
         db,
         "SELECT id, display_name, xp, level FROM gamification.gamification_profile "
@@ -66,7 +66,7 @@ async def profile(db: Database, user_id: uuid.UUID) -> asyncpg.Record | None:
     return rows[0] if rows else None
 
 
-async def ledger(db: Database, user_id: uuid.UUID) -> list[asyncpg.Record]:
+async def ledger(db: Database, user_id: uuid.UUID) -> list[Row]:
     return await fetch(
         db,
         """
@@ -78,7 +78,7 @@ async def ledger(db: Database, user_id: uuid.UUID) -> list[asyncpg.Record]:
     )
 
 
-async def events(db: Database, saga_id: uuid.UUID) -> list[asyncpg.Record]:
+async def events(db: Database, saga_id: uuid.UUID) -> list[Row]:
     return await fetch(
         db,
         "SELECT user_id, event_type, source_journey, payload::text AS payload "

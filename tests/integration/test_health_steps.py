@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import pytest
 
 from journeys.health.service import SERVICE
 from journeys.world import create_goal, create_user
+from saga import Row
 from saga.errors import StepRefused
 from saga.store import Database
 from saga.store.driver import DriverConnection
@@ -77,8 +77,8 @@ def completion(
     }
 
 
-async def goal(db: Database, goal_id: uuid.UUID) -> asyncpg.Record:
-    row: asyncpg.Record | None = await db.run_driver(
+async def goal(db: Database, goal_id: uuid.UUID) -> Row:
+    row: Row | None = await db.run_driver(
         lambda conn: conn.fetchrow(
             "SELECT status, completed_at, completion_value, saga_id "
             "FROM health_journey.health_goal WHERE id = $1",
@@ -89,7 +89,7 @@ async def goal(db: Database, goal_id: uuid.UUID) -> asyncpg.Record:
     return row
 
 
-async def metrics(db: Database, user_id: uuid.UUID) -> list[asyncpg.Record]:
+async def metrics(db: Database, user_id: uuid.UUID) -> list[Row]:
     return await db.run_driver(
         lambda conn: conn.fetch(
             "SELECT * FROM health_journey.health_metric WHERE user_id = $1", user_id

@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import pytest
 
 from journeys import world
@@ -29,6 +28,7 @@ from journeys.gamification.service import SERVICE as GAMIFICATION
 from journeys.invariants import check_invariants
 from journeys.plan.maintenance import VOID_ORPHAN_AUTHORIZATIONS
 from journeys.plan.service import SERVICE as PLAN
+from saga import Row
 from saga.participant.journey import discover_journeys
 from saga.store import Database
 from saga.store.definitions import register
@@ -47,7 +47,7 @@ COMPLETED, COMPENSATED = "completed", "compensated"
 # -- helpers ---------------------------------------------------------------------------
 
 
-async def fetch(db: Database, query: str, *args: Any) -> list[asyncpg.Record]:
+async def fetch(db: Database, query: str, *args: Any) -> list[Row]:
     return await db.run_driver(lambda conn: conn.fetch(query, *args))
 
 

@@ -15,12 +15,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import asyncpg
 import pytest
 
 from journeys import world
 from journeys.plan.service import SERVICE
 from journeys.plan.steps import WELLNESS_CREDIT_REASON
+from saga import Row
 from saga.errors import StepRefused
 from saga.retry import RetryPolicy
 from saga.store import Database
@@ -38,13 +38,13 @@ def today() -> date:
     return datetime.now(SAO_PAULO).date()
 
 
-async def row(db: Database, query: str, *args: Any) -> asyncpg.Record:
+async def row(db: Database, query: str, *args: Any) -> Row:
     found = await db.run_driver(lambda conn: conn.fetchrow(query, *args))
     assert found is not None, f"no row for {query} {args}"
     return found
 
 
-async def rows(db: Database, query: str, *args: Any) -> list[asyncpg.Record]:
+async def rows(db: Database, query: str, *args: Any) -> list[Row]:
     return await db.run_driver(lambda conn: conn.fetch(query, *args))
 
 
@@ -61,7 +61,7 @@ async def new_member(owner: Database, limit_cents: int = 100_000, used: int = 0)
     )
 
 
-async def coverage(owner: Database, member: world.Member) -> asyncpg.Record:
+async def coverage(owner: Database, member: world.Member) -> Row:
     return await row(
         owner,
         "SELECT used_cents, reserved_cents, annual_limit_cents "
@@ -97,7 +97,7 @@ async def assert_books(
     assert (books["claimed"] + opening, books["promised"]) == (used, reserved)
 
 
-async def coverage_audit(owner: Database, member: world.Member) -> list[asyncpg.Record]:
+async def coverage_audit(owner: Database, member: world.Member) -> list[Row]:
     return await rows(
         owner,
         "SELECT operation, saga_id, old_row, new_row FROM plan_journey.plan_audit_log "

@@ -3,7 +3,7 @@ while every kind of fault strikes at least once, then nothing lost, nothing dupl
 every saga finished (or parked with a reason), and no process dead by itself.
 
 The long form (10,000 sagas, faults throughout) is ``python -m benchmarks.reliability``;
-its figures are in the README.
+its figures are in docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from structlog.testing import capture_logs
 
 from journeys.world import create_provider, create_slots, create_user
+from saga import Row
 from saga.participant.journey import JourneyService, discover_journeys
 from saga.settings import RetentionMode, to_plain_url
 from saga.store.driver import DriverConnection
@@ -91,7 +92,7 @@ async def run_concurrently(env: SagaEnvironment, job: Job) -> list[JobReport]:
         return list(await asyncio.gather(*(w.run_job(job.name) for w in pair)))
 
 
-async def fetch(env: SagaEnvironment, query: str, *args: Any) -> list[asyncpg.Record]:
+async def fetch(env: SagaEnvironment, query: str, *args: Any) -> list[Row]:
     return await env.database.run_driver(lambda conn: conn.fetch(query, *args), name="test")
 
 

@@ -8,10 +8,9 @@ from typing import Any, cast
 
 import pytest
 
-from saga.definition import NoCompensation, SagaDefinition, Step
+from saga.definition import IsolationLevel, NoCompensation, SagaDefinition, Step
 from saga.errors import ConfigurationError, DefinitionError
 from saga.retry import RetryPolicy
-from saga.store.database import IsolationLevel
 
 NAME = "book_appointment"
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saga.definition import NoCompensation, SagaDefinition, Step
+from saga.definition import IsolationLevel, NoCompensation, SagaDefinition, Step
 from saga.machine import (
     Dispatch,
     InstanceState,
@@ -31,7 +31,6 @@ from saga.machine import (
     expire,
 )
 from saga.retry import RetryPolicy
-from saga.store.database import IsolationLevel
 
 EXECUTE, COMPENSATE = Phase.EXECUTE, Phase.COMPENSATE
 RETRY = RetryPolicy(max_attempts=3, initial_delay=0.05, max_delay=1.0)

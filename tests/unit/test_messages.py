@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from saga.definition import IsolationLevel
 from saga.errors import MessageRejected, SagaError
 from saga.machine import Outcome, Phase, command_message_id
 from saga.messages import SCHEMA_VERSION, TRACEPARENT, Command, Reply, decode
-from saga.store.database import IsolationLevel
 
 SAGA_ID = uuid.UUID("7d4c1f0a-2b3e-4c5d-8e9f-0a1b2c3d4e5f")
 TRACE = {TRACEPARENT: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from saga.errors import PolicyError
 from saga.retry import RetryPolicy
 
 
@@ -22,7 +23,8 @@ from saga.retry import RetryPolicy
 def test_invalid_policies_are_refused_with_the_field_named(
     kwargs: dict[str, float], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    # PolicyError is also a ValueError, for callers that caught that before.
+    with pytest.raises(PolicyError, match=message):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 

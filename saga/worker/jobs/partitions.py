@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 
-import asyncpg
 import structlog
 
+from saga.errors import DatabaseError
 from saga.store.driver import DriverConnection
 from saga.worker.job import BatchResult, Job, JobContext, try_job_lock
 from saga.worker.policies import PartitionPolicy
@@ -102,8 +102,10 @@ async def partition_maintenance(ctx: JobContext) -> BatchResult:
             await conn.execute("SAVEPOINT partition_policy")
             try:
                 outcome = await _maintain(conn, policy, months_ahead)
-            except asyncpg.PostgresError as exc:
-                if exc.sqlstate in _RETRIED:
+            except DatabaseError as exc:
+                # A conflict re-runs the whole transaction; a lost connection has no
+                # savepoint left to roll back to.
+                if exc.retriable or exc.sqlstate in _RETRIED:
                     raise
                 await conn.execute("ROLLBACK TO SAVEPOINT partition_policy")
                 failed += 1

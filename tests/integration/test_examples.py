@@ -1,0 +1,60 @@
+"""Each example script runs against the test's stack as a reader would run it (a process
+with DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS set) and ends its sagas as it says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import SagaEnvironment
+
+pytestmark = pytest.mark.integration
+
+# Each example's saga, and the function its journey starts it with (None: the example
+# starts its own saga with Coordinator.start).
+EXAMPLES = {
+    "two_journeys": ("place_order", None),
+    "book_appointment": ("book_appointment", "book_appointment"),
+    "submit_claim": ("submit_claim", "submit_claim"),
+    "complete_health_goal": ("complete_health_goal", "complete_health_goal"),
+}
+
+
+def run_example(env: SagaEnvironment, example: str) -> subprocess.CompletedProcess[str]:
+    environment = env.process_environment()
+    environment["KAFKA_TOPIC_PREFIX"] = f"example.{uuid.uuid4().hex[:10]}"
+    return subprocess.run(
+        [sys.executable, f"examples/{example}.py"],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_the_example_runs_its_saga_to_completion_and_to_compensation(
+    saga_env: SagaEnvironment, example: str
+) -> None:
+    saga, start = EXAMPLES[example]
+    result = run_example(saga_env, example)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{saga} v1: completed in" in result.stdout
+    assert f"{saga} v1: compensated in" in result.stdout
+    assert "reason: " in result.stdout
+    if start is not None:
+        assert f"{saga} v1: " in result.stdout.splitlines()[0]  # the outline comes first
+        assert f"started with: saga_id = await {start}(coordinator, *, user_id" in result.stdout
+
+
+def test_the_examples_readme_names_every_example() -> None:
+    listed = (REPO_ROOT / "examples" / "README.md").read_text(encoding="utf-8")
+    scripts = {path.stem for path in (REPO_ROOT / "examples").glob("*.py")} - {"outline"}
+    assert scripts == set(EXAMPLES)
+    assert all(f"examples/{name}.py" in listed for name in scripts)
