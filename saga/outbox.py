@@ -142,7 +142,7 @@ class OutboxPublisher:
         task.add_done_callback(self._delayed.discard)
 
     async def _publish_after(self, message: PendingMessage, delay: float) -> None:
-        await asyncio.sleep(delay)
+        await self._database.clock.sleep(delay)
         await self.publish([message])
 
     async def run(self) -> None:
@@ -202,6 +202,7 @@ class OutboxPublisher:
                 older_than=self._relay.grace,
                 lease=self._relay.lease,
                 limit=self._relay.batch,
+                skew=self._database.clock.skew,
             )
 
         due = await self._database.run_driver(claim, transaction=False, name="outbox.claim")

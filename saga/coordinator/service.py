@@ -176,6 +176,7 @@ class Coordinator:
                 saga_timeout=definition.timeout,
                 log=rows,
                 outbox=outbox,
+                skew=self.database.clock.skew,
             )
 
         started = await self.database.run_driver(

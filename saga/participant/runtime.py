@@ -302,6 +302,7 @@ class CommandProcessor:
             ReplyRow(
                 pending.message_id, pending.topic, pending.key, pending.payload, pending.headers
             ),
+            skew=self._database.clock.skew,
         )
         return reply, pending
 
