@@ -31,7 +31,8 @@ from saga.store import outbox as store
 from saga.store.database import Database
 from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
-from saga.transport.producer import OutgoingMessage, Producer
+from saga.transport.message import OutgoingMessage
+from saga.transport.port import MessageSender
 
 log = structlog.get_logger("saga.outbox")
 
@@ -90,7 +91,7 @@ class OutboxPublisher:
     def __init__(
         self,
         database: Database,
-        producer: Producer,
+        producer: MessageSender,
         table: str,
         *,
         relay: RelaySettings | None = None,

@@ -50,7 +50,8 @@ from saga.store.driver import DriverConnection
 from saga.store.inbox import InboxEntry, JourneyTables, ReplyRow
 from saga.store.outbox import PendingMessage
 from saga.transport.consumer import Incoming
-from saga.transport.producer import OutgoingMessage, Producer
+from saga.transport.message import OutgoingMessage
+from saga.transport.port import MessageSender
 
 log = structlog.get_logger("saga.participant")
 
@@ -114,7 +115,7 @@ class CommandProcessor:
         journey: str,
         tables: JourneyTables,
         database: Database,
-        producer: Producer,
+        producer: MessageSender,
         publisher: OutboxPublisher,
         handlers: Mapping[str, Handler],
         retry: RetryPolicy,
