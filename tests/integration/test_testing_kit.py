@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -19,25 +19,11 @@ from saga.participant import StepContext
 from saga.participant.journey import JourneyService, discover_journeys
 from saga.retry import RetryPolicy
 from saga.settings import Settings
-from saga.store import admin
 from saga.store.driver import DriverConnection
 from saga.testing import Faults, SagaTestEnvironment
 from saga.timeline import Timeline
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def kit_database(
-    settings: Settings, admin_database_url: str, template_database_name: str
-) -> AsyncIterator[str]:
-    """A migrated database of this test's own, copied from the template."""
-    name = f"austa_test_kit_{uuid.uuid4().hex[:12]}"
-    url = await admin.create_database(admin_database_url, name, template=template_database_name)
-    try:
-        yield url
-    finally:
-        await admin.drop_database(admin_database_url, name)
 
 
 def environment(
