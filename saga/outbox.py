@@ -31,7 +31,8 @@ from saga.store import outbox as store
 from saga.store.database import Database
 from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
-from saga.transport.producer import OutgoingMessage, Producer
+from saga.transport.message import OutgoingMessage
+from saga.transport.port import MessageSender
 
 log = structlog.get_logger("saga.outbox")
 
@@ -90,7 +91,7 @@ class OutboxPublisher:
     def __init__(
         self,
         database: Database,
-        producer: Producer,
+        producer: MessageSender,
         table: str,
         *,
         relay: RelaySettings | None = None,
@@ -142,7 +143,7 @@ class OutboxPublisher:
         task.add_done_callback(self._delayed.discard)
 
     async def _publish_after(self, message: PendingMessage, delay: float) -> None:
-        await asyncio.sleep(delay)
+        await self._database.clock.sleep(delay)
         await self.publish([message])
 
     async def run(self) -> None:
@@ -202,6 +203,7 @@ class OutboxPublisher:
                 older_than=self._relay.grace,
                 lease=self._relay.lease,
                 limit=self._relay.batch,
+                skew=self._database.clock.skew,
             )
 
         due = await self._database.run_driver(claim, transaction=False, name="outbox.claim")

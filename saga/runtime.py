@@ -14,11 +14,13 @@ from collections.abc import Sequence
 
 import structlog
 
-from saga.errors import BrokerUnavailable
+from saga.errors import BrokerUnavailable, ConfigurationError
 from saga.outbox import OutboxPublisher, RelaySettings
 from saga.settings import Settings
 from saga.store.database import Database
-from saga.transport import BatchConsumer, DeadLetters, Handler, Producer, Topics, ensure_topics
+from saga.transport import DeadLetters, Handler, Topics
+from saga.transport.kafka import KafkaTransport
+from saga.transport.port import Consumer, MessageSender, Transport
 
 log = structlog.get_logger("saga.runtime")
 
@@ -28,7 +30,11 @@ _RESTORE_WAIT_SECONDS = 10.0
 
 
 class MessagingRuntime:
-    """Producer, outbox publisher, dead letters and (optionally) a consumer, run together."""
+    """Sender, outbox publisher, dead letters and (optionally) a consumer, run together.
+
+    They come from ``transport``; without one, from a :class:`KafkaTransport` of the
+    settings (and ``bootstrap_servers``, which wins over the setting).
+    """
 
     def __init__(
         self,
@@ -36,29 +42,28 @@ class MessagingRuntime:
         name: str,
         settings: Settings,
         database: Database,
-        bootstrap_servers: str | None,
+        bootstrap_servers: str | None = None,
         outbox_table: str,
         topics: Topics,
         own_topics: Sequence[str],
         relay: RelaySettings | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.database = database
-        self.producer = Producer.from_settings(
-            settings,
-            bootstrap_servers=bootstrap_servers,
-            client_id=f"{settings.kafka_client_id}-{name}",
+        self.transport = resolve_transport(settings, bootstrap_servers, transport)
+        self.producer: MessageSender = self.transport.sender(
+            client_id=f"{settings.kafka_client_id}-{name}"
         )
-        self.bootstrap_servers = self.producer.bootstrap_servers
         self.topics = topics
         self._own_topics = [*own_topics, topics.dead_letter]
         self._known_topics: set[str] = set()
         self.publisher = OutboxPublisher(database, self.producer, outbox_table, relay=relay)
         self.dead_letters = DeadLetters(
-            self.producer, topics.dead_letter, max_message_bytes=settings.kafka_max_message_bytes
+            self.producer, topics.dead_letter, max_message_bytes=self.transport.max_message_bytes
         )
-        self.consumer: BatchConsumer | None = None
+        self.consumer: Consumer | None = None
         self._background: asyncio.Task[None] | None = None
         self._started = False
         self._starting = asyncio.Lock()
@@ -77,12 +82,7 @@ class MessagingRuntime:
     async def ensure_topics(self, names: Sequence[str]) -> None:
         missing = [name for name in names if name not in self._known_topics]
         if missing:
-            await ensure_topics(
-                self.bootstrap_servers,
-                missing,
-                partitions=self.settings.kafka_topic_partitions,
-                client_id=self.settings.kafka_client_id,
-            )
+            await self.transport.ensure_topics(missing)
             self._known_topics.update(missing)
 
     async def restore_topics(self) -> None:
@@ -99,13 +99,7 @@ class MessagingRuntime:
         """
         names = sorted(self._known_topics)
         try:
-            await ensure_topics(
-                self.bootstrap_servers,
-                names,
-                partitions=self.settings.kafka_topic_partitions,
-                client_id=self.settings.kafka_client_id,
-                max_wait=_RESTORE_WAIT_SECONDS,
-            )
+            await self.transport.ensure_topics(names, max_wait=_RESTORE_WAIT_SECONDS)
         except BrokerUnavailable as exc:
             log.warning("topics_not_restored", name=self.name, topics=names, error=str(exc))
 
@@ -114,18 +108,13 @@ class MessagingRuntime:
     ) -> None:
         """Consume ``topic`` until :meth:`stop`; the outbox keeps running meanwhile."""
         await self.start()
-        self.consumer = BatchConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+        self.consumer = self.transport.consumer(
             topics=[topic],
             group_id=group_id,
             handle=handle,
             dead_letters=self.dead_letters,
             client_id=f"{self.settings.kafka_client_id}-{self.name}",
-            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
-            max_message_bytes=self.settings.kafka_max_message_bytes,
             max_concurrency=max_concurrency,
-            session_timeout_ms=self.settings.kafka_session_timeout_ms,
-            heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
             on_rebalance=self.restore_topics,
         )
         consuming = asyncio.ensure_future(self.consumer.run())
@@ -167,3 +156,17 @@ class MessagingRuntime:
                     await self.producer.stop()
             self._started = False
         log.info("runtime_stopped", name=self.name)
+
+
+def resolve_transport(
+    settings: Settings, bootstrap_servers: str | None, transport: Transport | None
+) -> Transport:
+    """``transport`` if given, else Kafka at ``bootstrap_servers`` or the settings' address."""
+    if transport is None:
+        return KafkaTransport(settings, bootstrap_servers=bootstrap_servers)
+    if bootstrap_servers is not None:
+        raise ConfigurationError(
+            f"pass bootstrap_servers or transport, not both (got {bootstrap_servers!r} "
+            f"and {transport!r})"
+        )
+    return transport

@@ -164,6 +164,7 @@ class ReplyProcessor:
                 log=prepared.log,
                 outbox=prepared.outbox,
                 step_timeout=prepared.step_timeout,
+                skew=self._database.clock.skew,
             )
 
         written = await self._database.run_driver(
@@ -222,7 +223,9 @@ class ReplyProcessor:
             message_id=reply.in_reply_to,
         )
         await self._database.run_driver(
-            lambda conn: saga_log.record_ignored(conn, instance.id, row),
+            lambda conn: saga_log.record_ignored(
+                conn, instance.id, row, skew=self._database.clock.skew
+            ),
             transaction=False,
             name="coordinator.ignored",
         )

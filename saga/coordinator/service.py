@@ -43,6 +43,7 @@ from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
 from saga.store.saga_log import SagaSummary
 from saga.transport import Topics
+from saga.transport.port import Transport
 
 log = structlog.get_logger("saga.coordinator")
 
@@ -60,6 +61,7 @@ class Coordinator:
         name: str = "coordinator",
         max_concurrency: int = 128,
         relay: RelaySettings | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -78,6 +80,7 @@ class Coordinator:
             topics=self.topics,
             own_topics=[self.topics.replies],
             relay=relay,
+            transport=transport,
         )
         self.replies = ReplyProcessor(
             database=database,
@@ -180,6 +183,7 @@ class Coordinator:
                 saga_timeout=definition.timeout,
                 log=rows,
                 outbox=outbox,
+                skew=self.database.clock.skew,
             )
 
         started = await self.database.run_driver(

@@ -161,6 +161,7 @@ class SagaActions:
             log=[replace(row, actor=request.by.actor) for row in rows],
             outbox=outbox,
             step_timeout=step_timeout,
+            skew=self.database.clock.skew,
         )
         # The row lock has been held since the read, so the version cannot have moved.
         assert stored is not None, f"saga {instance.id} changed under its row lock"

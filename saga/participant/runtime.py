@@ -52,7 +52,8 @@ from saga.store.driver import DriverConnection
 from saga.store.inbox import InboxEntry, JourneyTables, ReplyRow
 from saga.store.outbox import PendingMessage
 from saga.transport.consumer import Incoming
-from saga.transport.producer import OutgoingMessage, Producer
+from saga.transport.message import OutgoingMessage
+from saga.transport.port import MessageSender
 
 log = structlog.get_logger("saga.participant")
 
@@ -117,7 +118,7 @@ class CommandProcessor:
         journey: str,
         tables: JourneyTables,
         database: Database,
-        producer: Producer,
+        producer: MessageSender,
         publisher: OutboxPublisher,
         handlers: Mapping[str, Handler],
         retry: RetryPolicy,
@@ -305,6 +306,7 @@ class CommandProcessor:
             ReplyRow(
                 pending.message_id, pending.topic, pending.key, pending.payload, pending.headers
             ),
+            skew=self._database.clock.skew,
         )
         return reply, pending
 

@@ -27,6 +27,7 @@ from saga.settings import Settings
 from saga.store.database import Database, retry_policy_from
 from saga.store.inbox import JourneyTables
 from saga.transport import Incoming, Topics
+from saga.transport.port import Transport
 
 _ACTION = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 
@@ -47,6 +48,7 @@ class Participant:
         retry: RetryPolicy | None = None,
         max_concurrency: int = 64,
         relay: RelaySettings | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.journey = journey
         self.tables = JourneyTables.of(schema, table_prefix or journey)
@@ -63,6 +65,7 @@ class Participant:
             topics=self.topics,
             own_topics=[self.topics.commands(journey), self.topics.replies],
             relay=relay,
+            transport=transport,
         )
         self._processor = CommandProcessor(
             journey=journey,

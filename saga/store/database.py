@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from saga import metrics
+from saga.clock import SYSTEM_CLOCK, Clock
 from saga.definition import IsolationLevel
 from saga.errors import (
     DatabaseError,
@@ -94,8 +95,11 @@ class Database:
         recorder: QueryRecorder,
         retry: RetryPolicy | None = None,
         slow_unit_ms: float = 500.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.engine = engine
+        # The time deadlines on this database are written and judged by (saga.clock).
+        self.clock = clock
         self.retry = retry or RetryPolicy()
         self.retries = RetryStats()
         # The same recorder the engine's query events report to.
@@ -107,7 +111,12 @@ class Database:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, url: str | None = None, application_name: str = "austa-saga"
+        cls,
+        settings: Settings,
+        *,
+        url: str | None = None,
+        application_name: str = "austa-saga",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> Database:
         recorder = QueryRecorder.from_settings(settings)
         engine = create_engine(
@@ -118,6 +127,7 @@ class Database:
             recorder=recorder,
             retry=retry_policy_from(settings),
             slow_unit_ms=settings.database_slow_unit_threshold,
+            clock=clock,
         )
 
     async def dispose(self) -> None:

@@ -77,15 +77,23 @@ def _entry_args(entry: InboxEntry) -> tuple[object, ...]:
 
 
 async def record(
-    conn: DriverConnection, tables: JourneyTables, entry: InboxEntry, reply: ReplyRow
+    conn: DriverConnection,
+    tables: JourneyTables,
+    entry: InboxEntry,
+    reply: ReplyRow,
+    *,
+    skew: float = 0.0,
 ) -> None:
     """The inbox row and the reply's outbox row, in one statement. A concurrent duplicate
-    makes it fail with the inbox's unique violation (``<prefix>_inbox_message_id_key``)."""
+    makes it fail with the inbox's unique violation (``<prefix>_inbox_message_id_key``).
+    The reply is available from now by the clock ``skew`` ahead of the database's."""
     await conn.execute(
         f"""
         WITH entry AS ({_INSERT_ENTRY.format(inbox=tables.inbox)} RETURNING id)
-        INSERT INTO {tables.outbox} (message_id, topic, message_key, payload, headers)
-        SELECT $7, $8, $9, $10::jsonb, $11::jsonb FROM entry
+        INSERT INTO {tables.outbox}
+            (message_id, topic, message_key, payload, headers, available_at)
+        SELECT $7, $8, $9, $10::jsonb, $11::jsonb, now() + make_interval(secs => $12)
+        FROM entry
         """,
         *_entry_args(entry),
         reply.message_id,
@@ -93,6 +101,7 @@ async def record(
         reply.key,
         reply.payload.decode(),
         json.dumps(dict(reply.headers)),
+        skew,
     )
 
 

@@ -68,20 +68,28 @@ async def mark_published(
 
 
 async def claim_due(
-    conn: DriverConnection, table: str, *, older_than: float, lease: float, limit: int
+    conn: DriverConnection,
+    table: str,
+    *,
+    older_than: float,
+    lease: float,
+    limit: int,
+    skew: float = 0.0,
 ) -> list[PendingMessage]:
     """Take up to ``limit`` unpublished rows due for ``older_than`` seconds: the process
     that committed them should have published them by then. Claiming pushes their
     ``available_at`` out by ``lease`` seconds so no other relay takes them meanwhile; if
-    this one dies before publishing, they come due again when the lease runs out."""
+    this one dies before publishing, they come due again when the lease runs out. Time is
+    the clock's, ``skew`` seconds ahead of the database's (:mod:`saga.clock`)."""
     rows = await conn.fetch(
         f"""
         UPDATE {check_table(table)} AS o SET
-            available_at = now() + make_interval(secs => $2),
+            available_at = now() + make_interval(secs => $4::float8 + $2::float8),
             publish_attempts = o.publish_attempts + 1
         FROM (
             SELECT id, available_at FROM {table}
-            WHERE published_at IS NULL AND available_at <= now() - make_interval(secs => $1)
+            WHERE published_at IS NULL
+              AND available_at <= now() + make_interval(secs => $4::float8 - $1::float8)
             ORDER BY available_at
             LIMIT $3
             FOR UPDATE SKIP LOCKED
@@ -93,6 +101,7 @@ async def claim_due(
         older_than,
         lease,
         limit,
+        skew,
     )
     return [
         PendingMessage(

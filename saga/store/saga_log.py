@@ -64,14 +64,18 @@ _LOG_COLUMNS = """
     serialization_retries, deadlock_retries, actor
 """
 
+# The engine's time: the database's now() plus the clock's skew (saga.clock), so that a
+# test clock moved forward sees the deadlines it wrote come due, and nothing else does.
+_NOW = "(now() + make_interval(secs => $SKEW))"
+
 # The log rows arrive as parallel arrays; a dispatched row is open (no finished_at) and
 # starts when its command becomes available, every other row is an outcome ending now.
 _LOG_FROM_ARRAYS = f"""
     INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
     SELECT i.id, e.step_index, e.step_name, e.journey, e.action, e.status, e.attempt,
            e.message_id, e.request::jsonb, e.response::jsonb, e.error,
-           COALESCE(e.started_at, now() + make_interval(secs => $DELAY)),
-           CASE WHEN e.status = 'dispatched' THEN NULL ELSE now() END,
+           COALESCE(e.started_at, {_NOW} + make_interval(secs => $DELAY)),
+           CASE WHEN e.status = 'dispatched' THEN NULL ELSE {_NOW} END,
            e.serialization_retries, e.deadlock_retries, e.actor
     FROM {{source}} i,
          unnest($LOG1::integer[], $LOG2::text[], $LOG3::text[], $LOG4::text[], $LOG5::text[],
@@ -82,12 +86,12 @@ _LOG_FROM_ARRAYS = f"""
               actor)
 """
 
-_OUTBOX_FROM = """
+_OUTBOX_FROM = f"""
     INSERT INTO shared.saga_outbox
         (message_id, saga_instance_id, topic, message_key, payload, headers, available_at)
     SELECT $OB1, i.id, $OB2, $OB3, $OB4::jsonb, $OB5::jsonb,
-           now() + make_interval(secs => $DELAY)
-    FROM {source} i WHERE $OB1::uuid IS NOT NULL
+           {_NOW} + make_interval(secs => $DELAY)
+    FROM {{source}} i WHERE $OB1::uuid IS NOT NULL
 """
 
 
@@ -98,10 +102,17 @@ def _numbered(sql: str, names: Sequence[str], first: int) -> str:
     return sql
 
 
-_SHARED_PARAMS = ["DELAY", *(f"LOG{n}" for n in range(1, 15)), *(f"OB{n}" for n in range(1, 6))]
+_SHARED_PARAMS = [
+    "DELAY",
+    *(f"LOG{n}" for n in range(1, 15)),
+    *(f"OB{n}" for n in range(1, 6)),
+    "SKEW",
+]
 
 
-def _shared_args(log: Sequence[LogRow], outbox: OutboxRow | None, delay: float) -> list[Any]:
+def _shared_args(
+    log: Sequence[LogRow], outbox: OutboxRow | None, delay: float, skew: float
+) -> list[Any]:
     return [
         delay,
         [r.entry.step_index for r in log],
@@ -123,6 +134,7 @@ def _shared_args(log: Sequence[LogRow], outbox: OutboxRow | None, delay: float) 
         outbox.key if outbox else None,
         outbox.payload.decode() if outbox else None,
         json.dumps(dict(outbox.headers)) if outbox else None,
+        skew,
     ]
 
 
@@ -131,11 +143,11 @@ _START = _numbered(
     WITH inserted AS (
         INSERT INTO shared.saga_instance
             (id, saga_definition_id, definition_name, definition_version, status,
-             current_step, step_attempt, step_started_at, step_deadline, payload, context,
-             idempotency_key, deadline)
-        VALUES ($1, $2, $3, $4, 'running', 0, 1, now(),
-                now() + make_interval(secs => $5), $6::jsonb, '{{}}'::jsonb, $7,
-                now() + make_interval(secs => $8))
+             current_step, step_attempt, started_at, step_started_at, step_deadline, payload,
+             context, idempotency_key, deadline)
+        VALUES ($1, $2, $3, $4, 'running', 0, 1, {_NOW}, {_NOW},
+                {_NOW} + make_interval(secs => $5), $6::jsonb, '{{}}'::jsonb, $7,
+                {_NOW} + make_interval(secs => $8))
         ON CONFLICT (definition_name, idempotency_key) WHERE idempotency_key IS NOT NULL
         DO NOTHING
         RETURNING id
@@ -162,9 +174,11 @@ async def insert_start(
     saga_timeout: float | None,
     log: Sequence[LogRow],
     outbox: OutboxRow,
+    skew: float = 0.0,
 ) -> uuid.UUID:
     """Insert a new running instance with its first log row and command; with an
-    idempotency key already used, insert nothing and return the first instance's id."""
+    idempotency key already used, insert nothing and return the first instance's id.
+    ``skew`` is the clock's (:mod:`saga.clock`), as in every write of a deadline."""
     inserted = await conn.fetchval(
         _START,
         saga_id,
@@ -175,7 +189,7 @@ async def insert_start(
         json.dumps(dict(payload)),
         idempotency_key,
         saga_timeout,
-        *_shared_args(log, outbox, 0.0),
+        *_shared_args(log, outbox, 0.0, skew),
     )
     if inserted is not None:
         return uuid.UUID(str(inserted))
@@ -249,34 +263,43 @@ async def withdraw_commands(conn: DriverConnection, saga_id: uuid.UUID) -> int:
     return rows_affected(status)
 
 
-async def claim_overdue_steps(conn: DriverConnection, limit: int) -> list[InstanceRow]:
-    """Lock up to ``limit`` in-flight sagas whose current attempt is past its deadline,
-    oldest first, skipping any another worker (or a coordinator's write) holds. Only
-    meaningful inside a transaction, which then owns them until it ends."""
+async def claim_overdue_steps(
+    conn: DriverConnection, limit: int, *, skew: float = 0.0
+) -> list[InstanceRow]:
+    """Lock up to ``limit`` in-flight sagas whose current attempt is past its deadline
+    (by the clock ``skew`` ahead of the database's), oldest first, skipping any another
+    worker (or a coordinator's write) holds. Only meaningful inside a transaction, which
+    then owns them until it ends."""
     rows = await conn.fetch(
         f"""
         SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance
-        WHERE status IN ('running', 'compensating') AND step_deadline <= now()
+        WHERE status IN ('running', 'compensating')
+          AND step_deadline <= now() + make_interval(secs => $2)
         ORDER BY step_deadline
         LIMIT $1
         FOR UPDATE SKIP LOCKED
         """,
         limit,
+        skew,
     )
     return [_instance_from(row) for row in rows]
 
 
-async def claim_expired_sagas(conn: DriverConnection, limit: int) -> list[InstanceRow]:
+async def claim_expired_sagas(
+    conn: DriverConnection, limit: int, *, skew: float = 0.0
+) -> list[InstanceRow]:
     """Like :func:`claim_overdue_steps`, for running sagas past their overall deadline."""
     rows = await conn.fetch(
         f"""
         SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance
-        WHERE status = 'running' AND deadline IS NOT NULL AND deadline <= now()
+        WHERE status = 'running' AND deadline IS NOT NULL
+          AND deadline <= now() + make_interval(secs => $2)
         ORDER BY deadline
         LIMIT $1
         FOR UPDATE SKIP LOCKED
         """,
         limit,
+        skew,
     )
     return [_instance_from(row) for row in rows]
 
@@ -306,10 +329,11 @@ _TRANSITION = _numbered(
             status = $3, current_step = $4, step_attempt = $5, context = $6::jsonb,
             error = $7, version = version + 1,
             step_started_at = CASE WHEN $8::boolean
-                THEN now() + make_interval(secs => $DELAY) ELSE step_started_at END,
+                THEN {_NOW} + make_interval(secs => $DELAY) ELSE step_started_at END,
             step_deadline = CASE WHEN $8::boolean
-                THEN now() + make_interval(secs => $DELAY + $9) ELSE NULL END,
-            finished_at = CASE WHEN $3 IN ('completed', 'compensated', 'aborted') THEN now() END
+                THEN {_NOW} + make_interval(secs => $DELAY + $9) ELSE NULL END,
+            finished_at = CASE WHEN $3 IN ('completed', 'compensated', 'aborted')
+                THEN {_NOW} END
         WHERE id = $1 AND version = $2
         RETURNING id, step_started_at
     ),
@@ -330,9 +354,10 @@ async def write_transition(
     log: Sequence[LogRow],
     outbox: OutboxRow | None,
     step_timeout: float,
+    skew: float = 0.0,
 ) -> InstanceRow | None:
     """Persist one transition and return the instance as now stored; None when another
-    process moved the instance first."""
+    process moved the instance first. ``skew`` is the clock's (:mod:`saga.clock`)."""
     delay = outbox.delay if outbox else 0.0
     written = await conn.fetchrow(
         _TRANSITION,
@@ -345,7 +370,7 @@ async def write_transition(
         state.error,
         outbox is not None,
         step_timeout,
-        *_shared_args(log, outbox, delay),
+        *_shared_args(log, outbox, delay, skew),
     )
     if written is None:
         return None
@@ -357,13 +382,16 @@ async def write_transition(
     )
 
 
-async def record_ignored(conn: DriverConnection, saga_id: uuid.UUID, row: LogRow) -> None:
+async def record_ignored(
+    conn: DriverConnection, saga_id: uuid.UUID, row: LogRow, *, skew: float = 0.0
+) -> None:
     """Note a stale or duplicate reply in the log without touching the instance."""
     await conn.execute(
         f"""
         INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
-        VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9, now(), now(), 0, 0,
-                NULL)
+        VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9,
+                now() + make_interval(secs => $10), now() + make_interval(secs => $10),
+                0, 0, NULL)
         """,
         saga_id,
         row.entry.step_index,
@@ -374,6 +402,7 @@ async def record_ignored(conn: DriverConnection, saga_id: uuid.UUID, row: LogRow
         row.message_id,
         _json_or_none(row.entry.response),
         row.entry.error,
+        skew,
     )
 
 

@@ -1,20 +1,10 @@
-"""Consuming in batches: concurrent across keys, in order within a key, at least once.
+"""Consuming from Kafka in batches: aiokafka's poll loop around the shared dispatch.
 
-Every message about one saga carries the saga's key, so running different keys at once
-is safe and running one key's records one after another keeps each saga's history in
-order. Offsets are committed only after the records before them are settled (handled or
-dead-lettered), so a crash or a rebalance redelivers instead of losing; the handlers are
-idempotent, which makes the redelivery harmless.
-
-What happens to a record the handler fails on depends on whose fault it is:
-
-* :class:`~saga.errors.MessageRejected`: the message is bad. It is dead-lettered and the
-  records behind it go on.
-* a ``retriable`` :class:`~saga.errors.SagaError` (the database or the broker is down):
-  the message is fine, so it is tried again, with growing pauses, until it succeeds or the
-  consumer stops. Skipping it would lose a good message to a passing outage.
-* anything else is a bug or an unknown: tried ``unexpected_error_attempts`` times in all,
-  then dead-lettered with the error, so one bad record cannot stall its partition forever.
+This module fetches, commits and follows the group's rebalances; what happens to each
+record (per-key order, concurrency, retries, dead letters) and which offsets may be
+committed is :class:`~saga.transport.dispatch.KeyedDispatch`'s, shared with every other
+transport. Offsets are committed only after the records before them are settled, so a
+crash or a rebalance redelivers instead of losing.
 
 Each member exports ``saga_consumer_lag_messages{group, topic, partition}`` for the
 partitions it holds: the partition's highwater (from the last fetch response) minus this
@@ -27,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer
@@ -37,14 +26,12 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, RecordTooLargeError
 
 from saga import metrics
-from saga.errors import (
-    BrokerUnavailable,
-    ConfigurationError,
-    MalformedMessage,
-    MessageRejected,
-    SagaError,
-)
-from saga.transport.dead_letter import DeadLetterKind, DeadLetters
+from saga.errors import BrokerUnavailable, ConfigurationError
+from saga.transport.dead_letter import DeadLetters
+from saga.transport.dispatch import Handler, Incoming, KeyedDispatch, Record
+from saga.transport.port import Hook
+
+__all__ = ["BatchConsumer", "Handler", "Incoming"]
 
 log = structlog.get_logger("saga.transport")
 
@@ -59,39 +46,6 @@ _POSITION_WAIT_SECONDS = 0.05
 # A commit takes milliseconds; one that takes this long is stuck on a broker error that
 # aiokafka retries forever. The offsets are left for a later batch's commit to cover.
 _COMMIT_TIMEOUT_SECONDS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One consumed record, decoded: the key and headers as text, the value as bytes."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    value: bytes | None
-    headers: dict[str, str]
-    timestamp_ms: int
-
-
-Handler = Callable[[Incoming], Awaitable[None]]
-Hook = Callable[[], Awaitable[None]]
-
-
-class _Record(Protocol):
-    """The fields of aiokafka's ``ConsumerRecord`` read here."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes | None]]
-    timestamp: int
-
-
-class _Abandoned(Exception):
-    """A record was given up on because the consumer is stopping; it stays uncommitted."""
 
 
 class BatchConsumer:
@@ -126,32 +80,30 @@ class BatchConsumer:
     ) -> None:
         if not topics:
             raise ConfigurationError("a BatchConsumer needs at least one topic")
-        if max_concurrency < 1 or max_batch < 1 or unexpected_error_attempts < 1:
-            raise ConfigurationError(
-                "max_concurrency, max_batch and unexpected_error_attempts must be >= 1"
-            )
-        if retry_delay <= 0 or max_retry_delay < retry_delay:
-            raise ConfigurationError("retry delays must be > 0 with max_retry_delay >= retry_delay")
+        if max_batch < 1:
+            raise ConfigurationError("max_batch must be >= 1")
+        self._dispatch = KeyedDispatch(
+            handle=handle,
+            dead_letters=dead_letters,
+            group_id=group_id,
+            max_message_bytes=max_message_bytes,
+            max_concurrency=max_concurrency,
+            unexpected_error_attempts=unexpected_error_attempts,
+            retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay,
+        )
         self.bootstrap_servers = bootstrap_servers
         self.topics = tuple(topics)
         self.group_id = group_id
         self.client_id = client_id
-        self._handle = handle
-        self._dead_letters = dead_letters
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._max_message_bytes = max_message_bytes
         self._max_batch = max_batch
         self._session_timeout_ms = session_timeout_ms
         self._heartbeat_interval_ms = heartbeat_interval_ms
-        self._unexpected_error_attempts = unexpected_error_attempts
-        self._retry_delay = retry_delay
-        self._max_retry_delay = max_retry_delay
         self._on_rebalance = on_rebalance
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._stopping = asyncio.Event()
         self._closed = asyncio.Event()
         self._running = False
-        self._grace = 10.0
         self.ready = asyncio.Event()
         self._assigned: frozenset[tuple[str, int]] = frozenset()
         # Bumped by every rebalance; a batch remembers the one it was fetched under.
@@ -159,10 +111,19 @@ class BatchConsumer:
         # The rebalance on_rebalance last ran for.
         self._hooked = 0
         self.lag = _Lag(group_id)
-        self.processed = 0
-        self.dead_lettered = 0
-        self.retried = 0
         self.rebalances = 0
+
+    @property
+    def processed(self) -> int:
+        return self._dispatch.processed
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._dispatch.dead_lettered
+
+    @property
+    def retried(self) -> int:
+        return self._dispatch.retried
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -175,7 +136,7 @@ class BatchConsumer:
         self._closed.clear()
         consumer = self._new_consumer()
         try:
-            if not self._stopping.is_set():
+            if not self._dispatch.stopping.is_set():
                 await self._start(consumer)
                 await self._consume(consumer)
         finally:
@@ -190,8 +151,7 @@ class BatchConsumer:
     async def stop(self, *, grace: float = 10.0) -> None:
         """Take no new batch; let the one in progress finish and commit for up to ``grace``
         seconds, then give up on the rest of it (it is redelivered) and close."""
-        self._grace = grace
-        self._stopping.set()
+        self._dispatch.request_stop(grace)
         if self._running:
             await self._closed.wait()
 
@@ -226,8 +186,9 @@ class BatchConsumer:
         log.info("consumer_started", group_id=self.group_id, topics=self.topics)
 
     async def _consume(self, consumer: Any) -> None:
-        delay = self._retry_delay
-        while not self._stopping.is_set():
+        dispatch = self._dispatch
+        delay = dispatch.retry_delay
+        while not dispatch.stopping.is_set():
             try:
                 batch = await consumer.getmany(
                     timeout_ms=_POLL_TIMEOUT_MS, max_records=self._max_batch
@@ -240,11 +201,11 @@ class BatchConsumer:
                 if not exc.retriable:
                     raise BrokerUnavailable(f"consuming failed: {exc}") from exc
                 log.warning("poll_failed", reason=f"{type(exc).__name__}: {exc}")
-                if await self._pause(delay):
+                if await dispatch.pause(delay):
                     return
-                delay = min(delay * 2, self._max_retry_delay)
+                delay = min(delay * 2, dispatch.max_retry_delay)
                 continue
-            delay = self._retry_delay
+            delay = dispatch.retry_delay
             # Taken before the hook awaits: a rebalance during it fences this batch too.
             assignments = self._assignments
             if self.rebalances > self._hooked:
@@ -277,23 +238,9 @@ class BatchConsumer:
     # -- one batch ------------------------------------------------------------------------
 
     async def _run_batch(
-        self, consumer: Any, batch: dict[Any, list[_Record]], assignments: int
+        self, consumer: Any, batch: dict[Any, list[Record]], assignments: int
     ) -> None:
-        settled: set[tuple[str, int, int]] = set()
-        work = asyncio.create_task(self._settle_all(batch, settled))
-        stopping = asyncio.create_task(self._stopping.wait())
-        try:
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                await asyncio.wait({work}, timeout=self._grace)
-        finally:
-            stopping.cancel()
-            if not work.done():
-                work.cancel()
-                log.warning("batch_abandoned", group_id=self.group_id, settled=len(settled))
-            await asyncio.wait({work})
-        if not work.cancelled():
-            work.result()  # a failure that is neither the record's nor passing
+        offsets = await self._dispatch.settle(batch)
         if assignments != self._assignments:
             # The group rebalanced while the batch ran. Its offsets belong to the old
             # assignment: after a broker that lost its groups and logs comes back, the
@@ -305,62 +252,15 @@ class BatchConsumer:
             # usually not even that: the rebalance already reset every position from the
             # committed offsets, so the batch is fetched again anyway; handlers are
             # idempotent. A rebalance is rare, so this is no cost on the hot path.
-            log.info("commit_skipped_after_rebalance", group_id=self.group_id, settled=len(settled))
+            log.info(
+                "commit_skipped_after_rebalance", group_id=self.group_id, partitions=len(offsets)
+            )
             return
-        await self._commit(consumer, batch, settled)
+        await self._commit(consumer, offsets)
 
-    async def _settle_all(
-        self, batch: dict[Any, list[_Record]], settled: set[tuple[str, int, int]]
-    ) -> None:
-        groups: dict[bytes, list[_Record]] = {}
-        loners: list[list[_Record]] = []
-        for records in batch.values():
-            for record in records:
-                if record.key is None:
-                    loners.append([record])
-                else:
-                    groups.setdefault(record.key, []).append(record)
-        tasks = [
-            asyncio.create_task(self._settle_group(group, settled))
-            for group in [*groups.values(), *loners]
-        ]
-        if not tasks:
-            return
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
-            # Read every outcome, so that no failure is reported as never retrieved.
-            failures = [task.exception() for task in tasks if not task.cancelled()]
-        for failure in failures:
-            if failure is not None:
-                raise failure
-
-    async def _settle_group(
-        self, records: list[_Record], settled: set[tuple[str, int, int]]
-    ) -> None:
-        async with self._slots:
-            for record in records:
-                try:
-                    await self._settle(record)
-                except _Abandoned:
-                    return  # the records behind it stay unsettled, so uncommitted
-                settled.add((record.topic, record.partition, record.offset))
-
-    async def _commit(
-        self, consumer: Any, batch: dict[Any, list[_Record]], settled: set[tuple[str, int, int]]
-    ) -> None:
-        """Commit, per partition, up to the first record not settled: a later record being
-        done must not carry an earlier unfinished one past the committed offset."""
+    async def _commit(self, consumer: Any, offsets: dict[Any, int]) -> None:
+        """Commit what the dispatch settled, for the partitions this member still holds."""
         assigned = consumer.assignment()
-        offsets: dict[Any, int] = {}
-        for partition, records in batch.items():
-            for record in records:
-                if (record.topic, record.partition, record.offset) not in settled:
-                    break
-                offsets[partition] = record.offset + 1
         offsets = {
             partition: offset for partition, offset in offsets.items() if partition in assigned
         }
@@ -380,84 +280,6 @@ class BatchConsumer:
             # redelivers what we did not commit; the handlers are idempotent. Any other
             # failure leaves the offsets for a later batch's commit to cover.
             log.warning("commit_failed", group_id=self.group_id, reason=str(exc))
-
-    # -- one record -----------------------------------------------------------------------
-
-    async def _settle(self, record: _Record) -> None:
-        """Handle ``record`` or dead-letter it; return only when one of the two is done."""
-        try:
-            incoming = _decode(record, errors="strict")
-        except UnicodeDecodeError as exc:
-            lossy = _decode(record, errors="backslashreplace")
-            reason = f"the key or a header is not valid UTF-8: {exc}"
-            await self._dead_letter(lossy, reason, DeadLetterKind.MALFORMED)
-            return
-        size = len(record.value or b"")
-        if size > self._max_message_bytes:
-            reason = f"value of {size} bytes exceeds the limit of {self._max_message_bytes} bytes"
-            await self._dead_letter(incoming, reason, DeadLetterKind.OVERSIZE)
-            return
-        await self._handle_with_retries(incoming)
-
-    async def _handle_with_retries(self, incoming: Incoming) -> None:
-        unexpected = 0
-        delay = self._retry_delay
-        while True:
-            try:
-                await self._handle(incoming)
-            except MessageRejected as exc:
-                kind = (
-                    DeadLetterKind.MALFORMED
-                    if isinstance(exc, MalformedMessage)
-                    else DeadLetterKind.REJECTED
-                )
-                await self._dead_letter(incoming, exc.reason, kind)
-                return
-            except Exception as exc:
-                if not (isinstance(exc, SagaError) and exc.retriable):
-                    unexpected += 1
-                    if unexpected >= self._unexpected_error_attempts:
-                        _log_record(incoming).exception("record_failed", attempts=unexpected)
-                        reason = f"unexpected {type(exc).__name__}: {exc}"
-                        await self._dead_letter(incoming, reason, DeadLetterKind.EXHAUSTED)
-                        return
-                _log_record(incoming).warning(
-                    "record_retrying", reason=f"{type(exc).__name__}: {exc}", delay=delay
-                )
-            else:
-                self.processed += 1
-                return
-            self.retried += 1
-            if await self._pause(delay):
-                raise _Abandoned
-            delay = min(delay * 2, self._max_retry_delay)
-
-    async def _dead_letter(self, incoming: Incoming, reason: str, kind: DeadLetterKind) -> None:
-        """Dead-letter ``incoming``, waiting out a broker outage: the record must not be
-        committed before its dead letter is safely stored."""
-        delay = self._retry_delay
-        while True:
-            try:
-                await self._dead_letters.send(incoming, reason, kind=kind)
-            except SagaError as exc:
-                if not exc.retriable:
-                    raise
-                _log_record(incoming).warning("dead_letter_retrying", reason=str(exc))
-            else:
-                self.dead_lettered += 1
-                return
-            if await self._pause(delay):
-                raise _Abandoned
-            delay = min(delay * 2, self._max_retry_delay)
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep ``seconds``, or less if stop() is called; True means stop was called."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
 
 
 class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -548,24 +370,3 @@ def _remove_lag(group_id: str, topic: str, partition: int) -> None:
     # prometheus-client versions raise KeyError for a series that is gone).
     with contextlib.suppress(KeyError):
         metrics.CONSUMER_LAG.remove(group_id, topic, str(partition))
-
-
-def _decode(record: _Record, *, errors: str) -> Incoming:
-    return Incoming(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key.decode("utf-8", errors) if record.key is not None else None,
-        value=record.value,
-        headers={name: (value or b"").decode("utf-8", errors) for name, value in record.headers},
-        timestamp_ms=record.timestamp,
-    )
-
-
-def _log_record(incoming: Incoming) -> Any:
-    return log.bind(
-        topic=incoming.topic,
-        partition=incoming.partition,
-        offset=incoming.offset,
-        key=incoming.key,
-    )

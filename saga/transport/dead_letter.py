@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from saga import metrics
-from saga.transport.producer import OutgoingMessage, Producer
+from saga.transport.message import OutgoingMessage
 
 if TYPE_CHECKING:
-    from saga.transport.consumer import Incoming
+    from saga.transport.dispatch import Incoming
+    from saga.transport.port import MessageSender
 
 log = structlog.get_logger("saga.transport")
 
@@ -53,7 +54,7 @@ class DeadLetterKind(StrEnum):
 class DeadLetters:
     """Sends unhandleable messages to the dead-letter topic."""
 
-    def __init__(self, producer: Producer, topic: str, *, max_message_bytes: int) -> None:
+    def __init__(self, producer: MessageSender, topic: str, *, max_message_bytes: int) -> None:
         self.producer = producer
         self.topic = topic
         self.max_message_bytes = max_message_bytes

@@ -9,8 +9,7 @@ it would have prevented are absorbed by the idempotent consumers anyway.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -19,23 +18,15 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
 from saga.errors import BrokerUnavailable, ConfigurationError, MessageRejected
 from saga.settings import Settings
+from saga.transport.message import OutgoingMessage
+
+__all__ = ["OutgoingMessage", "Producer"]
 
 _Translated = BrokerUnavailable | MessageRejected
 
 # Pauses before sending again what the broker refused with UNKNOWN_SERVER_ERROR (-1): about
 # 1.5 s in all, enough for a broker that came back empty to have the topic made again.
 _UNKNOWN_ERROR_PAUSES = (0.1, 0.2, 0.4, 0.8)
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """One message to produce. The key picks the partition, so every message about one
-    saga shares its key and keeps its order."""
-
-    topic: str
-    key: str
-    value: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Producer:

@@ -18,7 +18,7 @@ from saga.outbox import OutboxPublisher
 from saga.settings import Settings
 from saga.store.connection import Connection
 from saga.store.database import Database
-from saga.transport import Producer
+from saga.transport.port import MessageSender
 
 if TYPE_CHECKING:
     from saga.participant.journey import JourneyService
@@ -38,7 +38,7 @@ class JobContext:
     """The most rows this batch may claim."""
     publisher: OutboxPublisher
     """Publishes rows the job wrote to ``shared.saga_outbox`` and records them sent."""
-    producer: Producer
+    producer: MessageSender
     """The worker's producer, for re-sending rows of other outboxes."""
     definitions: DefinitionCache
     """Stored saga definitions by name and version."""

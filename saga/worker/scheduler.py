@@ -27,9 +27,10 @@ from saga.coordinator.service import COORDINATOR_OUTBOX
 from saga.errors import ConfigurationError, SagaError
 from saga.outbox import OutboxMonitor, OutboxPublisher
 from saga.participant.journey import JourneyService, discover_journeys
+from saga.runtime import resolve_transport
 from saga.settings import Settings, parse_schedule
 from saga.store.database import Database
-from saga.transport import Producer
+from saga.transport.port import Transport
 from saga.worker.definitions import DefinitionCache
 from saga.worker.job import Job, JobContext
 
@@ -97,6 +98,7 @@ class Worker:
         jobs: Sequence[Job] | None = None,
         bootstrap_servers: str | None = None,
         name: str = "worker",
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -104,10 +106,8 @@ class Worker:
         self.schedule = build_schedule(
             installed_jobs(self.journeys) if jobs is None else jobs, settings
         )
-        self.producer = Producer.from_settings(
-            settings,
-            bootstrap_servers=bootstrap_servers,
-            client_id=f"{settings.kafka_client_id}-{name}",
+        self.producer = resolve_transport(settings, bootstrap_servers, transport).sender(
+            client_id=f"{settings.kafka_client_id}-{name}"
         )
         self.publisher = OutboxPublisher(database, self.producer, COORDINATOR_OUTBOX)
         # The worker re-sends every outbox's forgotten rows, so it watches them all.

@@ -160,3 +160,16 @@ async def saga_env(
 def owner(saga_env: SagaEnvironment) -> Database:
     """The database owner of ``saga_env``: builds scenes and reads results."""
     return saga_env.database
+
+
+@pytest.fixture
+async def kit_database(
+    settings: Settings, admin_database_url: str, template_database_name: str
+) -> AsyncIterator[str]:
+    """A migrated database of this test's own, copied from the template."""
+    name = f"austa_test_kit_{uuid.uuid4().hex[:12]}"
+    url = await admin.create_database(admin_database_url, name, template=template_database_name)
+    try:
+        yield url
+    finally:
+        await admin.drop_database(admin_database_url, name)

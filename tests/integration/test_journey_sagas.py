@@ -1,6 +1,7 @@
-"""The three cross-journey sagas through the real journey services, coordinator, broker and
-PostgreSQL: success and compensation paths, contention, and a randomized mixed workload
-after which the invariants of DESIGN.md are checked."""
+"""The three cross-journey sagas through the real journey services and PostgreSQL: success
+and compensation paths in the test kit (saga.testing, one process, no broker); contention
+and a randomized mixed workload through the coordinator and the broker, after which the
+invariants of DESIGN.md are checked."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from journeys.scenarios import CONSULTATION, SCENARIOS
 from saga.machine import SagaStatus
 from saga.participant import Handler, StepContext
 from saga.participant.journey import JourneyService, discover_journeys
+from saga.settings import Settings
 from saga.stack import RunningServices, running_services
 from saga.store.driver import DriverConnection
+from saga.testing import SagaTestEnvironment
 from tests.integration.conftest import SagaEnvironment
 from tests.integration.sagas import FAST_RELAY
 
@@ -61,6 +64,16 @@ async def services(saga_env: SagaEnvironment) -> AsyncIterator[RunningServices]:
         yield running
 
 
+@pytest.fixture
+async def kit(settings: Settings, kit_database: str) -> AsyncIterator[SagaTestEnvironment]:
+    async with SagaTestEnvironment(
+        settings=settings,
+        database_url=kit_database,
+        journeys=list(discover_journeys().values()),
+    ) as env:
+        yield env
+
+
 async def scene(services: RunningServices, build: Any) -> Any:
     return await services.database.run_driver(build)
 
@@ -88,44 +101,40 @@ async def test_scenarios_complete_and_compensate_and_keep_the_invariants(
     (await check_invariants(services.database)).raise_if_violated()
 
 
-async def test_booking_completes_with_every_effect_once(services: RunningServices) -> None:
+async def test_booking_completes_with_every_effect_once(kit: SagaTestEnvironment) -> None:
     async def build(conn: DriverConnection) -> tuple[world.Member, list[world.Slot]]:
         member = await world.create_member(conn, limit_cents=100_000)
         provider = await world.create_provider(conn)
         return member, await world.create_slots(conn, provider, 1)
 
-    member, slots = await scene(services, build)
+    member, slots = await kit.scene(build)
     saga_id = await book_appointment(
-        services.coordinator, user_id=member.user_id, slot_id=slots[0].slot_id, amount_cents=20_000
+        kit.coordinator, user_id=member.user_id, slot_id=slots[0].slot_id, amount_cents=20_000
     )
-    summary = await finished(services, saga_id)
+    summary = await kit.settle(saga_id)
     assert summary.status is SagaStatus.COMPLETED, summary.error
-    appointments = await rows(
-        services,
+    appointments = await kit.query(
         "SELECT status, hold_expires_at, saga_id FROM care_journey.care_appointment "
         "WHERE patient_id = $1",
         member.user_id,
     )
     assert appointments == [{"status": "confirmed", "hold_expires_at": None, "saga_id": saga_id}]
-    slot = await rows(
-        services, "SELECT status FROM care_journey.care_slot WHERE id = $1", slots[0].slot_id
+    slot = await kit.query(
+        "SELECT status FROM care_journey.care_slot WHERE id = $1", slots[0].slot_id
     )
     assert slot == [{"status": "booked"}]
-    coverage = await rows(
-        services,
+    coverage = await kit.query(
         "SELECT used_cents, reserved_cents FROM plan_journey.plan_member_coverage WHERE id = $1",
         member.coverage_id,
     )
     assert coverage == [{"used_cents": 0, "reserved_cents": 20_000}]
-    ledger = await rows(
-        services,
+    ledger = await kit.query(
         "SELECT l.points, p.xp FROM gamification.gamification_points_ledger l "
         "JOIN gamification.gamification_profile p ON p.id = l.profile_id WHERE l.saga_id = $1",
         saga_id,
     )
     assert ledger == [{"points": 10, "xp": 10}]
-    audit = await rows(
-        services,
+    audit = await kit.query(
         "SELECT table_name, operation FROM plan_journey.plan_audit_log WHERE saga_id = $1 "
         "ORDER BY changed_at, table_name",
         saga_id,
@@ -136,31 +145,30 @@ async def test_booking_completes_with_every_effect_once(services: RunningService
     }
 
 
-async def test_booking_refused_by_the_plan_releases_the_hold(services: RunningServices) -> None:
+async def test_booking_refused_by_the_plan_releases_the_hold(kit: SagaTestEnvironment) -> None:
     async def build(conn: DriverConnection) -> tuple[world.Member, list[world.Slot]]:
         member = await world.create_member(conn, limit_cents=10_000)
         provider = await world.create_provider(conn)
         return member, await world.create_slots(conn, provider, 1)
 
-    member, slots = await scene(services, build)
+    member, slots = await kit.scene(build)
     saga_id = await book_appointment(
-        services.coordinator, user_id=member.user_id, slot_id=slots[0].slot_id, amount_cents=20_000
+        kit.coordinator, user_id=member.user_id, slot_id=slots[0].slot_id, amount_cents=20_000
     )
-    summary = await finished(services, saga_id)
+    summary = await kit.settle(saga_id)
     assert summary.status is SagaStatus.COMPENSATED
     assert summary.error is not None
     assert "not covered" in summary.error
-    appointments = await rows(
-        services,
+    appointments = await kit.query(
         "SELECT status FROM care_journey.care_appointment WHERE saga_id = $1",
         saga_id,
     )
     assert appointments == [{"status": "released"}]
-    slot = await rows(
-        services, "SELECT status FROM care_journey.care_slot WHERE id = $1", slots[0].slot_id
+    slot = await kit.query(
+        "SELECT status FROM care_journey.care_slot WHERE id = $1", slots[0].slot_id
     )
     assert slot == [{"status": "open"}]
-    (await check_invariants(services.database, saga_ids=[saga_id])).raise_if_violated()
+    (await check_invariants(kit.database, saga_ids=[saga_id])).raise_if_violated()
 
 
 async def test_fifty_concurrent_bookings_of_one_slot_confirm_exactly_one(
@@ -361,44 +369,41 @@ async def test_randomized_mixed_workload_keeps_the_invariants(services: RunningS
     assert sum(report.sagas_by_status.values()) == count
 
 
-async def test_a_completed_goal_credits_the_member_once(services: RunningServices) -> None:
+async def test_a_completed_goal_credits_the_member_once(kit: SagaTestEnvironment) -> None:
     async def build(conn: DriverConnection) -> tuple[world.Member, uuid.UUID]:
         member = await world.create_member(conn)
         return member, await world.create_goal(conn, member.user_id, points_reward=40)
 
-    member, goal = await scene(services, build)
-    recorded_at = (await rows(services, "SELECT now() - interval '1 hour' AS at"))[0]["at"]
+    member, goal = await kit.scene(build)
+    recorded_at = (await kit.query("SELECT now() - interval '1 hour' AS at"))[0]["at"]
     first = await complete_health_goal(
-        services.coordinator,
+        kit.coordinator,
         user_id=member.user_id,
         goal_id=goal,
         completion_value=Decimal(8200),
         metric_type="steps",
         recorded_at=recorded_at,
     )
-    assert (await finished(services, first)).status is SagaStatus.COMPLETED
+    assert (await kit.settle(first)).status is SagaStatus.COMPLETED
     # The same goal again: it is no longer active, so nothing is awarded twice.
     again = await complete_health_goal(
-        services.coordinator, user_id=member.user_id, goal_id=goal, completion_value=Decimal(9000)
+        kit.coordinator, user_id=member.user_id, goal_id=goal, completion_value=Decimal(9000)
     )
-    summary = await finished(services, again)
+    summary = await kit.settle(again)
     assert summary.status is SagaStatus.COMPENSATED
     assert summary.error is not None
     assert "failed: goal not active" in summary.error
-    credits = await rows(
-        services,
+    credits = await kit.query(
         "SELECT status, amount_cents FROM plan_journey.plan_wellness_credit WHERE user_id = $1",
         member.user_id,
     )
     assert credits == [{"status": "applied", "amount_cents": 500}]
-    xp = await rows(
-        services,
+    xp = await kit.query(
         "SELECT xp FROM gamification.gamification_profile WHERE user_id = $1",
         member.user_id,
     )
     assert xp == [{"xp": 40}]
-    metric = await rows(
-        services,
+    metric = await kit.query(
         "SELECT metric_type, value, recorded_at FROM health_journey.health_metric "
         "WHERE user_id = $1",
         member.user_id,

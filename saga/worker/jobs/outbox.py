@@ -42,7 +42,12 @@ async def republish(ctx: JobContext) -> BatchResult:
             if room <= 0:
                 break
             due = await store.claim_due(
-                conn, table, older_than=threshold, lease=REPUBLISH_LEASE_SECONDS, limit=room
+                conn,
+                table,
+                older_than=threshold,
+                lease=REPUBLISH_LEASE_SECONDS,
+                limit=room,
+                skew=ctx.database.clock.skew,
             )
             if due:
                 claimed.append((table, due))

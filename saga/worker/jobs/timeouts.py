@@ -42,7 +42,7 @@ from saga.worker.job import BatchResult, Job, JobContext
 log = structlog.get_logger("saga.worker")
 
 Decide = Callable[[SagaDefinition, InstanceRow], Transition]
-Claim = Callable[[DriverConnection, int], Awaitable[list[InstanceRow]]]
+Claim = Callable[[DriverConnection, int, float], Awaitable[list[InstanceRow]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
 
     async def batch(conn: DriverConnection) -> list[_Written]:
         written = []
-        for instance in await claim(conn, ctx.batch):
+        for instance in await claim(conn, ctx.batch, ctx.database.clock.skew):
             # Cached after the first load; a first load uses another pooled connection.
             definition = await ctx.definitions.get(
                 instance.definition_name, instance.definition_version
@@ -98,6 +98,7 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
                 log=prepared.log,
                 outbox=prepared.outbox,
                 step_timeout=prepared.step_timeout,
+                skew=ctx.database.clock.skew,
             )
             # The claim holds the row lock, so the version cannot have moved.
             assert stored is not None, f"saga {instance.id} changed under its row lock"
@@ -177,12 +178,24 @@ async def _park_undriveable(conn: DriverConnection, instance: InstanceRow) -> _W
     return _Written(instance, instance.definition_name, step, None, state, None, 0.0)
 
 
+async def _claim_overdue_steps(
+    conn: DriverConnection, limit: int, skew: float
+) -> list[InstanceRow]:
+    return await saga_log.claim_overdue_steps(conn, limit, skew=skew)
+
+
+async def _claim_expired_sagas(
+    conn: DriverConnection, limit: int, skew: float
+) -> list[InstanceRow]:
+    return await saga_log.claim_expired_sagas(conn, limit, skew=skew)
+
+
 async def step_timeouts(ctx: JobContext) -> BatchResult:
-    return await _drive(ctx, saga_log.claim_overdue_steps, _timed_out, STEP_TIMEOUTS.name)
+    return await _drive(ctx, _claim_overdue_steps, _timed_out, STEP_TIMEOUTS.name)
 
 
 async def saga_deadlines(ctx: JobContext) -> BatchResult:
-    return await _drive(ctx, saga_log.claim_expired_sagas, _expired, SAGA_DEADLINES.name)
+    return await _drive(ctx, _claim_expired_sagas, _expired, SAGA_DEADLINES.name)
 
 
 STEP_TIMEOUTS = Job(
