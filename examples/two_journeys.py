@@ -105,7 +105,7 @@ async def place_two_orders(services: RunningServices, say: Say) -> None:
             schema="example_shop",
             settings=coordinator.settings,
             database=database,
-            bootstrap_servers=coordinator.runtime.bootstrap_servers,
+            bootstrap_servers=services.bootstrap_servers,
         )
         for journey in ("shop", "stock")
     )

@@ -26,6 +26,8 @@ from saga.store import Database
 class RunningServices:
     coordinator: Coordinator
     database: Database
+    # The broker every service here talks to: what a service added alongside them uses.
+    bootstrap_servers: str
     participants: dict[str, Participant] = field(default_factory=dict)
     # Each journey's own database (its role's pool), with its retry counters.
     journey_databases: dict[str, Database] = field(default_factory=dict)
@@ -120,7 +122,9 @@ async def running_services(
         bootstrap_servers=bootstrap_servers,
         **(coordinator_options or {}),
     )
-    services = RunningServices(coordinator=coordinator, database=database)
+    services = RunningServices(
+        coordinator=coordinator, database=database, bootstrap_servers=bootstrap_servers
+    )
     services._databases.append(database)
     try:
         for journey in journeys:
