@@ -245,6 +245,36 @@ class TransportContract:
         assert b"v3" in again, f"v3 was not delivered again: {again}"
         assert again == values[values.index(again[0]) :], "redelivered out of order"
 
+    async def test_a_stop_commits_what_came_before_a_hung_record_and_not_the_rest(
+        self, adapter: Adapter, topics: Topics, sender: MessageSender
+    ) -> None:
+        transport = adapter.transport()
+        handled = Handled()
+        stuck = asyncio.Event()
+
+        async def hang_on_v2(incoming: Incoming) -> None:
+            if incoming.value == b"v2":
+                stuck.set()
+                await asyncio.Event().wait()
+
+        values = [f"v{n}".encode() for n in range(5)]
+        messages = [OutgoingMessage(topics.commands("booking"), "k", v) for v in values]
+        await sender.send_many(messages)
+        first = self.member(transport, topics, sender, handled.handler("a", hang_on_v2))
+        task = asyncio.create_task(first.run())
+        await asyncio.wait_for(stuck.wait(), 30)
+        started = time.monotonic()
+        await first.stop(grace=0.3)
+        await task
+        assert time.monotonic() - started < 5, "stop() did not give up on the hung record"
+        assert handled.values(member="a") == [b"v0", b"v1"]
+
+        second = self.member(transport, topics, sender, handled.handler("b"))
+        async with running(second):
+            await eventually(lambda: handled.values(member="b") == values[2:], "v2, v3, v4")
+            await asyncio.sleep(0.2)  # and nothing else arrives
+        assert handled.values(member="b") == values[2:]
+
     # -- dead letters ---------------------------------------------------------------------
 
     async def test_bad_records_are_dead_lettered_and_the_records_behind_them_handled(
