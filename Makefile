@@ -36,6 +36,8 @@ test: tools lint typecheck
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# The layer contracts in pyproject.toml: the domain imports no adapter, etc.
+	$(BIN)/lint-imports
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
