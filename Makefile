@@ -43,6 +43,8 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	# journeys/ and examples/ may import only saga and saga.testing from the engine.
 	$(BIN)/pytest -q tests/unit/test_public_imports.py
+	# The layer contracts in pyproject.toml: the domain imports no adapter, etc.
+	$(BIN)/lint-imports
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
