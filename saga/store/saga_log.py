@@ -1,5 +1,10 @@
 """The coordinator's writes to the saga log: instances, step-log rows, outbox commands.
 
+These functions run on a connection the caller's transaction owns. The coordinator and
+the timeout jobs reach them through the port (:class:`~saga.store.port.SagaLog`, adapter
+:class:`~saga.store.postgres_log.PostgresSagaLog`); operators' actions call them directly,
+several under one row lock in one transaction.
+
 Each write is ONE statement (data-modifying CTEs), which PostgreSQL runs as one atomic
 transaction: no ``BEGIN``/``COMMIT`` round trips on the hot path. Concurrency control is
 optimistic: a transition is written only if the instance's ``version`` is still the one
