@@ -13,7 +13,7 @@ from saga.definition import SagaDefinition
 from saga.machine import Dispatch, LogEntry, LogStatus, Phase, Transition, command_message_id
 from saga.messages import TRACEPARENT, Command
 from saga.store.outbox import PendingMessage
-from saga.store.saga_log import InstanceRow, LogRow, OutboxRow
+from saga.store.records import InstanceRow, LogRow, OutboxRow
 from saga.transport import Topics
 
 
@@ -106,7 +106,8 @@ def log_rows(
 
 @dataclass(frozen=True, slots=True)
 class PreparedWrite:
-    """Everything one transition writes, ready for :func:`saga_log.write_transition`."""
+    """Everything one transition writes, ready for
+    :meth:`saga.store.port.SagaLog.write_transition`."""
 
     command: Command | None
     outbox: OutboxRow | None

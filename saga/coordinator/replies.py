@@ -19,10 +19,8 @@ from saga.machine import LogEntry, LogStatus, Phase, SagaStatus, StepEvent, adva
 from saga.masking import summarize
 from saga.messages import TRACEPARENT, Reply, decode
 from saga.outbox import OutboxPublisher
-from saga.store import saga_log
-from saga.store.database import Database
-from saga.store.driver import DriverConnection
-from saga.store.saga_log import InstanceRow, LogRow
+from saga.store.port import SagaLog
+from saga.store.records import InstanceRow, LogRow
 from saga.transport import Incoming, Topics
 
 log = structlog.get_logger("saga.coordinator")
@@ -56,17 +54,21 @@ class InstanceCache:
 
 
 class ReplyProcessor:
+    """Applies replies to the sagas in ``saga_log``. It takes the port, never a database:
+    the :class:`~saga.coordinator.service.Coordinator` picks the adapter, so the reply
+    path imports none (an import-linter contract holds it to that)."""
+
     def __init__(
         self,
         *,
-        database: Database,
+        saga_log: SagaLog,
         publisher: OutboxPublisher,
         topics: Topics,
         definitions: DefinitionLookup,
         on_finished: FinishedCallback,
         cache_size: int = 50_000,
     ) -> None:
-        self._database = database
+        self._saga_log = saga_log
         self._publisher = publisher
         self._topics = topics
         self._definitions = definitions
@@ -119,11 +121,7 @@ class ReplyProcessor:
         raise RuntimeError(f"saga {reply.saga_id} kept changing under {_MAX_RACES} attempts")
 
     async def _load(self, reply: Reply) -> InstanceRow:
-        instance = await self._database.run_driver(
-            lambda conn: saga_log.load_instance(conn, reply.saga_id),
-            transaction=False,
-            name="coordinator.load",
-        )
+        instance = await self._saga_log.load_instance(reply.saga_id)
         if instance is None:
             raise MessageRejected(f"unknown saga {reply.saga_id}")
         if not _same_definition(instance, reply):
@@ -155,20 +153,12 @@ class ReplyProcessor:
             transaction_retries=reply.transaction_retries,
         )
         command = prepared.command
-
-        async def write(conn: DriverConnection) -> InstanceRow | None:
-            return await saga_log.write_transition(
-                conn,
-                instance,
-                transition.state,
-                log=prepared.log,
-                outbox=prepared.outbox,
-                step_timeout=prepared.step_timeout,
-                skew=self._database.clock.skew,
-            )
-
-        written = await self._database.run_driver(
-            write, transaction=False, name="coordinator.transition"
+        written = await self._saga_log.write_transition(
+            instance,
+            transition.state,
+            log=prepared.log,
+            outbox=prepared.outbox,
+            step_timeout=prepared.step_timeout,
         )
         if written is None:
             return False
@@ -222,13 +212,7 @@ class ReplyProcessor:
             journey=step.journey,
             message_id=reply.in_reply_to,
         )
-        await self._database.run_driver(
-            lambda conn: saga_log.record_ignored(
-                conn, instance.id, row, skew=self._database.clock.skew
-            ),
-            transaction=False,
-            name="coordinator.ignored",
-        )
+        await self._saga_log.record_ignored(instance.id, row)
 
 
 def _observe_step(definition: SagaDefinition, instance: InstanceRow, reply: Reply) -> None:

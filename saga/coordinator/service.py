@@ -36,12 +36,11 @@ from saga.messages import TRACEPARENT
 from saga.outbox import RelaySettings
 from saga.runtime import MessagingRuntime
 from saga.settings import Settings
-from saga.store import definitions as stored_definitions
-from saga.store import saga_log
 from saga.store.database import Database
-from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
-from saga.store.saga_log import SagaSummary
+from saga.store.port import SagaLog
+from saga.store.postgres_log import PostgresSagaLog
+from saga.store.records import SagaSummary, StoredDefinition
 from saga.transport import Topics
 from saga.transport.port import Transport
 
@@ -62,9 +61,12 @@ class Coordinator:
         max_concurrency: int = 128,
         relay: RelaySettings | None = None,
         transport: Transport | None = None,
+        saga_log: SagaLog | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
+        # The relay and the publisher still use ``database`` (the coordinator's outbox).
+        self.saga_log: SagaLog = saga_log or PostgresSagaLog(database)
         self.topics = Topics.from_settings(settings)
         self.group_id = group_id or f"{self.topics.prefix}.coordinator"
         self._max_concurrency = max_concurrency
@@ -83,7 +85,7 @@ class Coordinator:
             transport=transport,
         )
         self.replies = ReplyProcessor(
-            database=database,
+            saga_log=self.saga_log,
             publisher=self._runtime.publisher,
             topics=self.topics,
             definitions=self.definition,
@@ -114,11 +116,7 @@ class Coordinator:
                 f"Coordinator.register takes a SagaDefinition, got {type(definition).__name__}"
             )
         definition.validate()
-
-        async def store(conn: DriverConnection) -> stored_definitions.StoredDefinition:
-            return await stored_definitions.register(conn, definition)
-
-        stored = await self.database.run_driver(store, name="coordinator.register")
+        stored = await self.saga_log.register_definition(definition)
         self._ids[definition.key] = stored.id
         self._definitions[definition.key] = definition
         log.info("definition_registered", definition=definition.name, version=definition.version)
@@ -127,11 +125,7 @@ class Coordinator:
         """The stored definition (instances keep the version they started with)."""
         key = (name, version)
         if key not in self._definitions:
-            stored = await self.database.run_driver(
-                lambda conn: stored_definitions.load(conn, name, version),
-                transaction=False,
-                name="coordinator.load_definition",
-            )
+            stored = await self.saga_log.load_definition(name, version)
             self._ids[key] = stored.id
             self._definitions[key] = stored.definition
         return self._definitions[key]
@@ -169,25 +163,13 @@ class Coordinator:
         rows = log_rows(
             saga_id, definition, transition.log, command=command, attempt_started_at=None
         )
-
-        async def insert(conn: DriverConnection) -> uuid.UUID:
-            return await saga_log.insert_start(
-                conn,
-                saga_id=saga_id,
-                definition_id=self._ids[definition.key],
-                definition_name=definition.name,
-                definition_version=definition.version,
-                payload=payload,
-                idempotency_key=idempotency_key,
-                step_timeout=definition.steps[0].timeout,
-                saga_timeout=definition.timeout,
-                log=rows,
-                outbox=outbox,
-                skew=self.database.clock.skew,
-            )
-
-        started = await self.database.run_driver(
-            insert, transaction=False, name="coordinator.start"
+        started = await self.saga_log.insert_start(
+            saga_id=saga_id,
+            definition=StoredDefinition(self._ids[definition.key], definition),
+            payload=payload,
+            idempotency_key=idempotency_key,
+            log=rows,
+            outbox=outbox,
         )
         if started != saga_id:
             log.info("saga_start_repeated", saga_id=str(started), idempotency_key=idempotency_key)
@@ -213,9 +195,7 @@ class Coordinator:
         return saga_id
 
     async def status(self, saga_id: uuid.UUID) -> SagaSummary:
-        found = await self.database.run_driver(
-            lambda conn: saga_log.summary(conn, saga_id), transaction=False, name="saga.status"
-        )
+        found = await self.saga_log.summary(saga_id)
         if found is None:
             raise SagaNotFound(f"no saga {saga_id}")
         return found
@@ -281,11 +261,7 @@ class Coordinator:
                 "Coordinator.start takes a SagaDefinition or a registered definition's name, "
                 f"got {type(definition).__name__}"
             )
-        stored = await self.database.run_driver(
-            lambda conn: stored_definitions.load(conn, definition),
-            transaction=False,
-            name="coordinator.load_definition",
-        )
+        stored = await self.saga_log.load_definition(definition)
         if stored.definition.key not in self._ids:
             self._ids[stored.definition.key] = stored.id
             self._definitions[stored.definition.key] = stored.definition

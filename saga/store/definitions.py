@@ -7,18 +7,13 @@ content is refused, so every instance is driven by exactly the steps it started 
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import dataclass
 
 from saga.definition import SagaDefinition
 from saga.errors import DefinitionConflict, UnknownDefinition
 from saga.store.driver import DriverConnection, document
+from saga.store.records import StoredDefinition
 
-
-@dataclass(frozen=True, slots=True)
-class StoredDefinition:
-    id: uuid.UUID
-    definition: SagaDefinition
+__all__ = ["StoredDefinition", "load", "register"]
 
 
 async def register(conn: DriverConnection, definition: SagaDefinition) -> StoredDefinition:

@@ -1,5 +1,10 @@
 """The coordinator's writes to the saga log: instances, step-log rows, outbox commands.
 
+These functions run on a connection the caller's transaction owns. The coordinator and
+the timeout jobs reach them through the port (:class:`~saga.store.port.SagaLog`, adapter
+:class:`~saga.store.postgres_log.PostgresSagaLog`); operators' actions call them directly,
+several under one row lock in one transaction.
+
 Each write is ONE statement (data-modifying CTEs), which PostgreSQL runs as one atomic
 transaction: no ``BEGIN``/``COMMIT`` round trips on the hot path. Concurrency control is
 optimistic: a transition is written only if the instance's ``version`` is still the one
@@ -11,51 +16,30 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
-from saga.machine import InstanceState, LogEntry, Phase, SagaStatus
+from saga.machine import InstanceState, Phase, SagaStatus
 from saga.store.driver import DriverConnection, document, rows_affected
+from saga.store.records import InstanceRow, LogRow, OutboxRow, SagaSummary, StepPosition
 
-
-@dataclass(frozen=True, slots=True)
-class InstanceRow:
-    id: uuid.UUID
-    definition_name: str
-    definition_version: int
-    state: InstanceState
-    payload: Mapping[str, Any]
-    version: int
-    step_started_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class LogRow:
-    """A step-log entry with the names the machine does not know."""
-
-    entry: LogEntry
-    step_name: str
-    journey: str
-    message_id: uuid.UUID | None
-    request: Mapping[str, Any] | None = None
-    started_at: datetime | None = None
-    """When the attempt was dispatched; ``None`` means now (plus any retry delay)."""
-    serialization_retries: int = 0
-    deadlock_retries: int = 0
-    """How often the participant re-ran the step's transaction before it answered."""
-    actor: str | None = None
-    """Who wrote the row by hand (``saga retry`` and the other operator actions)."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    message_id: uuid.UUID
-    topic: str
-    key: str
-    payload: bytes
-    headers: Mapping[str, str]
-    delay: float = 0.0
+__all__ = [
+    "InstanceRow",
+    "LogRow",
+    "OutboxRow",
+    "SagaSummary",
+    "StepPosition",
+    "claim_expired_sagas",
+    "claim_overdue_steps",
+    "insert_start",
+    "load_instance",
+    "lock_instance",
+    "record_ignored",
+    "step_position",
+    "summary",
+    "withdraw_commands",
+    "write_transition",
+]
 
 
 _LOG_COLUMNS = """
@@ -222,15 +206,6 @@ async def lock_instance(conn: DriverConnection, saga_id: uuid.UUID) -> InstanceR
         saga_id,
     )
     return None if row is None else _instance_from(row)
-
-
-@dataclass(frozen=True, slots=True)
-class StepPosition:
-    """Where the step log last left the saga's current step."""
-
-    phase: Phase
-    step_name: str
-    journey: str
 
 
 async def step_position(conn: DriverConnection, instance: InstanceRow) -> StepPosition | None:
@@ -404,16 +379,6 @@ async def record_ignored(
         row.entry.error,
         skew,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class SagaSummary:
-    id: uuid.UUID
-    status: SagaStatus
-    context: Mapping[str, Any]
-    error: str | None
-    started_at: datetime
-    finished_at: datetime | None
 
 
 async def summary(conn: DriverConnection, saga_id: uuid.UUID) -> SagaSummary | None:

@@ -18,6 +18,7 @@ from saga.outbox import OutboxPublisher
 from saga.settings import Settings
 from saga.store.connection import Connection
 from saga.store.database import Database
+from saga.store.port import SagaLog
 from saga.transport.port import MessageSender
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class JobContext:
     """The worker's producer, for re-sending rows of other outboxes."""
     definitions: DefinitionCache
     """Stored saga definitions by name and version."""
+    saga_log: SagaLog | None = None
+    """The saga log the timeout jobs claim and move sagas in; None: the PostgreSQL one
+    on ``database``."""
 
 
 @dataclass(frozen=True, slots=True)

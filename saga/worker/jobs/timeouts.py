@@ -4,10 +4,11 @@ A step (or compensation) attempt with no reply by its deadline counts as timed o
 state machine sends it again with the same message id while attempts remain (the
 participant answers a repeat from its inbox, so nothing runs twice), then fails the step
 and compensates. A running saga past its overall deadline is compensated from the step it
-is at. Each batch locks its sagas with ``FOR UPDATE SKIP LOCKED`` and writes every
-transition in the same transaction, so two workers never judge the same saga, and a
-coordinator applying a reply at that moment waits for the lock, then finds the version
-moved and re-reads.
+is at. Each batch claims its sagas through the saga log port
+(:meth:`~saga.store.port.SagaLog.claim_overdue_steps`: on PostgreSQL ``FOR UPDATE SKIP
+LOCKED``) and writes every transition under that claim, so two workers never judge the
+same saga, and a coordinator applying a reply at that moment waits for the lock, then
+finds the version moved and re-reads.
 """
 
 from __future__ import annotations
@@ -32,17 +33,17 @@ from saga.machine import (
     expire,
 )
 from saga.masking import summarize
-from saga.store import saga_log
-from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
-from saga.store.saga_log import InstanceRow
+from saga.store.port import ClaimedSagas, SagaLog, SettleClaimed
+from saga.store.postgres_log import PostgresSagaLog
+from saga.store.records import InstanceRow
 from saga.transport import Topics
 from saga.worker.job import BatchResult, Job, JobContext
 
 log = structlog.get_logger("saga.worker")
 
 Decide = Callable[[SagaDefinition, InstanceRow], Transition]
-Claim = Callable[[DriverConnection, int, float], Awaitable[list[InstanceRow]]]
+Claim = Callable[[int, SettleClaimed["list[_Written]"]], Awaitable["list[_Written]"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,35 +78,31 @@ def _expired(definition: SagaDefinition, instance: InstanceRow) -> Transition:
 async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> BatchResult:
     topics = Topics.from_settings(ctx.settings)
 
-    async def batch(conn: DriverConnection) -> list[_Written]:
+    async def settle(claimed: ClaimedSagas) -> list[_Written]:
         written = []
-        for instance in await claim(conn, ctx.batch, ctx.database.clock.skew):
+        for instance in claimed.instances:
             # Cached after the first load; a first load uses another pooled connection.
             definition = await ctx.definitions.get(
                 instance.definition_name, instance.definition_version
             )
             if definition is None:
-                written.append(await _park_undriveable(conn, instance))
+                written.append(await _park_undriveable(claimed, instance))
                 continue
             transition = decide(definition, instance)
             if transition.ignored is not None:
                 continue  # nothing to do: e.g. a compensating saga past its deadline
             prepared = prepare_write(instance, definition, transition, topics)
-            stored = await saga_log.write_transition(
-                conn,
+            await claimed.write_transition(
                 instance,
                 transition.state,
                 log=prepared.log,
                 outbox=prepared.outbox,
                 step_timeout=prepared.step_timeout,
-                skew=ctx.database.clock.skew,
             )
-            # The claim holds the row lock, so the version cannot have moved.
-            assert stored is not None, f"saga {instance.id} changed under its row lock"
             written.append(_written(instance, definition, transition.state, prepared))
         return written
 
-    done = await ctx.database.run_driver(batch, name=f"worker.{job}")
+    done = await claim(ctx.batch, settle)
     counts: Counter[str] = Counter()
     for item in done:
         _count(item, job, counts)
@@ -166,36 +163,30 @@ def _count(item: _Written, job: str, counts: Counter[str]) -> None:
             )
 
 
-async def _park_undriveable(conn: DriverConnection, instance: InstanceRow) -> _Written:
+async def _park_undriveable(claimed: ClaimedSagas, instance: InstanceRow) -> _Written:
     """No stored definition: nothing can decide for this saga, so a person must."""
     reason = (
         f"definition {instance.definition_name} v{instance.definition_version} is not "
         "stored; the saga cannot be driven"
     )
     state = replace(instance.state, status=SagaStatus.PARKED, error=reason)
-    await saga_log.write_transition(conn, instance, state, log=[], outbox=None, step_timeout=0)
+    await claimed.write_transition(instance, state, log=[], outbox=None, step_timeout=0)
     step = f"#{instance.state.current_step}"
     return _Written(instance, instance.definition_name, step, None, state, None, 0.0)
 
 
-async def _claim_overdue_steps(
-    conn: DriverConnection, limit: int, skew: float
-) -> list[InstanceRow]:
-    return await saga_log.claim_overdue_steps(conn, limit, skew=skew)
-
-
-async def _claim_expired_sagas(
-    conn: DriverConnection, limit: int, skew: float
-) -> list[InstanceRow]:
-    return await saga_log.claim_expired_sagas(conn, limit, skew=skew)
+def _saga_log(ctx: JobContext) -> SagaLog:
+    return ctx.saga_log or PostgresSagaLog(ctx.database)
 
 
 async def step_timeouts(ctx: JobContext) -> BatchResult:
-    return await _drive(ctx, _claim_overdue_steps, _timed_out, STEP_TIMEOUTS.name)
+    claim = _saga_log(ctx).claim_overdue_steps
+    return await _drive(ctx, claim, _timed_out, STEP_TIMEOUTS.name)
 
 
 async def saga_deadlines(ctx: JobContext) -> BatchResult:
-    return await _drive(ctx, _claim_expired_sagas, _expired, SAGA_DEADLINES.name)
+    claim = _saga_log(ctx).claim_expired_sagas
+    return await _drive(ctx, claim, _expired, SAGA_DEADLINES.name)
 
 
 STEP_TIMEOUTS = Job(

@@ -1,0 +1,191 @@
+"""The saga log port on PostgreSQL: :class:`PostgresSagaLog` runs the statements of
+:mod:`saga.store.saga_log` and :mod:`saga.store.definitions` through a
+:class:`~saga.store.database.Database`.
+
+Each method is one unit of work under the name the engine has always given it (the
+slow-unit log and ``saga_db_*`` metrics keep their labels), and the hot path keeps its
+cost: a start, a transition or an ignored reply is one statement in its own implicit
+transaction, no ``BEGIN``/``COMMIT``. A claim is one transaction: ``FOR UPDATE SKIP
+LOCKED``, then the settling unit's writes, then ``COMMIT``. Deadlines are written and
+judged by the database's clock (:attr:`Database.clock`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from saga.definition import SagaDefinition
+from saga.errors import UsageError
+from saga.machine import InstanceState
+from saga.store import definitions, saga_log
+from saga.store.database import Database
+from saga.store.driver import DriverConnection
+from saga.store.port import SettleClaimed
+from saga.store.records import InstanceRow, LogRow, OutboxRow, SagaSummary, StoredDefinition
+
+T = TypeVar("T")
+
+
+class PostgresSagaLog:
+    """The :class:`~saga.store.port.SagaLog` of the ``shared`` schema's saga tables."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def register_definition(self, definition: SagaDefinition) -> StoredDefinition:
+        async def store(conn: DriverConnection) -> StoredDefinition:
+            return await definitions.register(conn, definition)
+
+        return await self.database.run_driver(store, name="coordinator.register")
+
+    async def load_definition(self, name: str, version: int | None = None) -> StoredDefinition:
+        return await self.database.run_driver(
+            lambda conn: definitions.load(conn, name, version),
+            transaction=False,
+            name="coordinator.load_definition",
+        )
+
+    async def insert_start(
+        self,
+        *,
+        saga_id: uuid.UUID,
+        definition: StoredDefinition,
+        payload: Mapping[str, Any],
+        idempotency_key: str | None,
+        log: Sequence[LogRow],
+        outbox: OutboxRow,
+    ) -> uuid.UUID:
+        steps = definition.definition
+
+        async def insert(conn: DriverConnection) -> uuid.UUID:
+            return await saga_log.insert_start(
+                conn,
+                saga_id=saga_id,
+                definition_id=definition.id,
+                definition_name=steps.name,
+                definition_version=steps.version,
+                payload=payload,
+                idempotency_key=idempotency_key,
+                step_timeout=steps.steps[0].timeout,
+                saga_timeout=steps.timeout,
+                log=log,
+                outbox=outbox,
+                skew=self.database.clock.skew,
+            )
+
+        return await self.database.run_driver(insert, transaction=False, name="coordinator.start")
+
+    async def load_instance(self, saga_id: uuid.UUID) -> InstanceRow | None:
+        return await self.database.run_driver(
+            lambda conn: saga_log.load_instance(conn, saga_id),
+            transaction=False,
+            name="coordinator.load",
+        )
+
+    async def write_transition(
+        self,
+        instance: InstanceRow,
+        state: InstanceState,
+        *,
+        log: Sequence[LogRow],
+        outbox: OutboxRow | None,
+        step_timeout: float,
+    ) -> InstanceRow | None:
+        async def write(conn: DriverConnection) -> InstanceRow | None:
+            return await saga_log.write_transition(
+                conn,
+                instance,
+                state,
+                log=log,
+                outbox=outbox,
+                step_timeout=step_timeout,
+                skew=self.database.clock.skew,
+            )
+
+        return await self.database.run_driver(
+            write, transaction=False, name="coordinator.transition"
+        )
+
+    async def record_ignored(self, saga_id: uuid.UUID, row: LogRow) -> None:
+        await self.database.run_driver(
+            lambda conn: saga_log.record_ignored(conn, saga_id, row, skew=self.database.clock.skew),
+            transaction=False,
+            name="coordinator.ignored",
+        )
+
+    async def summary(self, saga_id: uuid.UUID) -> SagaSummary | None:
+        return await self.database.run_driver(
+            lambda conn: saga_log.summary(conn, saga_id), transaction=False, name="saga.status"
+        )
+
+    async def claim_overdue_steps(self, limit: int, settle: SettleClaimed[T]) -> T:
+        return await self._claim(
+            lambda conn, skew: saga_log.claim_overdue_steps(conn, limit, skew=skew),
+            settle,
+            name="worker.step_timeouts",
+        )
+
+    async def claim_expired_sagas(self, limit: int, settle: SettleClaimed[T]) -> T:
+        return await self._claim(
+            lambda conn, skew: saga_log.claim_expired_sagas(conn, limit, skew=skew),
+            settle,
+            name="worker.saga_deadlines",
+        )
+
+    async def _claim(
+        self,
+        claim: Callable[[DriverConnection, float], Awaitable[list[InstanceRow]]],
+        settle: SettleClaimed[T],
+        *,
+        name: str,
+    ) -> T:
+        skew = self.database.clock.skew
+
+        async def unit(conn: DriverConnection) -> T:
+            return await settle(_Claim(conn, await claim(conn, skew), skew))
+
+        return await self.database.run_driver(unit, name=name)
+
+
+class _Claim:
+    """Instances locked by the transaction of ``conn``: the port's ``ClaimedSagas``."""
+
+    __slots__ = ("_conn", "_instances", "_skew")
+
+    def __init__(self, conn: DriverConnection, instances: list[InstanceRow], skew: float) -> None:
+        self._conn = conn
+        self._instances = instances
+        self._skew = skew
+
+    @property
+    def instances(self) -> Sequence[InstanceRow]:
+        return tuple(self._instances)
+
+    async def write_transition(
+        self,
+        instance: InstanceRow,
+        state: InstanceState,
+        *,
+        log: Sequence[LogRow],
+        outbox: OutboxRow | None,
+        step_timeout: float,
+    ) -> InstanceRow:
+        if not any((i.id, i.version) == (instance.id, instance.version) for i in self._instances):
+            raise UsageError(
+                f"saga {instance.id} at version {instance.version} is not among the sagas "
+                "this claim holds; write only the claimed instances as claimed"
+            )
+        stored = await saga_log.write_transition(
+            self._conn,
+            instance,
+            state,
+            log=log,
+            outbox=outbox,
+            step_timeout=step_timeout,
+            skew=self._skew,
+        )
+        if stored is None:
+            raise RuntimeError(f"saga {instance.id} changed under the claim's row lock")
+        return stored
