@@ -28,13 +28,12 @@ from saga import (
     Step,
     StepContext,
     StepRefused,
+    journey_tables_sql,
     load_timeline,
     run_standalone,
 )
 
-# Each journey owns a schema: here one for both. A participant also needs an inbox (what
-# stops a repeated command running twice) and an outbox (replies sent after commit) of the
-# shape every journey's have, which these copy from the care journey's.
+# Each journey owns a schema: here one for both, with each journey's own table.
 TABLES = """
 CREATE SCHEMA IF NOT EXISTS example_shop;
 CREATE TABLE IF NOT EXISTS example_shop.shop_order (
@@ -45,11 +44,14 @@ CREATE TABLE IF NOT EXISTS example_shop.stock_item (
 );
 INSERT INTO example_shop.stock_item VALUES ('lamp', 1)
     ON CONFLICT (item) DO UPDATE SET on_hand = 1;
-CREATE TABLE IF NOT EXISTS example_shop.shop_inbox (LIKE care_journey.care_inbox INCLUDING ALL);
-CREATE TABLE IF NOT EXISTS example_shop.shop_outbox (LIKE care_journey.care_outbox INCLUDING ALL);
-CREATE TABLE IF NOT EXISTS example_shop.stock_inbox (LIKE care_journey.care_inbox INCLUDING ALL);
-CREATE TABLE IF NOT EXISTS example_shop.stock_outbox (LIKE care_journey.care_outbox INCLUDING ALL);
 """
+
+# A participant also needs an inbox (what stops a repeated command running twice) and an
+# outbox (replies sent after commit), in the shape every journey's have.
+JOURNEY_TABLES = [
+    *journey_tables_sql("example_shop", "shop"),
+    *journey_tables_sql("example_shop", "stock"),
+]
 
 PLACE_ORDER = SagaDefinition(
     "place_order",
@@ -96,6 +98,8 @@ async def take_stock(step: StepContext) -> None:
 async def place_two_orders(services: RunningServices, say: Say) -> None:
     async def create_tables(conn: Connection) -> None:
         await conn.execute(TABLES)
+        for statement in JOURNEY_TABLES:
+            await conn.execute(statement)
 
     database, coordinator = services.database, services.coordinator
     await database.run_driver(create_tables)

@@ -41,7 +41,9 @@ def append_only_trigger(schema: str, table: str, *, allow_delete: bool = False) 
 
 
 def inbox_and_outbox(schema: str, prefix: str) -> list[str]:
-    """A service's message inbox (dedup + stored reply) and transactional outbox."""
+    """A service's message inbox (dedup + stored reply) and transactional outbox, as the
+    first revisions made them. Later revisions changed them; the current shape, for a new
+    journey, is ``saga.journey_tables_sql``."""
     inbox, outbox = f"{prefix}_inbox", f"{prefix}_outbox"
     return [
         f"""

@@ -53,6 +53,7 @@ from saga.settings import AppEnv, Settings, load_settings
 from saga.stack import RunningServices, running_services
 from saga.store import Database
 from saga.store.connection import Connection, Row
+from saga.store.journey_tables import journey_tables_sql
 from saga.store.seeding import FunctionSeeder, Seeder
 from saga.timeline import Timeline, TimelineEntry, load_timeline
 from saga.worker.job import BatchResult, Job, JobContext, JobFunction, try_job_lock
@@ -90,6 +91,7 @@ __all__ = [
     "FunctionSeeder",
     "Row",
     "Seeder",
+    "journey_tables_sql",
     # seeing a saga run: timelines, in-process stacks, scripted scenarios
     "RunningServices",
     "Say",
