@@ -6,7 +6,16 @@ implementation detail that may change without notice.
 """
 
 from saga.coordinator import Coordinator, SagaSummary
-from saga.definition import IsolationLevel, NoCompensation, SagaDefinition, Step
+from saga.definition import (
+    AwaitEvent,
+    IsolationLevel,
+    NoCompensation,
+    OnTimeout,
+    Parallel,
+    SagaDefinition,
+    Step,
+    SubSaga,
+)
 from saga.errors import (
     BrokerUnavailable,
     CheckViolation,
@@ -65,11 +74,15 @@ __all__ = [
     "Settings",
     "load_settings",
     # defining sagas
+    "AwaitEvent",
     "IsolationLevel",
     "NoCompensation",
+    "OnTimeout",
+    "Parallel",
     "RetryPolicy",
     "SagaDefinition",
     "Step",
+    "SubSaga",
     # running sagas
     "Coordinator",
     "SagaStatus",

@@ -28,8 +28,8 @@ import structlog
 from saga import metrics
 from saga.coordinator.commands import build_command, log_rows, outbox_row
 from saga.coordinator.replies import ReplyProcessor
-from saga.definition import SagaDefinition
-from saga.errors import InvalidPayload, SagaNotFound, SagaTimeout, UsageError
+from saga.definition import SagaDefinition, Step
+from saga.errors import DefinitionError, InvalidPayload, SagaNotFound, SagaTimeout, UsageError
 from saga.logging import saga_context
 from saga.machine import SagaStatus, begin
 from saga.messages import TRACEPARENT
@@ -116,6 +116,7 @@ class Coordinator:
                 f"Coordinator.register takes a SagaDefinition, got {type(definition).__name__}"
             )
         definition.validate()
+        _refuse_shapes(definition)
         stored = await self.saga_log.register_definition(definition)
         self._ids[definition.key] = stored.id
         self._definitions[definition.key] = definition
@@ -266,6 +267,19 @@ class Coordinator:
             self._ids[stored.definition.key] = stored.id
             self._definitions[stored.definition.key] = stored.definition
         return stored.definition
+
+
+def _refuse_shapes(definition: SagaDefinition) -> None:
+    # The machine decides them (saga.machine), but the store, the outbox and the workers
+    # do not carry them yet: better refused here than half run.
+    if not definition.straight_line:
+        shape = next(p for p in definition.positions if not isinstance(p, Step))
+        raise DefinitionError(
+            definition.name,
+            "parallel groups, waits and child sagas are defined and decided by the state "
+            "machine but not yet run by the coordinator",
+            step=shape.name,
+        )
 
 
 def _check_payload(payload: Mapping[str, Any]) -> None:

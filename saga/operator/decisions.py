@@ -86,7 +86,7 @@ def retry(
     return Transition(
         nxt,
         (entry, LogEntry(index, phase, LogStatus.DISPATCHED, attempt)),
-        Dispatch(index, phase, attempt),
+        (Dispatch(index, phase, attempt),),
     )
 
 
@@ -147,7 +147,7 @@ def skip(
     return Transition(
         nxt,
         (entry, LogEntry(index + 1, Phase.EXECUTE, LogStatus.DISPATCHED, 1)),
-        Dispatch(index + 1, Phase.EXECUTE, 1),
+        (Dispatch(index + 1, Phase.EXECUTE, 1),),
     )
 
 

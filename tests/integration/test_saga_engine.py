@@ -184,12 +184,12 @@ class Duplicating(Producer):
 SERIALIZABLE_BOOKING = dataclasses.replace(
     BOOKING,
     name="test_booking_serializable",
-    steps=[
+    positions=tuple(
         dataclasses.replace(step, isolation=IsolationLevel.SERIALIZABLE)
         if step.name == "authorize"
         else step
         for step in BOOKING.steps
-    ],
+    ),
 )
 
 

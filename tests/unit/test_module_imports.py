@@ -118,7 +118,18 @@ def test_every_module_imports_on_its_own() -> None:
     assert not failures, f"{len(failures)} of {len(modules)} modules fail alone:\n{report}"
 
 
-DOMAIN = ("saga.definition", "saga.machine", "saga.messages", "saga.retry", "saga.errors")
+DOMAIN = (
+    "saga.definition",
+    "saga.step",
+    "saga.shapes",
+    "saga.validation",
+    "saga.machine",
+    "saga.machine_state",
+    "saga.machine_group",
+    "saga.messages",
+    "saga.retry",
+    "saga.errors",
+)
 
 
 def test_the_domain_imports_no_adapter() -> None:
