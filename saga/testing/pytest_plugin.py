@@ -4,14 +4,13 @@ Enable it in the suite's ``conftest.py``::
 
     pytest_plugins = ["saga.testing.pytest_plugin"]
 
+- ``saga_settings`` (session): ``load_settings()``, which the template is made with; a
+  suite that needs other settings overrides this fixture in its conftest.
 - ``saga_database_template`` (session): a :class:`~saga.testing.MigratedTemplate`, made
   once per run on the server ``DATABASE_URL`` names, or on an embedded PostgreSQL started
   for the run when it is unset; dropped (and the server stopped) at the end.
 - ``saga_database_url`` (function): the URL of a database of the test's own, copied from
   the template (migrated, reference seeds loaded), dropped after the test.
-
-The template is made with ``load_settings()``; a suite that needs other settings (or no
-reference seeds) overrides ``saga_database_template`` in its conftest.
 
 It is not registered as a ``pytest11`` entry point on purpose: that would load it into
 every pytest run of every project installed alongside the engine.
@@ -26,12 +25,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+from saga.settings import Settings, load_settings
 from saga.testing.database import MigratedTemplate
 
 T = TypeVar("T")
 
 
-def run_in_own_loop(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def _run_in_own_loop(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``work()`` to its end in an event loop of its own, on a thread of its own.
 
     The fixtures are plain functions so that they work whatever runs the suite's async
@@ -42,22 +42,28 @@ def run_in_own_loop(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 @pytest.fixture(scope="session")
-def saga_database_template() -> Iterator[MigratedTemplate]:
+def saga_settings() -> Settings:
+    """The settings the kit's databases are made with: ``load_settings()``."""
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def saga_database_template(saga_settings: Settings) -> Iterator[MigratedTemplate]:
     """A database migrated to head with the reference seeds, copied by each test's
     ``saga_database_url``; on the configured server or an embedded one."""
-    template = MigratedTemplate()
-    run_in_own_loop(template.open)
+    template = MigratedTemplate(saga_settings)
+    _run_in_own_loop(template.open)
     try:
         yield template
     finally:
-        run_in_own_loop(template.close)
+        _run_in_own_loop(template.close)
 
 
 @pytest.fixture
 def saga_database_url(saga_database_template: MigratedTemplate) -> Iterator[str]:
     """A migrated database of this test's own (a copy of the template), dropped after it."""
-    url = run_in_own_loop(saga_database_template.create_copy)
+    url = _run_in_own_loop(saga_database_template.create_copy)
     try:
         yield url
     finally:
-        run_in_own_loop(lambda: saga_database_template.drop_copy(url))
+        _run_in_own_loop(lambda: saga_database_template.drop_copy(url))

@@ -40,7 +40,7 @@ from journeys.care.sagas import BOOK_APPOINTMENT
 from journeys.care.service import SERVICE as CARE
 from journeys.gamification.service import SERVICE as GAMIFICATION
 from journeys.plan.service import SERVICE as PLAN
-from saga import Connection, SagaStatus, load_settings
+from saga import Connection, SagaStatus, Settings, load_settings
 from saga.testing import Faults, SagaTestEnvironment
 
 settings = load_settings()
@@ -105,8 +105,13 @@ async def test_a_lost_command_is_sent_again_after_its_timeout(saga_database_url:
         assert [e.status for e in awards] == ["timed_out", "succeeded"]
 
 
-async def test_each_test_has_a_database_of_its_own(saga_database_url: str) -> None:
-    async with booking_environment(saga_database_url, Faults()) as env:
+async def test_each_test_has_a_database_of_its_own(
+    saga_database_url: str, saga_settings: Settings
+) -> None:
+    environment = SagaTestEnvironment(
+        settings=saga_settings, database_url=saga_database_url, journeys=[CARE]
+    )
+    async with environment as env:
         sagas = await env.query("SELECT count(*) AS n FROM shared.saga_instance")
         assert sagas == [{"n": 0}]
 """
