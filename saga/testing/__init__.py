@@ -3,11 +3,15 @@
 - :class:`SagaTestEnvironment`: run sagas with their real handlers on real PostgreSQL in
   one process, with :class:`Faults` injected and a :class:`TestClock` that skips ahead;
 - :func:`run_saga`: start a saga on a running coordinator and see a failure raised;
+- :func:`migrated_database` and :class:`MigratedTemplate`: a database migrated to head on
+  the server ``DATABASE_URL`` names or an embedded one (the fixtures of
+  :mod:`saga.testing.pytest_plugin` are made of them);
 - :class:`InMemoryTransport` over an :class:`InMemoryBroker`: the engine's own services
   (``transport=``) on an in-process broker with Kafka's semantics, no broker process.
 """
 
 from saga.testing.clock import TestClock
+from saga.testing.database import MigratedTemplate, migrated_database
 from saga.testing.environment import SagaStuck, SagaTestEnvironment
 from saga.testing.faults import Faults, InjectedFault, ParticipantCrashed
 from saga.testing.run import run_saga
@@ -18,6 +22,9 @@ __all__ = [
     # running sagas in a test
     "SagaTestEnvironment",
     "run_saga",
+    # a migrated database to run them on: one of its own, or copies of a template
+    "migrated_database",
+    "MigratedTemplate",
     # what a test controls: the faults, the clock
     "Faults",
     "TestClock",
