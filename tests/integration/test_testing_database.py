@@ -13,7 +13,7 @@ from saga.store import migrate
 from saga.testing import MigratedTemplate, migrated_database
 from saga.testing.database import database_name
 
-pytestmark = [pytest.mark.integration, pytest.mark.embedded]
+pytestmark = pytest.mark.integration
 
 
 async def fetchval(url: str, sql: str) -> object:
