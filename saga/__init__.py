@@ -5,7 +5,7 @@ importable from here (and, for tests, from :mod:`saga.testing`); every other mod
 implementation detail that may change without notice.
 """
 
-from saga.coordinator import Coordinator, SagaSummary
+from saga.coordinator import Coordinator, SagaSummary, SignalOutcome, SignalReceipt
 from saga.definition import (
     AwaitEvent,
     IsolationLevel,
@@ -46,6 +46,8 @@ from saga.errors import (
     SchemaNotMigrated,
     SerializationConflict,
     SettingsError,
+    SignalConflict,
+    SignalRefused,
     StatementTimeout,
     StepRefused,
     TransactionConflict,
@@ -87,6 +89,8 @@ __all__ = [
     "Coordinator",
     "SagaStatus",
     "SagaSummary",
+    "SignalOutcome",
+    "SignalReceipt",
     # writing a journey service: handlers, its declaration, its background jobs
     "Handler",
     "JourneyService",
@@ -133,6 +137,8 @@ __all__ = [
     "SagaFailed",
     "SagaNotFound",
     "SagaTimeout",
+    "SignalConflict",
+    "SignalRefused",
     "StepRefused",
     "BrokerUnavailable",
     # errors: the database, as handlers see them (translated from the driver)

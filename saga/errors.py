@@ -17,6 +17,10 @@ The tree::
     ├── InvalidPayload                a saga's payload is not a JSON object, or too large
     │                                 (also TypeError and ValueError)
     ├── SagaNotFound                  no saga instance has that id
+    ├── SignalRefused                 a signal for a finished saga, or for an event its
+    │   │                             definition never waits for: nothing was stored
+    │   └── SignalConflict            a signal id already used with another saga, event
+    │                                 or payload
     ├── SagaFailed                    awaited saga ended compensated or parked (``saga.testing``)
     ├── SagaTimeout                   awaited saga did not end in time
     ├── StepRefused                   a handler declines for a business reason (not a fault)
@@ -124,6 +128,16 @@ class InvalidPayload(SagaError, TypeError, ValueError):
 
 class SagaNotFound(SagaError):
     """No saga instance has the given id."""
+
+
+class SignalRefused(SagaError):
+    """:meth:`~saga.Coordinator.signal` refused the signal (the saga is finished, or its
+    definition never waits for that event); nothing was stored. The message says why."""
+
+
+class SignalConflict(SignalRefused):
+    """A signal id was used before for another saga, event or payload: a signal id
+    names one signal, and sending it again must repeat it exactly."""
 
 
 class SagaTimeout(SagaError):

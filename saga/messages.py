@@ -23,6 +23,7 @@ SCHEMA_VERSION = 1
 """The newest envelope version this code writes and reads."""
 
 TRACEPARENT = "traceparent"
+_NO_BRANCH = {"branch"}
 
 
 class _Envelope(BaseModel):
@@ -41,12 +42,15 @@ class _Envelope(BaseModel):
     phase: Phase
     attempt: Annotated[StrictInt, Field(ge=1)]
     trace: dict[str, str] = Field(default_factory=dict)
+    branch: Annotated[StrictInt, Field(ge=0)] | None = None
+    """Which branch of the parallel group at ``step_index`` the message is about; absent
+    (and left out of the bytes) for a plain step, so those messages are as they were."""
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
+        return self.model_dump_json(exclude=_NO_BRANCH if self.branch is None else None).encode()
 
     def to_document(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude=_NO_BRANCH if self.branch is None else None)
 
     @property
     def key(self) -> str:

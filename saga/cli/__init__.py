@@ -1,6 +1,7 @@
 """The ``saga`` command: ``saga db ...`` for migrations, lint and seeds; ``saga demo``;
 ``saga run coordinator|participant|worker|all`` and ``saga health``, its probe; the
-operators' ``saga ls|show|stats|definitions`` and ``saga retry|compensate|skip|abort``.
+operators' ``saga ls|show|stats|definitions``, ``saga retry|compensate|skip|abort`` and
+``saga signal``.
 
 Every failure is one line on stderr and a non-zero exit: 1 when the work found a problem
 (lint findings, a refused migration), 2 when the command or configuration was wrong.
@@ -12,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from saga.cli import act, db, demo, health, inspect, run
+from saga.cli import act, db, demo, health, inspect, run, signal
 from saga.errors import ConfigurationError, SagaError
 
 EXIT_PROBLEM = 1
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_parser(commands)
     inspect.add_parser(commands)
     act.add_parser(commands)
+    signal.add_parser(commands)
     return parser
 
 

@@ -1,4 +1,10 @@
-"""Turning the state machine's decisions into command envelopes and log rows."""
+"""Turning the state machine's decisions into command envelopes and log rows.
+
+A straight-line saga's transition sends at most one command and is written by
+:meth:`~saga.store.port.SagaLog.write_transition` exactly as before; a saga whose
+definition uses parallel groups or waits gets a :class:`~saga.store.records.ShapeWrite`
+(every command, its shape state and the clocks of its branches in flight) for
+:meth:`~saga.store.port.SagaLog.write_shaped_transition`."""
 
 from __future__ import annotations
 
@@ -9,12 +15,30 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from saga.definition import SagaDefinition
-from saga.machine import Dispatch, LogEntry, LogStatus, Phase, Transition, command_message_id
+from saga.definition import SagaDefinition, Step
+from saga.machine import (
+    BranchOutcome,
+    Dispatch,
+    InstanceState,
+    LogEntry,
+    LogStatus,
+    Phase,
+    SagaStatus,
+    Transition,
+    branch_message_id,
+    command_message_id,
+)
 from saga.messages import TRACEPARENT, Command
+from saga.shapes import AwaitEvent, Parallel
 from saga.store.outbox import PendingMessage
-from saga.store.records import InstanceRow, LogRow, OutboxRow
+from saga.store.records import BranchTimer, InstanceRow, LogRow, OutboxRow, ShapeWrite
 from saga.transport import Topics
+
+ENGINE_JOURNEY = "saga"
+"""The journey named in the step log by rows that belong to no journey: a wait (and the
+signal that ended it), or a whole group given up when the saga expired."""
+
+_SHAPE_FIELDS = ("branches", "waiting_for", "child")
 
 
 def traceparent(saga_id: uuid.UUID) -> str:
@@ -31,12 +55,12 @@ def build_command(
     context: Mapping[str, Any],
     reply_to: str,
 ) -> Command:
-    step = definition.steps[dispatch.step_index]
+    step = command_step(definition, dispatch.step_index, dispatch.branch)
     execute = dispatch.phase is Phase.EXECUTE
     action = step.action if execute else step.compensation
     assert action is not None, "the machine compensates only compensatable steps"
     return Command(
-        message_id=command_message_id(saga_id, dispatch.step_index, dispatch.phase),
+        message_id=message_id(saga_id, dispatch.step_index, dispatch.branch, dispatch.phase),
         saga_id=saga_id,
         definition=definition.name,
         definition_version=definition.version,
@@ -52,8 +76,38 @@ def build_command(
         payload=dict(payload),
         context=dict(context),
         reply_to=reply_to,
-        undoes=None if execute else command_message_id(saga_id, dispatch.step_index, Phase.EXECUTE),
+        undoes=None
+        if execute
+        else message_id(saga_id, dispatch.step_index, dispatch.branch, Phase.EXECUTE),
+        branch=dispatch.branch,
     )
+
+
+def command_step(definition: SagaDefinition, index: int, branch: int | None) -> Step:
+    """The step whose command a dispatch (or a reply) at ``index`` is about: the plain
+    step there, or the branch of the group there."""
+    position = definition.positions[index]
+    if isinstance(position, Parallel) and branch is not None:
+        return position.branches[branch]
+    assert isinstance(position, Step), f"position {index} ({position.name!r}) sends no command"
+    return position
+
+
+def message_id(saga_id: uuid.UUID, index: int, branch: int | None, phase: Phase) -> uuid.UUID:
+    if branch is None:
+        return command_message_id(saga_id, index, phase)
+    return branch_message_id(saga_id, index, branch, phase)
+
+
+def logged_names(definition: SagaDefinition, entry: LogEntry) -> tuple[str, str]:
+    """The step name and journey a log row about ``entry`` shows."""
+    position = definition.positions[entry.step_index]
+    if isinstance(position, Step):
+        return position.name, position.journey
+    if isinstance(position, Parallel) and entry.branch is not None:
+        branch = position.branches[entry.branch]
+        return branch.name, branch.journey
+    return position.name, ENGINE_JOURNEY
 
 
 DEADLOCK = "40P01"
@@ -82,26 +136,54 @@ def log_rows(
     *,
     command: Command | None,
     attempt_started_at: datetime | None,
+    commands: Sequence[Command] = (),
+    branch_started_at: Mapping[int, datetime] | None = None,
+    signal_actors: Mapping[int, str | None] | None = None,
 ) -> list[LogRow]:
+    """The rows of ``entries``. ``commands`` are a shaped transition's (``command`` a
+    straight-line one's); ``branch_started_at`` the start of each branch's attempt in
+    flight; ``signal_actors`` who sent the signal received at each wait."""
+    sent = {(c.step_index, c.phase, c.branch): c for c in commands}
+    if command is not None:
+        sent[(command.step_index, command.phase, command.branch)] = command
     rows = []
     for entry in entries:
-        step = definition.steps[entry.step_index]
+        name, journey = logged_names(definition, entry)
+        position = definition.positions[entry.step_index]
         dispatched = entry.status is LogStatus.DISPATCHED
+        by = sent.get((entry.step_index, entry.phase, entry.branch)) if dispatched else None
+        started_at = attempt_started_at
+        if entry.branch is not None and branch_started_at is not None:
+            started_at = branch_started_at.get(entry.branch, attempt_started_at)
+        actor = None
+        if isinstance(position, AwaitEvent) and entry.status is LogStatus.SUCCEEDED:
+            actor = (signal_actors or {}).get(entry.step_index)
         rows.append(
             LogRow(
                 entry=entry,
-                step_name=step.name,
-                journey=step.journey,
-                message_id=command_message_id(saga_id, entry.step_index, entry.phase),
-                request=(
-                    {"action": command.action, "context": command.context}
-                    if dispatched and command is not None
+                step_name=name,
+                journey=journey,
+                message_id=(
+                    message_id(saga_id, entry.step_index, entry.branch, entry.phase)
+                    if not isinstance(position, AwaitEvent)
+                    and (isinstance(position, Step) or entry.branch is not None)
                     else None
                 ),
-                started_at=None if dispatched else attempt_started_at,
+                request=({"action": by.action, "context": by.context} if by is not None else None),
+                started_at=None if dispatched else started_at,
+                actor=actor,
             )
         )
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedSignal:
+    """A signal a transition applied: at the wait ``step_index``, sent by ``actor``."""
+
+    step_index: int
+    signal_id: str
+    actor: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +195,10 @@ class PreparedWrite:
     outbox: OutboxRow | None
     log: list[LogRow]
     step_timeout: float
+    shape: ShapeWrite | None = None
+    """Set for a saga whose definition uses parallel groups or waits (then ``command``
+    and ``outbox`` are None and the commands are in ``commands`` and ``shape.outbox``)."""
+    commands: tuple[Command, ...] = ()
 
     @property
     def delay(self) -> float:
@@ -124,8 +210,18 @@ class PreparedWrite:
         """The command as the publisher sends it after the commit."""
         if self.outbox is None:
             return None
-        box = self.outbox
-        return PendingMessage(box.message_id, box.topic, box.key, box.payload, dict(box.headers))
+        return _pending(self.outbox)
+
+    @property
+    def sends(self) -> list[tuple[PendingMessage, float]]:
+        """Every command to publish after the commit, with its delay."""
+        if self.shape is not None:
+            return [(_pending(box), box.delay) for box in self.shape.outbox]
+        return [] if self.outbox is None else [(_pending(self.outbox), self.outbox.delay)]
+
+
+def _pending(box: OutboxRow) -> PendingMessage:
+    return PendingMessage(box.message_id, box.topic, box.key, box.payload, dict(box.headers))
 
 
 def prepare_write(
@@ -135,10 +231,21 @@ def prepare_write(
     topics: Topics,
     *,
     transaction_retries: Mapping[str, int] | None = None,
+    signals: Sequence[ConsumedSignal] = (),
 ) -> PreparedWrite:
     """The command, outbox row and log rows of ``transition`` (the coordinator's replies
     and the worker's timeouts write them the same way). ``transaction_retries`` are the
-    reply's, recorded on the row of the outcome it reports."""
+    reply's, recorded on the row of the outcome it reports; ``signals`` are those the
+    transition applied (each marked consumed, its sender the actor of its log row)."""
+    if not definition.straight_line:
+        return _prepare_shaped(
+            instance,
+            definition,
+            transition,
+            topics,
+            transaction_retries=transaction_retries,
+            signals=signals,
+        )
     command = None
     outbox = None
     if transition.dispatch is not None:
@@ -158,6 +265,13 @@ def prepare_write(
         command=command,
         attempt_started_at=instance.step_started_at,
     )
+    _note_retries(rows, transaction_retries)
+    return PreparedWrite(
+        command, outbox, rows, definition.steps[transition.state.current_step].timeout
+    )
+
+
+def _note_retries(rows: list[LogRow], transaction_retries: Mapping[str, int] | None) -> None:
     if transaction_retries and rows:
         # The machine logs the event's outcome first, before any dispatch it causes.
         deadlocks = transaction_retries.get(DEADLOCK, 0)
@@ -166,6 +280,81 @@ def prepare_write(
             deadlock_retries=deadlocks,
             serialization_retries=sum(transaction_retries.values()) - deadlocks,
         )
-    return PreparedWrite(
-        command, outbox, rows, definition.steps[transition.state.current_step].timeout
+
+
+def _prepare_shaped(
+    instance: InstanceRow,
+    definition: SagaDefinition,
+    transition: Transition,
+    topics: Topics,
+    *,
+    transaction_retries: Mapping[str, int] | None,
+    signals: Sequence[ConsumedSignal],
+) -> PreparedWrite:
+    state = transition.state
+    commands = tuple(
+        build_command(
+            saga_id=instance.id,
+            definition=definition,
+            dispatch=dispatch,
+            payload=instance.payload,
+            context=state.context,
+            reply_to=topics.replies,
+        )
+        for dispatch in transition.dispatches
     )
+    outbox = tuple(
+        outbox_row(command, topics.commands(command.journey), dispatch.delay)
+        for command, dispatch in zip(commands, transition.dispatches, strict=True)
+    )
+    timers = tuple(
+        BranchTimer(d.branch, d.delay, command_step(definition, d.step_index, d.branch).timeout)
+        for d in transition.dispatches
+        if d.branch is not None
+    )
+    plain = [d for d in transition.dispatches if d.branch is None]
+    deadline_in = None
+    if state.status is SagaStatus.WAITING:
+        wait = definition.positions[state.current_step]
+        assert isinstance(wait, AwaitEvent)
+        deadline_in = wait.timeout
+    elif plain:
+        deadline_in = plain[0].delay + command_step(definition, plain[0].step_index, None).timeout
+    rows = log_rows(
+        instance.id,
+        definition,
+        transition.log,
+        command=None,
+        attempt_started_at=instance.step_started_at,
+        commands=commands,
+        branch_started_at={b: clock.started_at for b, clock in instance.clock.items()},
+        signal_actors={signal.step_index: signal.actor for signal in signals},
+    )
+    _note_retries(rows, transaction_retries)
+    shape = ShapeWrite(
+        document=shape_document(state),
+        outbox=outbox,
+        in_flight=branches_in_flight(state),
+        timers=timers,
+        deadline_in=deadline_in,
+        consumed_signals=tuple(signal.signal_id for signal in signals),
+    )
+    return PreparedWrite(None, None, rows, 0.0, shape, commands)
+
+
+def shape_document(state: InstanceState) -> dict[str, Any] | None:
+    """The state's fields beyond a straight line, as stored; None when it has none."""
+    document = state.to_document()
+    shaped = {name: document[name] for name in _SHAPE_FIELDS if name in document}
+    return shaped or None
+
+
+def branches_in_flight(state: InstanceState) -> tuple[int, ...]:
+    """The branches of the group the saga is at whose command (or compensation) is out."""
+    if state.status is SagaStatus.RUNNING:
+        return tuple(b for b, s in enumerate(state.branches) if s.outcome is BranchOutcome.PENDING)
+    if state.status is SagaStatus.COMPENSATING:
+        return tuple(
+            b for b, s in enumerate(state.branches) if s.compensation is BranchOutcome.PENDING
+        )
+    return ()

@@ -11,14 +11,16 @@ from datetime import UTC, datetime
 import structlog
 
 from saga import alerts, metrics
-from saga.coordinator.commands import prepare_write
-from saga.definition import SagaDefinition
+from saga.coordinator.commands import PreparedWrite, logged_names, prepare_write
+from saga.coordinator.signals import consume_kept_signals
+from saga.definition import SagaDefinition, Step
 from saga.errors import MessageRejected
 from saga.logging import saga_context
-from saga.machine import LogEntry, LogStatus, Phase, SagaStatus, StepEvent, advance
+from saga.machine import LogEntry, LogStatus, Phase, SagaStatus, StepEvent, Transition, advance
 from saga.masking import summarize
 from saga.messages import TRACEPARENT, Reply, decode
 from saga.outbox import OutboxPublisher
+from saga.shapes import Parallel
 from saga.store.port import SagaLog
 from saga.store.records import InstanceRow, LogRow
 from saga.transport import Incoming, Topics
@@ -136,32 +138,25 @@ class ReplyProcessor:
         self, definition: SagaDefinition, instance: InstanceRow, reply: Reply, *, trusted: bool
     ) -> bool:
         event = StepEvent(
-            reply.step_index, reply.phase, reply.attempt, reply.outcome, reply.result, reply.reason
+            reply.step_index,
+            reply.phase,
+            reply.attempt,
+            reply.outcome,
+            reply.result,
+            reply.reason,
+            branch=reply.branch,
         )
-        transition = advance(definition, instance.state, event)
+        transition = advance(definition, instance.state, event, payload=instance.payload)
         if transition.ignored is not None:
             if not trusted:
                 return False
             await self._record_ignored(definition, instance, reply, transition.ignored)
             return True
 
-        prepared = prepare_write(
-            instance,
-            definition,
-            transition,
-            self._topics,
-            transaction_retries=reply.transaction_retries,
-        )
-        command = prepared.command
-        written = await self._saga_log.write_transition(
-            instance,
-            transition.state,
-            log=prepared.log,
-            outbox=prepared.outbox,
-            step_timeout=prepared.step_timeout,
-        )
+        written, transition, prepared = await self._write(definition, instance, transition, reply)
         if written is None:
             return False
+        command = prepared.command or next(iter(prepared.commands), None)
         self.applied += 1
         _observe_step(definition, instance, reply)
         state = transition.state
@@ -172,19 +167,14 @@ class ReplyProcessor:
             action=_action_of(definition, reply),
             outcome=reply.outcome.value,
             status=state.status.value,
-            next_step=definition.steps[state.current_step].name if command else None,
+            next_step=command.step_name if command else None,
             next_action=command.action if command else None,
             next_attempt=command.attempt if command else None,
             # A saga's error quotes the participant's reason, which may quote its input.
             error=summarize(state.error),
         )
-        pending = prepared.pending
-        if pending is not None:
-            if prepared.delay > 0:
-                self._publisher.publish_later(pending, prepared.delay)
-            else:
-                await self._publisher.publish([pending])
-        if not state.status.in_flight:
+        await publish(self._publisher, prepared)
+        if not state.status.in_flight and state.status is not SagaStatus.WAITING:
             if state.status is SagaStatus.PARKED:
                 alerts.saga_parked(instance.id, definition.name, state.error)
             else:
@@ -192,25 +182,68 @@ class ReplyProcessor:
             self._on_finished(instance.id, state.status)
         return True
 
+    async def _write(
+        self,
+        definition: SagaDefinition,
+        instance: InstanceRow,
+        transition: Transition,
+        reply: Reply,
+    ) -> tuple[InstanceRow | None, Transition, PreparedWrite]:
+        if definition.straight_line:
+            prepared = prepare_write(
+                instance,
+                definition,
+                transition,
+                self._topics,
+                transaction_retries=reply.transaction_retries,
+            )
+            written = await self._saga_log.write_transition(
+                instance,
+                transition.state,
+                log=prepared.log,
+                outbox=prepared.outbox,
+                step_timeout=prepared.step_timeout,
+            )
+            return written, transition, prepared
+        transition, signals = await consume_kept_signals(
+            definition, instance.id, instance.payload, transition, self._saga_log.kept_signal
+        )
+        prepared = prepare_write(
+            instance,
+            definition,
+            transition,
+            self._topics,
+            transaction_retries=reply.transaction_retries,
+            signals=signals,
+        )
+        assert prepared.shape is not None
+        shaped = await self._saga_log.write_shaped_transition(
+            instance, transition.state, log=prepared.log, shape=prepared.shape
+        )
+        return shaped, transition, prepared
+
     async def _record_ignored(
         self, definition: SagaDefinition, instance: InstanceRow, reply: Reply, why: str
     ) -> None:
         self.ignored += 1
         log.info("reply_ignored", reason=why, outcome=reply.outcome.value)
-        step_index = min(reply.step_index, len(definition.steps) - 1)
-        step = definition.steps[step_index]
+        step_index = min(reply.step_index, len(definition.positions) - 1)
+        position = definition.positions[step_index]
+        branch = reply.branch
+        if not isinstance(position, Parallel) or branch not in range(len(position.branches)):
+            branch = None
+        entry = LogEntry(
+            step_index,
+            reply.phase,
+            LogStatus.IGNORED,
+            reply.attempt,
+            response={"outcome": reply.outcome.value, **reply.result},
+            error=f"ignored: {why}",
+            branch=branch,
+        )
+        step_name, journey = logged_names(definition, entry)
         row = LogRow(
-            entry=LogEntry(
-                step_index,
-                reply.phase,
-                LogStatus.IGNORED,
-                reply.attempt,
-                response={"outcome": reply.outcome.value, **reply.result},
-                error=f"ignored: {why}",
-            ),
-            step_name=step.name,
-            journey=step.journey,
-            message_id=reply.in_reply_to,
+            entry=entry, step_name=step_name, journey=journey, message_id=reply.in_reply_to
         )
         await self._saga_log.record_ignored(instance.id, row)
 
@@ -221,10 +254,16 @@ def _observe_step(definition: SagaDefinition, instance: InstanceRow, reply: Repl
     the message, so the labels stay bounded."""
     if instance.step_started_at is None:
         return
-    seconds = (datetime.now(UTC) - instance.step_started_at).total_seconds()
+    started_at = instance.step_started_at
+    if reply.branch is not None and reply.branch in instance.clock:
+        started_at = instance.clock[reply.branch].started_at
+    step = _step_of(definition, reply)
+    if step is None:
+        return
+    seconds = (datetime.now(UTC) - started_at).total_seconds()
     metrics.STEP_SECONDS.labels(
         definition.name,
-        definition.steps[reply.step_index].name,
+        step.name,
         reply.phase.value,
         reply.outcome.value,
     ).observe(max(seconds, 0.0))
@@ -237,7 +276,29 @@ def _same_definition(instance: InstanceRow, reply: Reply) -> bool:
     )
 
 
+def _step_of(definition: SagaDefinition, reply: Reply) -> Step | None:
+    """The step (or branch) the applied reply answers."""
+    position = definition.positions[reply.step_index]
+    if isinstance(position, Parallel) and reply.branch is not None:
+        return position.branches[reply.branch]
+    return position if isinstance(position, Step) else None
+
+
 def _action_of(definition: SagaDefinition, reply: Reply) -> str | None:
     """The action the reply answers: the step's, or its compensation."""
-    step = definition.steps[reply.step_index]
+    step = _step_of(definition, reply)
+    if step is None:
+        return None
     return step.action if reply.phase is Phase.EXECUTE else step.compensation
+
+
+async def publish(publisher: OutboxPublisher, prepared: PreparedWrite) -> None:
+    """Send what a committed transition wrote to the outbox: now, or after its delay."""
+    now = []
+    for pending, delay in prepared.sends:
+        if delay > 0:
+            publisher.publish_later(pending, delay)
+        else:
+            now.append(pending)
+    if now:
+        await publisher.publish(now)

@@ -26,21 +26,39 @@ from typing import Any
 import structlog
 
 from saga import metrics
-from saga.coordinator.commands import build_command, log_rows, outbox_row
-from saga.coordinator.replies import ReplyProcessor
-from saga.definition import SagaDefinition, Step
-from saga.errors import DefinitionError, InvalidPayload, SagaNotFound, SagaTimeout, UsageError
+from saga.coordinator.commands import (
+    ConsumedSignal,
+    PreparedWrite,
+    build_command,
+    log_rows,
+    outbox_row,
+    prepare_write,
+)
+from saga.coordinator.replies import ReplyProcessor, publish
+from saga.coordinator.signals import SignalOutcome, SignalReceipt, consume_kept_signals
+from saga.definition import SagaDefinition
+from saga.errors import (
+    BrokerUnavailable,
+    DefinitionError,
+    InvalidPayload,
+    SagaNotFound,
+    SagaTimeout,
+    SignalConflict,
+    SignalRefused,
+    UsageError,
+)
 from saga.logging import saga_context
-from saga.machine import SagaStatus, begin
+from saga.machine import SagaStatus, SignalEvent, SignalVerdict, advance, begin, judge_signal
 from saga.messages import TRACEPARENT
 from saga.outbox import RelaySettings
 from saga.runtime import MessagingRuntime
 from saga.settings import Settings
+from saga.shapes import SubSaga
 from saga.store.database import Database
 from saga.store.outbox import PendingMessage
-from saga.store.port import SagaLog
+from saga.store.port import LockedSaga, SagaLog
 from saga.store.postgres_log import PostgresSagaLog
-from saga.store.records import SagaSummary, StoredDefinition
+from saga.store.records import InstanceRow, SagaSummary, StoredDefinition, StoredSignal
 from saga.transport import Topics
 from saga.transport.port import Transport
 
@@ -143,6 +161,8 @@ class Coordinator:
         definition = await self._resolve(definition)
         await self._runtime.start()
         saga_id = uuid.uuid4()
+        if not definition.straight_line:
+            return await self._start_shaped(definition, saga_id, payload, idempotency_key)
         transition = begin(definition)
         assert transition.dispatch is not None
         command = build_command(
@@ -194,6 +214,155 @@ class Coordinator:
                 ]
             )
         return saga_id
+
+    async def _start_shaped(
+        self,
+        definition: SagaDefinition,
+        saga_id: uuid.UUID,
+        payload: Mapping[str, Any],
+        idempotency_key: str | None,
+    ) -> uuid.UUID:
+        """Start a saga whose definition uses parallel groups or waits: its first
+        position may send several commands (a group) or none (a wait)."""
+        transition = begin(definition, payload=payload)
+        fresh = InstanceRow(
+            saga_id, definition.name, definition.version, transition.state, payload, 0, None
+        )
+        prepared = prepare_write(fresh, definition, transition, self.topics)
+        assert prepared.shape is not None
+        await self._runtime.ensure_topics(sorted({c.topic for c in prepared.shape.outbox}))
+        for box in prepared.shape.outbox:
+            if len(box.payload) > self.settings.kafka_max_message_bytes:
+                raise InvalidPayload(
+                    f"a first command of {definition.name} would be {len(box.payload)} bytes, "
+                    f"over KAFKA_MAX_MESSAGE_BYTES={self.settings.kafka_max_message_bytes}"
+                )
+        started = await self.saga_log.insert_shaped_start(
+            saga_id=saga_id,
+            definition=StoredDefinition(self._ids[definition.key], definition),
+            payload=payload,
+            idempotency_key=idempotency_key,
+            state=transition.state,
+            log=prepared.log,
+            shape=prepared.shape,
+        )
+        if started != saga_id:
+            log.info("saga_start_repeated", saga_id=str(started), idempotency_key=idempotency_key)
+            return started
+        metrics.SAGAS_STARTED.labels(definition.name).inc()
+        log.info(
+            "saga_started",
+            saga_id=str(saga_id),
+            definition=definition.name,
+            version=definition.version,
+            status=transition.state.status.value,
+            commands=len(prepared.commands),
+        )
+        await publish(self._runtime.publisher, prepared)
+        return saga_id
+
+    async def signal(
+        self,
+        saga_id: uuid.UUID,
+        event: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        signal_id: str,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> SignalReceipt:
+        """Deliver the signal ``event`` (with ``payload``) to the saga, once per
+        ``signal_id``, in one transaction.
+
+        Waiting for it, the saga moves on in that transaction (the payload lands in its
+        context under the wait's name) and what it sends next goes out after the commit.
+        Not waiting for it yet, the signal is kept and the saga's wait consumes it when
+        reached. The same ``signal_id`` again returns how the first stands and changes
+        nothing; with another saga, event or payload it raises
+        :class:`~saga.errors.SignalConflict`. A finished saga, or one whose definition
+        never waits for ``event``, refuses it with :class:`~saga.errors.SignalRefused`
+        and nothing is stored. The step log records the signal with ``actor``.
+        """
+        signal = _checked_signal(saga_id, event, payload, signal_id, actor, reason)
+        outcome: list[tuple[PreparedWrite, SagaDefinition]] = []
+
+        async def unit(locked: LockedSaga | None) -> SignalReceipt:
+            outcome.clear()
+            if locked is None:
+                raise SagaNotFound(f"no saga {saga_id}")
+            first = await locked.find_signal(signal.signal_id)
+            if first is not None:
+                return _repeated(first, signal)
+            instance = locked.instance
+            definition = await self.definition(
+                instance.definition_name, instance.definition_version
+            )
+            verdict, why = judge_signal(definition, instance.state, event)
+            if verdict is SignalVerdict.REFUSE:
+                raise SignalRefused(f"signal {event!r} for saga {saga_id} refused: {why}")
+            if verdict is SignalVerdict.KEEP:
+                # Moving the version makes a transition decided without this signal
+                # (one about to enter its wait) lose its write and decide again.
+                await locked.touch()
+                await _store(locked, signal, None)
+                return SignalReceipt(saga_id, event, signal.signal_id, SignalOutcome.KEPT)
+            applied = advance(
+                definition,
+                instance.state,
+                SignalEvent(event, signal.payload, signal.signal_id),
+                payload=instance.payload,
+            )
+            transition, kept = await consume_kept_signals(
+                definition, saga_id, instance.payload, applied, locked.kept_signal
+            )
+            here = ConsumedSignal(instance.state.current_step, signal.signal_id, actor)
+            prepared = prepare_write(
+                instance, definition, transition, self.topics, signals=(here, *kept)
+            )
+            assert prepared.shape is not None
+            written = await locked.write_transition(
+                transition.state, log=prepared.log, shape=prepared.shape
+            )
+            await _store(locked, signal, written.version)
+            outcome.append((prepared, definition))
+            return SignalReceipt(
+                saga_id,
+                event,
+                signal.signal_id,
+                SignalOutcome.ACCEPTED,
+                status=transition.state.status,
+            )
+
+        receipt = await self.saga_log.signal_unit(saga_id, unit)
+        log.info(
+            "saga_signal",
+            saga_id=str(saga_id),
+            signal_event=event,
+            signal_id=signal.signal_id,
+            outcome=receipt.outcome.value,
+            repeated=receipt.repeated,
+            actor=actor,
+        )
+        if outcome:
+            prepared, definition = outcome[0]
+            await self._send_after_commit(prepared)
+            status = receipt.status
+            if status is not None and status.finished:
+                metrics.count_finished(definition.name, status)
+                self._notify_finished(saga_id, status)
+        return receipt
+
+    async def _send_after_commit(self, prepared: PreparedWrite) -> None:
+        """Publish what a committed signal's transition wrote; without a broker it waits
+        in the outbox for a coordinator's relay, which is only slower."""
+        if not prepared.sends:
+            return
+        try:
+            await self._runtime.start()
+            await self._runtime.ensure_topics(sorted({p.topic for p, _ in prepared.sends}))
+            await publish(self._runtime.publisher, prepared)
+        except BrokerUnavailable as exc:
+            log.warning("signal_commands_left_to_relay", error=str(exc))
 
     async def status(self, saga_id: uuid.UUID) -> SagaSummary:
         found = await self.saga_log.summary(saga_id)
@@ -270,15 +439,68 @@ class Coordinator:
 
 
 def _refuse_shapes(definition: SagaDefinition) -> None:
-    # The machine decides them (saga.machine), but the store, the outbox and the workers
-    # do not carry them yet: better refused here than half run.
-    if not definition.straight_line:
-        shape = next(p for p in definition.positions if not isinstance(p, Step))
+    # The machine decides child sagas (saga.machine), but the store and the coordinator
+    # do not start them nor deliver their ends yet: better refused here than half run.
+    child = next((p for p in definition.positions if isinstance(p, SubSaga)), None)
+    if child is not None:
         raise DefinitionError(
             definition.name,
-            "parallel groups, waits and child sagas are defined and decided by the state "
-            "machine but not yet run by the coordinator",
-            step=shape.name,
+            "child sagas are defined and decided by the state machine but not yet run by "
+            "the coordinator (parallel groups and waits are)",
+            step=child.name,
+        )
+
+
+def _checked_signal(
+    saga_id: uuid.UUID,
+    event: str,
+    payload: Mapping[str, Any] | None,
+    signal_id: str,
+    actor: str | None,
+    reason: str | None,
+) -> StoredSignal:
+    if not isinstance(saga_id, uuid.UUID):
+        raise UsageError(f"Coordinator.signal takes the saga id as a UUID, got {saga_id!r}")
+    if not isinstance(event, str) or not event.strip():
+        raise UsageError(f"a signal's event must be a non-empty string, got {event!r}")
+    if not isinstance(signal_id, str) or not signal_id.strip():
+        raise UsageError(f"a signal_id must be a non-empty string, got {signal_id!r}")
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, Mapping):
+        raise InvalidPayload(f"a signal's payload must be a mapping, got {type(payload).__name__}")
+    try:
+        # The stored form, so a repeat compares with what was stored.
+        document = json.loads(json.dumps(dict(payload)))
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(f"a signal's payload must be JSON-serialisable: {exc}") from exc
+    return StoredSignal(saga_id, event, signal_id, document, actor, reason, consumed=False)
+
+
+def _repeated(first: StoredSignal, again: StoredSignal) -> SignalReceipt:
+    if (first.saga_id, first.event, dict(first.payload)) != (
+        again.saga_id,
+        again.event,
+        dict(again.payload),
+    ):
+        raise SignalConflict(
+            f"signal id {again.signal_id!r} was sent before as {first.event!r} to saga "
+            f"{first.saga_id} with another payload or saga; a signal id names one signal"
+            if first.event == again.event
+            else f"signal id {again.signal_id!r} was sent before as {first.event!r} to saga "
+            f"{first.saga_id}, not as {again.event!r}; a signal id names one signal"
+        )
+    outcome = SignalOutcome.ACCEPTED if first.consumed else SignalOutcome.KEPT
+    return SignalReceipt(first.saga_id, first.event, first.signal_id, outcome, repeated=True)
+
+
+async def _store(locked: LockedSaga, signal: StoredSignal, version: int | None) -> None:
+    if not await locked.insert_signal(signal, consumed_by_transition=version):
+        # Another transaction stored this id in the meantime (for another saga: this
+        # saga's lock serialises its own): rolling back leaves this one unsent.
+        raise SignalConflict(
+            f"signal id {signal.signal_id!r} was stored by another sender at the same time; "
+            "a signal id names one signal"
         )
 
 

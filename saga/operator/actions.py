@@ -207,6 +207,13 @@ def _decide(
             f"definition {instance.definition_name} v{instance.definition_version} is "
             "not stored, so nothing can drive the saga: only abort applies"
         )
+    if not definition.straight_line:
+        # Retrying, compensating or skipping by hand around a parallel group or a wait
+        # is not decided yet: a person takes such a saga over with abort.
+        raise ActionRefused(
+            f"{definition.name} v{definition.version} has parallel groups or waits; "
+            f"`saga {request.action.value}` does not act on such sagas yet: only abort applies"
+        )
     if request.action is Action.RETRY:
         return decisions.retry(definition, state, phase, by)
     if request.action is Action.COMPENSATE:
@@ -236,7 +243,7 @@ def _state_text(definition: SagaDefinition | None, state: InstanceState, phase: 
     if state.status.in_flight:
         phase = state.phase
     index = state.current_step
-    name = definition.steps[index].name if definition is not None else f"#{index}"
+    name = definition.positions[index].name if definition is not None else f"#{index}"
     return f"{state.status.value} at {name} ({phase.value}) #{state.step_attempt}"
 
 

@@ -364,6 +364,7 @@ class CommandProcessor:
             result=dict(result or {}),
             reason=reason,
             transaction_retries=dict(retries or {}),
+            branch=command.branch,
         )
 
     def _reply_from(self, command: Command, stored: Mapping[str, Any]) -> Reply:

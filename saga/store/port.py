@@ -28,7 +28,15 @@ from typing import Any, Protocol, TypeVar
 
 from saga.definition import SagaDefinition
 from saga.machine import InstanceState
-from saga.store.records import InstanceRow, LogRow, OutboxRow, SagaSummary, StoredDefinition
+from saga.store.records import (
+    InstanceRow,
+    LogRow,
+    OutboxRow,
+    SagaSummary,
+    ShapeWrite,
+    StoredDefinition,
+    StoredSignal,
+)
 
 T = TypeVar("T")
 
@@ -49,12 +57,57 @@ class ClaimedSagas(Protocol):
         log: Sequence[LogRow],
         outbox: OutboxRow | None,
         step_timeout: float,
+        shape: ShapeWrite | None = None,
     ) -> InstanceRow:
         """Like :meth:`SagaLog.write_transition`, inside the claim's transaction: kept
         only if the whole unit returns. The claim holds the row, so the version cannot
         have moved; ``instance`` must be one of :attr:`instances`
         (:class:`~saga.errors.UsageError` otherwise)."""
         ...
+
+    async def kept_signal(
+        self, saga_id: uuid.UUID, event: str, excluding: Sequence[str] = ()
+    ) -> StoredSignal | None:
+        """Like :meth:`SagaLog.kept_signal`, inside the claim's transaction."""
+        ...
+
+
+class LockedSaga(Protocol):
+    """One saga locked for a signal (:meth:`SagaLog.signal_unit`) until the unit returns."""
+
+    @property
+    def instance(self) -> InstanceRow: ...
+
+    async def find_signal(self, signal_id: str) -> StoredSignal | None:
+        """The signal stored under ``signal_id`` (for any saga), if any."""
+        ...
+
+    async def kept_signal(
+        self, saga_id: uuid.UUID, event: str, excluding: Sequence[str] = ()
+    ) -> StoredSignal | None: ...
+
+    async def insert_signal(
+        self, signal: StoredSignal, *, consumed_by_transition: int | None
+    ) -> bool:
+        """Store the signal, consumed by that instance version or kept; False (nothing
+        written) when its id is stored already."""
+        ...
+
+    async def write_transition(
+        self, state: InstanceState, *, log: Sequence[LogRow], shape: ShapeWrite
+    ) -> InstanceRow:
+        """Move the locked saga (the lock holds its version)."""
+        ...
+
+    async def touch(self) -> InstanceRow:
+        """Move the locked saga's version without changing it, so that a transition
+        decided before this unit (without the signal it stores) is decided again."""
+        ...
+
+
+SignalUnit = Callable[[LockedSaga | None], Awaitable[T]]
+"""Work on a saga locked for a signal (``None``: no such saga). It may be run again from
+the start, like :data:`SettleClaimed`."""
 
 
 SettleClaimed = Callable[[ClaimedSagas], Awaitable[T]]
@@ -115,6 +168,48 @@ class SagaLog(Protocol):
         commit. With a command, the step's deadline becomes ``step_timeout`` seconds
         after the command's delay; without one, the saga has no step deadline. This is
         the coordinator's hot path: one round trip, one commit."""
+        ...
+
+    async def write_shaped_transition(
+        self,
+        instance: InstanceRow,
+        state: InstanceState,
+        *,
+        log: Sequence[LogRow],
+        shape: ShapeWrite,
+    ) -> InstanceRow | None:
+        """:meth:`write_transition` for a saga that uses parallel groups or waits: every
+        command of ``shape``, the shape state with each branch's clock and the kept
+        signal consumed, with the instance and its log rows in one commit. The step
+        deadline is the earliest clock of a branch in flight, else ``shape.deadline_in``
+        from now, else none."""
+        ...
+
+    async def insert_shaped_start(
+        self,
+        *,
+        saga_id: uuid.UUID,
+        definition: StoredDefinition,
+        payload: Mapping[str, Any],
+        idempotency_key: str | None,
+        state: InstanceState,
+        log: Sequence[LogRow],
+        shape: ShapeWrite,
+    ) -> uuid.UUID:
+        """:meth:`insert_start` for a definition that uses parallel groups or waits: the
+        instance starts in ``state`` (a group's branches all sent, or a wait entered)."""
+        ...
+
+    async def kept_signal(
+        self, saga_id: uuid.UUID, event: str, excluding: Sequence[str] = ()
+    ) -> StoredSignal | None:
+        """The oldest signal for ``event`` stored for the saga and not yet consumed: the
+        transition that enters a wait for ``event`` consumes it."""
+        ...
+
+    async def signal_unit(self, saga_id: uuid.UUID, unit: SignalUnit[T]) -> T:
+        """Run ``unit`` in one transaction with the saga locked, and return what it
+        returns once its writes are committed."""
         ...
 
     async def record_ignored(self, saga_id: uuid.UUID, row: LogRow) -> None:

@@ -22,8 +22,16 @@ from saga.machine import InstanceState
 from saga.store import definitions, saga_log
 from saga.store.database import Database
 from saga.store.driver import DriverConnection
-from saga.store.port import SettleClaimed
-from saga.store.records import InstanceRow, LogRow, OutboxRow, SagaSummary, StoredDefinition
+from saga.store.port import SettleClaimed, SignalUnit
+from saga.store.records import (
+    InstanceRow,
+    LogRow,
+    OutboxRow,
+    SagaSummary,
+    ShapeWrite,
+    StoredDefinition,
+    StoredSignal,
+)
 
 T = TypeVar("T")
 
@@ -108,6 +116,72 @@ class PostgresSagaLog:
             write, transaction=False, name="coordinator.transition"
         )
 
+    async def write_shaped_transition(
+        self,
+        instance: InstanceRow,
+        state: InstanceState,
+        *,
+        log: Sequence[LogRow],
+        shape: ShapeWrite,
+    ) -> InstanceRow | None:
+        async def write(conn: DriverConnection) -> InstanceRow | None:
+            return await saga_log.write_shaped_transition(
+                conn, instance, state, log=log, shape=shape, skew=self.database.clock.skew
+            )
+
+        return await self.database.run_driver(
+            write, transaction=False, name="coordinator.transition"
+        )
+
+    async def insert_shaped_start(
+        self,
+        *,
+        saga_id: uuid.UUID,
+        definition: StoredDefinition,
+        payload: Mapping[str, Any],
+        idempotency_key: str | None,
+        state: InstanceState,
+        log: Sequence[LogRow],
+        shape: ShapeWrite,
+    ) -> uuid.UUID:
+        stored = definition.definition
+
+        async def insert(conn: DriverConnection) -> uuid.UUID:
+            return await saga_log.insert_shaped_start(
+                conn,
+                saga_id=saga_id,
+                definition_id=definition.id,
+                definition_name=stored.name,
+                definition_version=stored.version,
+                payload=payload,
+                idempotency_key=idempotency_key,
+                saga_timeout=stored.timeout,
+                state=state,
+                log=log,
+                shape=shape,
+                skew=self.database.clock.skew,
+            )
+
+        return await self.database.run_driver(insert, transaction=False, name="coordinator.start")
+
+    async def kept_signal(
+        self, saga_id: uuid.UUID, event: str, excluding: Sequence[str] = ()
+    ) -> StoredSignal | None:
+        return await self.database.run_driver(
+            lambda conn: saga_log.kept_signal(conn, saga_id, event, excluding),
+            transaction=False,
+            name="coordinator.kept_signal",
+        )
+
+    async def signal_unit(self, saga_id: uuid.UUID, unit: SignalUnit[T]) -> T:
+        skew = self.database.clock.skew
+
+        async def run(conn: DriverConnection) -> T:
+            instance = await saga_log.lock_instance(conn, saga_id)
+            return await unit(None if instance is None else _Locked(conn, instance, skew))
+
+        return await self.database.run_driver(run, name="coordinator.signal")
+
     async def record_ignored(self, saga_id: uuid.UUID, row: LogRow) -> None:
         await self.database.run_driver(
             lambda conn: saga_log.record_ignored(conn, saga_id, row, skew=self.database.clock.skew),
@@ -171,21 +245,80 @@ class _Claim:
         log: Sequence[LogRow],
         outbox: OutboxRow | None,
         step_timeout: float,
+        shape: ShapeWrite | None = None,
     ) -> InstanceRow:
         if not any((i.id, i.version) == (instance.id, instance.version) for i in self._instances):
             raise UsageError(
                 f"saga {instance.id} at version {instance.version} is not among the sagas "
                 "this claim holds; write only the claimed instances as claimed"
             )
-        stored = await saga_log.write_transition(
-            self._conn,
-            instance,
-            state,
-            log=log,
-            outbox=outbox,
-            step_timeout=step_timeout,
-            skew=self._skew,
-        )
+        if shape is not None:
+            stored = await saga_log.write_shaped_transition(
+                self._conn, instance, state, log=log, shape=shape, skew=self._skew
+            )
+        else:
+            stored = await saga_log.write_transition(
+                self._conn,
+                instance,
+                state,
+                log=log,
+                outbox=outbox,
+                step_timeout=step_timeout,
+                skew=self._skew,
+            )
         if stored is None:
             raise RuntimeError(f"saga {instance.id} changed under the claim's row lock")
+        return stored
+
+    async def kept_signal(
+        self, saga_id: uuid.UUID, event: str, excluding: Sequence[str] = ()
+    ) -> StoredSignal | None:
+        return await saga_log.kept_signal(self._conn, saga_id, event, excluding)
+
+
+class _Locked:
+    """A saga locked by the transaction of ``conn``: the port's ``LockedSaga``."""
+
+    __slots__ = ("_conn", "_instance", "_skew")
+
+    def __init__(self, conn: DriverConnection, instance: InstanceRow, skew: float) -> None:
+        self._conn = conn
+        self._instance = instance
+        self._skew = skew
+
+    @property
+    def instance(self) -> InstanceRow:
+        return self._instance
+
+    async def find_signal(self, signal_id: str) -> StoredSignal | None:
+        return await saga_log.find_signal(self._conn, signal_id)
+
+    async def kept_signal(
+        self, saga_id: uuid.UUID, event: str, excluding: Sequence[str] = ()
+    ) -> StoredSignal | None:
+        return await saga_log.kept_signal(self._conn, saga_id, event, excluding)
+
+    async def insert_signal(
+        self, signal: StoredSignal, *, consumed_by_transition: int | None
+    ) -> bool:
+        return await saga_log.insert_signal(
+            self._conn, signal, consumed_by_transition=consumed_by_transition, skew=self._skew
+        )
+
+    async def write_transition(
+        self, state: InstanceState, *, log: Sequence[LogRow], shape: ShapeWrite
+    ) -> InstanceRow:
+        stored = await saga_log.write_shaped_transition(
+            self._conn, self._instance, state, log=log, shape=shape, skew=self._skew
+        )
+        if stored is None:
+            raise RuntimeError(f"saga {self._instance.id} changed under the signal's row lock")
+        self._instance = stored
+        return stored
+
+    async def touch(self) -> InstanceRow:
+        stored = await saga_log.touch_instance(self._conn, self._instance)
+        if stored is None:
+            raise RuntimeError(f"saga {self._instance.id} changed under the signal's row lock")
+        self._instance = stored
         return stored

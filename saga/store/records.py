@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +36,65 @@ class InstanceRow:
     version: int
     """The optimistic version every write is conditional on."""
     step_started_at: datetime | None
+    clock: Mapping[int, BranchClock] = field(default_factory=dict)
+    """At a parallel group: when each branch's attempt (or compensation) in flight
+    started, and its deadline; empty elsewhere."""
+    overdue_branches: tuple[int, ...] = ()
+    """The branches past their deadline, as a timeout claim judged them by the
+    database's clock; empty when not read by a claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class BranchClock:
+    """One branch's attempt in flight: when it started and when it times out."""
+
+    started_at: datetime
+    deadline: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BranchTimer:
+    """A branch command sent by a transition: it may go out after ``delay`` s and times
+    out ``timeout`` s after that."""
+
+    branch: int
+    delay: float
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeWrite:
+    """What a transition of a saga that uses parallel groups or waits writes beyond a
+    straight-line one (whose write keeps its single command and no shape state).
+
+    ``document`` is the state's shape fields (:meth:`InstanceState.to_document` beyond a
+    straight line), ``None`` when it has none. ``outbox`` holds every command the
+    transition sends. ``in_flight`` names the branches whose attempt is still out after
+    it (their clocks are kept, or renewed by ``timers``); the step deadline is then the
+    earliest of theirs. Otherwise it is ``deadline_in`` s from now (a plain step's
+    command: its delay plus its timeout; a wait: its timeout), or none.
+    ``consumed_signals`` are the ids of the kept signals the transition applied: they are
+    marked consumed in the same statement."""
+
+    document: Mapping[str, Any] | None
+    outbox: tuple[OutboxRow, ...] = ()
+    in_flight: tuple[int, ...] = ()
+    timers: tuple[BranchTimer, ...] = ()
+    deadline_in: float | None = None
+    consumed_signals: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSignal:
+    """A signal as stored (``shared.saga_signal``)."""
+
+    saga_id: uuid.UUID
+    event: str
+    signal_id: str
+    payload: Mapping[str, Any]
+    actor: str | None
+    reason: str | None
+    consumed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +112,8 @@ class LogRow:
     deadlock_retries: int = 0
     """How often the participant re-ran the step's transaction before it answered."""
     actor: str | None = None
-    """Who wrote the row by hand (``saga retry`` and the other operator actions)."""
+    """Who wrote the row by hand (``saga retry`` and the other operator actions), or who
+    sent the signal it records."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,21 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from saga.machine import InstanceState, Phase, SagaStatus
 from saga.store.driver import DriverConnection, document, rows_affected
-from saga.store.records import InstanceRow, LogRow, OutboxRow, SagaSummary, StepPosition
+from saga.store.records import (
+    BranchClock,
+    InstanceRow,
+    LogRow,
+    OutboxRow,
+    SagaSummary,
+    ShapeWrite,
+    StepPosition,
+    StoredSignal,
+)
 
 __all__ = [
     "InstanceRow",
@@ -37,7 +47,13 @@ __all__ = [
     "record_ignored",
     "step_position",
     "summary",
+    "find_signal",
+    "insert_shaped_start",
+    "insert_signal",
+    "kept_signal",
+    "touch_instance",
     "withdraw_commands",
+    "write_shaped_transition",
     "write_transition",
 ]
 
@@ -45,7 +61,7 @@ __all__ = [
 _LOG_COLUMNS = """
     saga_instance_id, step_index, step_name, journey, action, status, attempt,
     message_id, request, response, error, started_at, finished_at,
-    serialization_retries, deadlock_retries, actor
+    serialization_retries, deadlock_retries, actor, branch
 """
 
 # The engine's time: the database's now() plus the clock's skew (saga.clock), so that a
@@ -60,14 +76,15 @@ _LOG_FROM_ARRAYS = f"""
            e.message_id, e.request::jsonb, e.response::jsonb, e.error,
            COALESCE(e.started_at, {_NOW} + make_interval(secs => $DELAY)),
            CASE WHEN e.status = 'dispatched' THEN NULL ELSE {_NOW} END,
-           e.serialization_retries, e.deadlock_retries, e.actor
+           e.serialization_retries, e.deadlock_retries, e.actor, e.branch
     FROM {{source}} i,
          unnest($LOG1::integer[], $LOG2::text[], $LOG3::text[], $LOG4::text[], $LOG5::text[],
                 $LOG6::integer[], $LOG7::uuid[], $LOG8::text[], $LOG9::text[], $LOG10::text[],
-                $LOG11::timestamptz[], $LOG12::integer[], $LOG13::integer[], $LOG14::text[])
+                $LOG11::timestamptz[], $LOG12::integer[], $LOG13::integer[], $LOG14::text[],
+                $LOG15::integer[])
          AS e(step_index, step_name, journey, action, status, attempt, message_id,
               request, response, error, started_at, serialization_retries, deadlock_retries,
-              actor)
+              actor, branch)
 """
 
 _OUTBOX_FROM = f"""
@@ -86,19 +103,12 @@ def _numbered(sql: str, names: Sequence[str], first: int) -> str:
     return sql
 
 
-_SHARED_PARAMS = [
-    "DELAY",
-    *(f"LOG{n}" for n in range(1, 15)),
-    *(f"OB{n}" for n in range(1, 6)),
-    "SKEW",
-]
+_LOG_PARAMS = [f"LOG{n}" for n in range(1, 16)]
+_SHARED_PARAMS = ["DELAY", *_LOG_PARAMS, *(f"OB{n}" for n in range(1, 6)), "SKEW"]
 
 
-def _shared_args(
-    log: Sequence[LogRow], outbox: OutboxRow | None, delay: float, skew: float
-) -> list[Any]:
+def _log_args(log: Sequence[LogRow]) -> list[Any]:
     return [
-        delay,
         [r.entry.step_index for r in log],
         [r.step_name for r in log],
         [r.journey for r in log],
@@ -113,6 +123,16 @@ def _shared_args(
         [r.serialization_retries for r in log],
         [r.deadlock_retries for r in log],
         [r.actor for r in log],
+        [r.entry.branch for r in log],
+    ]
+
+
+def _shared_args(
+    log: Sequence[LogRow], outbox: OutboxRow | None, delay: float, skew: float
+) -> list[Any]:
+    return [
+        delay,
+        *_log_args(log),
         outbox.message_id if outbox else None,
         outbox.topic if outbox else None,
         outbox.key if outbox else None,
@@ -187,7 +207,16 @@ async def insert_start(
 
 _INSTANCE_COLUMNS = """
     id, definition_name, definition_version, status, current_step, step_attempt,
-    context, error, payload, version, step_started_at
+    context, error, payload, version, step_started_at, shape_state
+"""
+
+# The branches of a claimed group whose attempt is past its deadline.
+_OVERDUE_BRANCHES = """
+    ARRAY(
+        SELECT c.key::integer FROM jsonb_each(COALESCE(shape_state -> 'clock', '{}'::jsonb)) c
+        WHERE (c.value ->> 'deadline')::timestamptz <= now() + make_interval(secs => $2)
+        ORDER BY c.key::integer
+    ) AS overdue_branches
 """
 
 
@@ -241,14 +270,15 @@ async def withdraw_commands(conn: DriverConnection, saga_id: uuid.UUID) -> int:
 async def claim_overdue_steps(
     conn: DriverConnection, limit: int, *, skew: float = 0.0
 ) -> list[InstanceRow]:
-    """Lock up to ``limit`` in-flight sagas whose current attempt is past its deadline
+    """Lock up to ``limit`` in-flight or waiting sagas whose current attempt (or wait, or
+    a branch's attempt) is past its deadline
     (by the clock ``skew`` ahead of the database's), oldest first, skipping any another
     worker (or a coordinator's write) holds. Only meaningful inside a transaction, which
     then owns them until it ends."""
     rows = await conn.fetch(
         f"""
-        SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance
-        WHERE status IN ('running', 'compensating')
+        SELECT {_INSTANCE_COLUMNS}, {_OVERDUE_BRANCHES} FROM shared.saga_instance
+        WHERE status IN ('running', 'compensating', 'waiting')
           AND step_deadline <= now() + make_interval(secs => $2)
         ORDER BY step_deadline
         LIMIT $1
@@ -263,11 +293,12 @@ async def claim_overdue_steps(
 async def claim_expired_sagas(
     conn: DriverConnection, limit: int, *, skew: float = 0.0
 ) -> list[InstanceRow]:
-    """Like :func:`claim_overdue_steps`, for running sagas past their overall deadline."""
+    """Like :func:`claim_overdue_steps`, for running or waiting sagas past their overall
+    deadline."""
     rows = await conn.fetch(
         f"""
         SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance
-        WHERE status = 'running' AND deadline IS NOT NULL
+        WHERE status IN ('running', 'waiting') AND deadline IS NOT NULL
           AND deadline <= now() + make_interval(secs => $2)
         ORDER BY deadline
         LIMIT $1
@@ -280,20 +311,28 @@ async def claim_expired_sagas(
 
 
 def _instance_from(row: Any) -> InstanceRow:
+    shape = row["shape_state"]
+    state = InstanceState(
+        SagaStatus(row["status"]),
+        row["current_step"],
+        row["step_attempt"],
+        document(row["context"]),
+        row["error"],
+    )
+    if shape is not None:
+        shape = document(shape)
+        state = InstanceState.from_document({**shape, **state.to_document()})
+    overdue = row.get("overdue_branches")
     return InstanceRow(
         id=row["id"],
         definition_name=row["definition_name"],
         definition_version=row["definition_version"],
-        state=InstanceState(
-            SagaStatus(row["status"]),
-            row["current_step"],
-            row["step_attempt"],
-            document(row["context"]),
-            row["error"],
-        ),
+        state=state,
         payload=document(row["payload"]),
         version=row["version"],
         step_started_at=row["step_started_at"],
+        clock=_clock_of(shape),
+        overdue_branches=tuple(overdue or ()),
     )
 
 
@@ -366,7 +405,7 @@ async def record_ignored(
         INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
         VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9,
                 now() + make_interval(secs => $10), now() + make_interval(secs => $10),
-                0, 0, NULL)
+                0, 0, NULL, $11)
         """,
         saga_id,
         row.entry.step_index,
@@ -378,6 +417,7 @@ async def record_ignored(
         _json_or_none(row.entry.response),
         row.entry.error,
         skew,
+        row.entry.branch,
     )
 
 
@@ -401,3 +441,332 @@ async def summary(conn: DriverConnection, saga_id: uuid.UUID) -> SagaSummary | N
 
 def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(dict(value))
+
+
+# --- sagas with parallel groups and waits --------------------------------------------------
+# Their own statements, so a straight-line saga's start and transition stay exactly as
+# cheap as they were: one command, no shape state, no clocks.
+
+# Every command of the transition, each with its own delay.
+_OUTBOXES_FROM = f"""
+    INSERT INTO shared.saga_outbox
+        (message_id, saga_instance_id, topic, message_key, payload, headers, available_at)
+    SELECT o.message_id, i.id, o.topic, o.message_key, o.payload::jsonb, o.headers::jsonb,
+           {_NOW} + make_interval(secs => o.delay)
+    FROM {{source}} i,
+         unnest($OB1::uuid[], $OB2::text[], $OB3::text[], $OB4::text[], $OB5::text[],
+                $OB6::float8[])
+         AS o(message_id, topic, message_key, payload, headers, delay)
+"""
+
+# The shape state written: the document and the clock of each branch still in flight
+# ($KEEP), those sent now ($NEWB, $NEWD, $NEWT) renewed. {old_clock} is the clock as
+# stored before (an empty object for a saga being started).
+_SHAPE_DOCUMENT = f"""
+    CASE WHEN $SHAPE::jsonb IS NULL THEN NULL ELSE $SHAPE::jsonb || jsonb_build_object(
+        'clock',
+        (SELECT COALESCE(jsonb_object_agg(merged.branch, merged.timer), '{{{{}}}}'::jsonb)
+         FROM (
+             SELECT c.key AS branch, c.value AS timer FROM jsonb_each({{old_clock}}) c
+             WHERE c.key::integer = ANY($KEEP::integer[])
+               AND NOT c.key::integer = ANY($NEWB::integer[])
+             UNION ALL
+             SELECT n.branch::text, jsonb_build_object(
+                 'started', {_NOW} + make_interval(secs => n.delay),
+                 'deadline', {_NOW} + make_interval(secs => n.delay + n.timeout))
+             FROM unnest($NEWB::integer[], $NEWD::float8[], $NEWT::float8[])
+                  AS n(branch, delay, timeout)
+         ) AS merged)
+    ) END
+"""
+
+# With branches in flight, the step deadline is the earliest of theirs: the timeout
+# worker's claim then finds the group when its first branch is due.
+_SHAPED_DEADLINE = f"""
+    CASE WHEN cardinality($KEEP::integer[]) > 0 THEN
+        (SELECT min((c.value ->> 'deadline')::timestamptz)
+         FROM jsonb_each({{document}} -> 'clock') c)
+    WHEN $DEADLINE::float8 IS NOT NULL THEN {_NOW} + make_interval(secs => $DEADLINE)
+    END
+"""
+
+_SHAPED_PARAMS = [
+    "SHAPE",
+    "KEEP",
+    "NEWB",
+    "NEWD",
+    "NEWT",
+    "DEADLINE",
+    "SENDS",
+    "SIGNAL",
+    "DELAY",
+    *_LOG_PARAMS,
+    *(f"OB{n}" for n in range(1, 7)),
+    "SKEW",
+]
+
+
+def _shaped_args(shape: ShapeWrite, log: Sequence[LogRow], skew: float) -> list[Any]:
+    outbox = shape.outbox
+    return [
+        None if shape.document is None else json.dumps(dict(shape.document)),
+        list(shape.in_flight),
+        [t.branch for t in shape.timers],
+        [t.delay for t in shape.timers],
+        [t.timeout for t in shape.timers],
+        shape.deadline_in,
+        bool(outbox),
+        list(shape.consumed_signals),
+        # The dispatched rows of one transition share one delay (one retry's backoff).
+        max((box.delay for box in outbox), default=0.0),
+        *_log_args(log),
+        [box.message_id for box in outbox],
+        [box.topic for box in outbox],
+        [box.key for box in outbox],
+        [box.payload.decode() for box in outbox],
+        [json.dumps(dict(box.headers)) for box in outbox],
+        [box.delay for box in outbox],
+        skew,
+    ]
+
+
+_SHAPED_TRANSITION = _numbered(
+    f"""
+    WITH shaped AS (
+        SELECT {_SHAPE_DOCUMENT.format(old_clock="COALESCE(s.shape_state -> 'clock', '{}')")}
+               AS document
+        FROM shared.saga_instance s WHERE s.id = $1 AND s.version = $2
+    ),
+    updated AS (
+        UPDATE shared.saga_instance SET
+            status = $3, current_step = $4, step_attempt = $5, context = $6::jsonb,
+            error = $7, version = version + 1, shape_state = shaped.document,
+            step_started_at = CASE WHEN $SENDS::boolean
+                THEN {_NOW} + make_interval(secs => $DELAY) ELSE step_started_at END,
+            step_deadline = {_SHAPED_DEADLINE.format(document="shaped.document")},
+            finished_at = CASE WHEN $3 IN ('completed', 'compensated', 'aborted')
+                THEN {_NOW} END
+        FROM shaped
+        WHERE id = $1 AND version = $2
+        RETURNING id, step_started_at, shape_state
+    ),
+    log AS ({_LOG_FROM_ARRAYS.format(source="updated")}),
+    box AS ({_OUTBOXES_FROM.format(source="updated")}),
+    consumed AS (
+        UPDATE shared.saga_signal g SET consumed_at = {_NOW}, consumed_by_transition = $2 + 1
+        FROM updated u
+        WHERE g.signal_id = ANY($SIGNAL::text[]) AND g.saga_instance_id = u.id
+          AND g.consumed_at IS NULL
+    )
+    SELECT step_started_at, shape_state FROM updated
+    """,
+    _SHAPED_PARAMS,
+    8,
+)
+
+
+async def write_shaped_transition(
+    conn: DriverConnection,
+    instance: InstanceRow,
+    state: InstanceState,
+    *,
+    log: Sequence[LogRow],
+    shape: ShapeWrite,
+    skew: float = 0.0,
+) -> InstanceRow | None:
+    """:func:`write_transition` for a saga that uses parallel groups or waits: every
+    command of the transition, the shape state with its branches' clocks, and the kept
+    signal it consumed, in one statement."""
+    written = await conn.fetchrow(
+        _SHAPED_TRANSITION,
+        instance.id,
+        instance.version,
+        state.status.value,
+        state.current_step,
+        state.step_attempt,
+        json.dumps(dict(state.context)),
+        state.error,
+        *_shaped_args(shape, log, skew),
+    )
+    if written is None:
+        return None
+    stored = written["shape_state"]
+    return replace(
+        instance,
+        state=state,
+        version=instance.version + 1,
+        step_started_at=written["step_started_at"],
+        clock=_clock_of(None if stored is None else document(stored)),
+        overdue_branches=(),
+    )
+
+
+_SHAPED_START = _numbered(
+    f"""
+    WITH shaped AS (
+        SELECT {_SHAPE_DOCUMENT.format(old_clock="'{}'::jsonb")} AS document
+    ),
+    inserted AS (
+        INSERT INTO shared.saga_instance
+            (id, saga_definition_id, definition_name, definition_version, status,
+             current_step, step_attempt, started_at, step_started_at, step_deadline, payload,
+             context, idempotency_key, deadline, shape_state, error, finished_at)
+        SELECT $1, $2, $3, $4, $5, $6, $7, {_NOW}, {_NOW},
+               {_SHAPED_DEADLINE.format(document="shaped.document")}, $8::jsonb, $9::jsonb,
+               $10, {_NOW} + make_interval(secs => $11), shaped.document, $12,
+               CASE WHEN $5 IN ('completed', 'compensated', 'aborted') THEN {_NOW} END
+        FROM shaped
+        ON CONFLICT (definition_name, idempotency_key) WHERE idempotency_key IS NOT NULL
+        DO NOTHING
+        RETURNING id
+    ),
+    log AS ({_LOG_FROM_ARRAYS.format(source="inserted")}),
+    box AS ({_OUTBOXES_FROM.format(source="inserted")})
+    SELECT id FROM inserted
+    """,
+    _SHAPED_PARAMS,
+    13,
+)
+
+
+async def insert_shaped_start(
+    conn: DriverConnection,
+    *,
+    saga_id: uuid.UUID,
+    definition_id: uuid.UUID,
+    definition_name: str,
+    definition_version: int,
+    payload: Mapping[str, Any],
+    idempotency_key: str | None,
+    saga_timeout: float | None,
+    state: InstanceState,
+    log: Sequence[LogRow],
+    shape: ShapeWrite,
+    skew: float = 0.0,
+) -> uuid.UUID:
+    """:func:`insert_start` for a definition that uses parallel groups or waits: the
+    first position may be a group (several commands) or a wait (none)."""
+    inserted = await conn.fetchval(
+        _SHAPED_START,
+        saga_id,
+        definition_id,
+        definition_name,
+        definition_version,
+        state.status.value,
+        state.current_step,
+        state.step_attempt,
+        json.dumps(dict(payload)),
+        json.dumps(dict(state.context)),
+        idempotency_key,
+        saga_timeout,
+        state.error,
+        *_shaped_args(shape, log, skew),
+    )
+    if inserted is not None:
+        return uuid.UUID(str(inserted))
+    existing = await conn.fetchval(
+        "SELECT id FROM shared.saga_instance WHERE definition_name = $1 AND idempotency_key = $2",
+        definition_name,
+        idempotency_key,
+    )
+    return uuid.UUID(str(existing))
+
+
+def _clock_of(shape: Mapping[str, Any] | None) -> dict[int, BranchClock]:
+    if shape is None:
+        return {}
+    return {
+        int(branch): BranchClock(
+            datetime.fromisoformat(timer["started"]), datetime.fromisoformat(timer["deadline"])
+        )
+        for branch, timer in shape.get("clock", {}).items()
+    }
+
+
+# --- signals --------------------------------------------------------------------------------
+
+_SIGNAL_COLUMNS = "saga_instance_id, event, signal_id, payload, actor, reason, consumed_at"
+
+
+async def find_signal(conn: DriverConnection, signal_id: str) -> StoredSignal | None:
+    row = await conn.fetchrow(
+        f"SELECT {_SIGNAL_COLUMNS} FROM shared.saga_signal WHERE signal_id = $1", signal_id
+    )
+    return None if row is None else _signal_from(row)
+
+
+async def kept_signal(
+    conn: DriverConnection, saga_id: uuid.UUID, event: str, excluding: Sequence[str] = ()
+) -> StoredSignal | None:
+    """The oldest signal for ``event`` the saga has not consumed yet (nor applied in the
+    transition being decided: ``excluding``)."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {_SIGNAL_COLUMNS} FROM shared.saga_signal
+        WHERE saga_instance_id = $1 AND event = $2 AND consumed_at IS NULL
+          AND NOT signal_id = ANY($3::text[])
+        ORDER BY received_at, id
+        LIMIT 1
+        """,
+        saga_id,
+        event,
+        list(excluding),
+    )
+    return None if row is None else _signal_from(row)
+
+
+async def insert_signal(
+    conn: DriverConnection,
+    signal: StoredSignal,
+    *,
+    consumed_by_transition: int | None,
+    skew: float = 0.0,
+) -> bool:
+    """Store ``signal`` (consumed by that instance version, or kept); False when a signal
+    with its id is stored already, and then nothing is written."""
+    inserted = await conn.fetchval(
+        f"""
+        INSERT INTO shared.saga_signal
+            (saga_instance_id, event, signal_id, payload, actor, reason, received_at,
+             consumed_at, consumed_by_transition)
+        VALUES ($1, $2, $3, $4::jsonb, $5, $6, {_NOW.replace("$SKEW", "$8")},
+                CASE WHEN $7::integer IS NOT NULL THEN {_NOW.replace("$SKEW", "$8")} END, $7)
+        ON CONFLICT (signal_id) DO NOTHING
+        RETURNING true
+        """,
+        signal.saga_id,
+        signal.event,
+        signal.signal_id,
+        json.dumps(dict(signal.payload)),
+        signal.actor,
+        signal.reason,
+        consumed_by_transition,
+        skew,
+    )
+    return bool(inserted)
+
+
+async def touch_instance(conn: DriverConnection, instance: InstanceRow) -> InstanceRow | None:
+    """Move the instance's version without changing it: a signal kept for later does
+    this, so a transition decided before the signal was stored (which could enter the
+    wait without seeing it) loses its write and is decided again."""
+    status = await conn.execute(
+        "UPDATE shared.saga_instance SET version = version + 1 WHERE id = $1 AND version = $2",
+        instance.id,
+        instance.version,
+    )
+    if rows_affected(status) != 1:
+        return None
+    return replace(instance, version=instance.version + 1)
+
+
+def _signal_from(row: Any) -> StoredSignal:
+    return StoredSignal(
+        row["saga_instance_id"],
+        row["event"],
+        row["signal_id"],
+        document(row["payload"]),
+        row["actor"],
+        row["reason"],
+        row["consumed_at"] is not None,
+    )

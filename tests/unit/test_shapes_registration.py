@@ -1,4 +1,6 @@
-"""The coordinator refuses the new shapes until it can run them, before touching anything."""
+"""The coordinator refuses child sagas until it can run them, before touching anything;
+parallel groups and waits it runs (tests/integration/test_parallel_groups.py and
+test_waits_and_signals.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from saga import (
     AwaitEvent,
     Coordinator,
     Database,
+    DatabaseUnavailable,
     DefinitionError,
     NoCompensation,
     Parallel,
@@ -42,23 +45,34 @@ def step(name: str) -> Step:
 FINAL = Step(name="confirm", journey="care", action="confirm", no_compensation=NoCompensation.LAST)
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [
-        pytest.param(Parallel("both", [step("a"), step("b")]), id="parallel"),
-        pytest.param(AwaitEvent("review", "claim_reviewed", 60.0), id="await-event"),
-        pytest.param(SubSaga("credit", ("wellness_credit", 1)), id="sub-saga"),
-    ],
-)
-async def test_register_refuses_a_definition_using_a_new_shape(
-    coordinator: Coordinator, shape: Position
+async def test_register_refuses_a_definition_using_a_child_saga(
+    coordinator: Coordinator,
 ) -> None:
-    definition = SagaDefinition("shaped", 1, [step("first"), shape, FINAL])
+    shape = SubSaga("credit", ("wellness_credit", 1))
+    definition = SagaDefinition(
+        "shaped", 1, [step("first"), Parallel("both", [step("a"), step("b")]), shape, FINAL]
+    )
     with pytest.raises(DefinitionError) as caught:
         await coordinator.register(definition)
     assert isinstance(caught.value, SagaError)
     assert caught.value.step == shape.name
     assert str(caught.value) == (
-        f"saga definition 'shaped', step {shape.name!r}: parallel groups, waits and child "
-        "sagas are defined and decided by the state machine but not yet run by the coordinator"
+        "saga definition 'shaped', step 'credit': child sagas are defined and decided by "
+        "the state machine but not yet run by the coordinator (parallel groups and waits are)"
     )
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(Parallel("both", [step("a"), step("b")]), id="parallel"),
+        pytest.param(AwaitEvent("review", "claim_reviewed", 60.0), id="await-event"),
+    ],
+)
+async def test_register_lets_groups_and_waits_through_to_the_store(
+    coordinator: Coordinator, shape: Position
+) -> None:
+    # Past the refusal the definition reaches the store, which is nowhere here.
+    definition = SagaDefinition("shaped", 1, [step("first"), shape, FINAL])
+    with pytest.raises(DatabaseUnavailable):
+        await coordinator.register(definition)

@@ -43,11 +43,13 @@ _ARCHIVE_STEP_LOG = """
 INSERT INTO shared.saga_step_log_archive (
     id, saga_instance_id, step_index, step_name, journey, action, status, attempt,
     message_id, request, response, error, actor, started_at, finished_at, duration_ms,
-    serialization_retries, deadlock_retries, logged_at, created_at, updated_at, deleted_at
+    serialization_retries, deadlock_retries, branch, logged_at, created_at, updated_at,
+    deleted_at
 )
 SELECT id, saga_instance_id, step_index, step_name, journey, action, status, attempt,
        message_id, request, response, error, actor, started_at, finished_at, duration_ms,
-       serialization_retries, deadlock_retries, created_at, created_at, updated_at, deleted_at
+       serialization_retries, deadlock_retries, branch, created_at, created_at, updated_at,
+       deleted_at
 FROM shared.saga_step_log
 WHERE saga_instance_id = ANY($1::uuid[])
 """
@@ -74,7 +76,8 @@ async def saga_retention(ctx: JobContext) -> BatchResult:
                 "DELETE FROM shared.saga_step_log WHERE saga_instance_id = ANY($1::uuid[])", ids
             )
         )
-        # The coordinator's outbox rows go with their saga by ON DELETE CASCADE.
+        # The coordinator's outbox rows and the saga's signals go with it by ON DELETE
+        # CASCADE (a consumed signal is in the step log, with its actor).
         sagas = rows_affected(
             await conn.execute("DELETE FROM shared.saga_instance WHERE id = ANY($1::uuid[])", ids)
         )

@@ -3,8 +3,12 @@
 A step (or compensation) attempt with no reply by its deadline counts as timed out: the
 state machine sends it again with the same message id while attempts remain (the
 participant answers a repeat from its inbox, so nothing runs twice), then fails the step
-and compensates. A running saga past its overall deadline is compensated from the step it
-is at. Each batch claims its sagas through the saga log port
+and compensates. At a parallel group each branch past its own deadline times out as its
+own event (the saga's step deadline is the earliest of its branches'); a wait past its
+deadline ends (``WaitExpired``: compensate or continue, as the definition says). A
+running or waiting saga past its overall deadline is compensated from where it is.
+
+Each batch claims its sagas through the saga log port
 (:meth:`~saga.store.port.SagaLog.claim_overdue_steps`: on PostgreSQL ``FOR UPDATE SKIP
 LOCKED``) and writes every transition under that claim, so two workers never judge the
 same saga, and a coordinator applying a reply at that moment waits for the lock, then
@@ -20,20 +24,31 @@ from dataclasses import dataclass, replace
 import structlog
 
 from saga import alerts, metrics
-from saga.coordinator.commands import PreparedWrite, prepare_write
+from saga.coordinator.commands import (
+    ConsumedSignal,
+    PreparedWrite,
+    command_step,
+    logged_names,
+    prepare_write,
+)
+from saga.coordinator.replies import publish
+from saga.coordinator.signals import chain, consume_kept_signals
 from saga.definition import SagaDefinition
 from saga.logging import saga_context
 from saga.machine import (
     InstanceState,
+    LogEntry,
+    LogStatus,
     Outcome,
+    Phase,
     SagaStatus,
     StepEvent,
     Transition,
+    WaitExpired,
     advance,
     expire,
 )
 from saga.masking import summarize
-from saga.store.outbox import PendingMessage
 from saga.store.port import ClaimedSagas, SagaLog, SettleClaimed
 from saga.store.postgres_log import PostgresSagaLog
 from saga.store.records import InstanceRow
@@ -53,13 +68,16 @@ class _Written:
     step_name: str
     journey: str | None
     state: InstanceState
-    pending: PendingMessage | None
-    delay: float
+    prepared: PreparedWrite | None
 
 
 def _timed_out(definition: SagaDefinition, instance: InstanceRow) -> Transition:
     state = instance.state
-    step = definition.steps[state.current_step]
+    if state.status is SagaStatus.WAITING:
+        return advance(definition, state, WaitExpired(state.current_step), payload=instance.payload)
+    if state.branches:
+        return _branches_timed_out(definition, instance)
+    step = command_step(definition, state.current_step, None)
     event = StepEvent(
         state.current_step,
         state.phase,
@@ -67,7 +85,33 @@ def _timed_out(definition: SagaDefinition, instance: InstanceRow) -> Transition:
         Outcome.TIMED_OUT,
         reason=f"no reply within {step.timeout:g} s",
     )
-    return advance(definition, state, event)
+    return advance(definition, state, event, payload=instance.payload)
+
+
+def _branches_timed_out(definition: SagaDefinition, instance: InstanceRow) -> Transition:
+    """Each branch past its deadline times out as its own event, in one transition."""
+    state = instance.state
+    decided: Transition | None = None
+    for branch in instance.overdue_branches:
+        current = state.branches[branch]
+        step = command_step(definition, state.current_step, branch)
+        attempt = current.attempt if state.phase is Phase.EXECUTE else current.compensation_attempt
+        event = StepEvent(
+            state.current_step,
+            state.phase,
+            attempt,
+            Outcome.TIMED_OUT,
+            reason=f"no reply within {step.timeout:g} s",
+            branch=branch,
+        )
+        applied = advance(definition, state, event, payload=instance.payload)
+        if applied.ignored is not None:
+            continue
+        decided = applied if decided is None else chain(decided, applied)
+        state = applied.state
+    if decided is None:
+        return Transition(instance.state, ignored="no branch of the group is past its deadline")
+    return decided
 
 
 def _expired(definition: SagaDefinition, instance: InstanceRow) -> Transition:
@@ -91,13 +135,19 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
             transition = decide(definition, instance)
             if transition.ignored is not None:
                 continue  # nothing to do: e.g. a compensating saga past its deadline
-            prepared = prepare_write(instance, definition, transition, topics)
+            signals: tuple[ConsumedSignal, ...] = ()
+            if not definition.straight_line:
+                transition, signals = await consume_kept_signals(
+                    definition, instance.id, instance.payload, transition, claimed.kept_signal
+                )
+            prepared = prepare_write(instance, definition, transition, topics, signals=signals)
             await claimed.write_transition(
                 instance,
                 transition.state,
                 log=prepared.log,
                 outbox=prepared.outbox,
                 step_timeout=prepared.step_timeout,
+                shape=prepared.shape,
             )
             written.append(_written(instance, definition, transition.state, prepared))
         return written
@@ -106,11 +156,8 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
     counts: Counter[str] = Counter()
     for item in done:
         _count(item, job, counts)
-        if item.pending is not None:
-            if item.delay > 0:
-                ctx.publisher.publish_later(item.pending, item.delay)
-            else:
-                await ctx.publisher.publish([item.pending])
+        if item.prepared is not None:
+            await publish(ctx.publisher, item.prepared)
     return BatchResult(len(done), counts)
 
 
@@ -120,10 +167,11 @@ def _written(
     state: InstanceState,
     prepared: PreparedWrite,
 ) -> _Written:
-    step = definition.steps[instance.state.current_step]
-    return _Written(
-        instance, definition.name, step.name, step.journey, state, prepared.pending, prepared.delay
+    before = instance.state
+    name, journey = logged_names(
+        definition, LogEntry(before.current_step, before.phase, LogStatus.ABORTED, 1)
     )
+    return _Written(instance, definition.name, name, journey, state, prepared)
 
 
 def _count(item: _Written, job: str, counts: Counter[str]) -> None:
@@ -172,7 +220,7 @@ async def _park_undriveable(claimed: ClaimedSagas, instance: InstanceRow) -> _Wr
     state = replace(instance.state, status=SagaStatus.PARKED, error=reason)
     await claimed.write_transition(instance, state, log=[], outbox=None, step_timeout=0)
     step = f"#{instance.state.current_step}"
-    return _Written(instance, instance.definition_name, step, None, state, None, 0.0)
+    return _Written(instance, instance.definition_name, step, None, state, None)
 
 
 def _saga_log(ctx: JobContext) -> SagaLog:
