@@ -490,33 +490,35 @@ _SHAPED_DEADLINE = f"""
     END
 """
 
-_SHAPED_PARAMS = [
+# A start consumes no signal: its statement has no $SENDS nor $SIGNAL.
+_SHAPED_START_PARAMS = [
     "SHAPE",
     "KEEP",
     "NEWB",
     "NEWD",
     "NEWT",
     "DEADLINE",
-    "SENDS",
-    "SIGNAL",
     "DELAY",
     *_LOG_PARAMS,
     *(f"OB{n}" for n in range(1, 7)),
     "SKEW",
 ]
+_SHAPED_PARAMS = ["SENDS", "SIGNAL", *_SHAPED_START_PARAMS]
 
 
-def _shaped_args(shape: ShapeWrite, log: Sequence[LogRow], skew: float) -> list[Any]:
+def _shaped_args(
+    shape: ShapeWrite, log: Sequence[LogRow], skew: float, *, start: bool = False
+) -> list[Any]:
     outbox = shape.outbox
+    transition_only = [] if start else [bool(outbox), list(shape.consumed_signals)]
     return [
+        *transition_only,
         None if shape.document is None else json.dumps(dict(shape.document)),
         list(shape.in_flight),
         [t.branch for t in shape.timers],
         [t.delay for t in shape.timers],
         [t.timeout for t in shape.timers],
         shape.deadline_in,
-        bool(outbox),
-        list(shape.consumed_signals),
         # The dispatched rows of one transition share one delay (one retry's backoff).
         max((box.delay for box in outbox), default=0.0),
         *_log_args(log),
@@ -624,7 +626,7 @@ _SHAPED_START = _numbered(
     box AS ({_OUTBOXES_FROM.format(source="inserted")})
     SELECT id FROM inserted
     """,
-    _SHAPED_PARAMS,
+    _SHAPED_START_PARAMS,
     13,
 )
 
@@ -660,7 +662,7 @@ async def insert_shaped_start(
         idempotency_key,
         saga_timeout,
         state.error,
-        *_shaped_args(shape, log, skew),
+        *_shaped_args(shape, log, skew, start=True),
     )
     if inserted is not None:
         return uuid.UUID(str(inserted))
