@@ -6,6 +6,7 @@ payload (refuse, sleep)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def grouped(name: str, *, authorize: Step = AUTHORIZE) -> SagaDefinition:
     return SagaDefinition(name, 1, [RESERVE, Parallel("hold", [authorize, AWARD]), CONFIRM])
 
 
-async def group_log(env: SagaEnvironment, saga_id: object) -> list[dict[str, object]]:
+async def group_log(env: SagaEnvironment, saga_id: object) -> list[dict[str, Any]]:
     rows = await env.database.run_driver(
         lambda conn: conn.fetch(
             """
