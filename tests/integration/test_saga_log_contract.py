@@ -24,9 +24,11 @@ from saga.coordinator.commands import (
     outbox_row,
     prepare_write,
 )
+from saga.coordinator.signals import consume_kept_signals
 from saga.definition import SagaDefinition, Step
 from saga.errors import DefinitionConflict, UniqueViolation, UnknownDefinition, UsageError
 from saga.machine import (
+    BranchOutcome,
     InstanceState,
     LogEntry,
     LogStatus,
@@ -39,10 +41,11 @@ from saga.machine import (
     expire,
 )
 from saga.settings import Settings
+from saga.shapes import AwaitEvent, Parallel
 from saga.store import Database
-from saga.store.port import ClaimedSagas, SagaLog, SettleClaimed
+from saga.store.port import ClaimedSagas, LockedSaga, SagaLog, SettleClaimed
 from saga.store.postgres_log import PostgresSagaLog
-from saga.store.records import InstanceRow, LogRow, StoredDefinition
+from saga.store.records import InstanceRow, LogRow, StoredDefinition, StoredSignal
 from saga.testing.clock import TestClock
 from saga.transport import Topics
 
@@ -150,6 +153,71 @@ def answer(
         state.current_step, state.phase, state.step_attempt, outcome, result or {}, "no"
     )
     transition = advance(definition, state, event)
+    assert transition.ignored is None, transition.ignored
+    return prepare_write(instance, definition, transition, TOPICS), transition.state
+
+
+SHORT_TIMEOUT = 5.0
+
+
+def forked() -> SagaDefinition:
+    """Two branches at once (the second with a shorter timeout), then a wait."""
+    return SagaDefinition(
+        "contract_fork",
+        1,
+        [
+            Parallel(
+                "both",
+                [
+                    Step(
+                        name="hold",
+                        journey="care",
+                        action="hold",
+                        compensation="release",
+                        timeout=STEP_TIMEOUT,
+                    ),
+                    Step(
+                        name="charge",
+                        journey="plan",
+                        action="charge",
+                        compensation="refund",
+                        timeout=SHORT_TIMEOUT,
+                    ),
+                ],
+            ),
+            AwaitEvent("checked", "checked", STEP_TIMEOUT),
+        ],
+        timeout=SAGA_TIMEOUT,
+    )
+
+
+async def start_shaped(saga_log: SagaLog, stored: StoredDefinition) -> uuid.UUID:
+    """Start a saga with shapes the way the coordinator does."""
+    saga_id = uuid.uuid4()
+    definition = stored.definition
+    first = begin(definition, payload={})
+    fresh = InstanceRow(saga_id, definition.name, definition.version, first.state, {}, 0, None)
+    prepared = prepare_write(fresh, definition, first, TOPICS)
+    assert prepared.shape is not None
+    return await saga_log.insert_shaped_start(
+        saga_id=saga_id,
+        definition=stored,
+        payload={},
+        idempotency_key=None,
+        state=first.state,
+        log=prepared.log,
+        shape=prepared.shape,
+    )
+
+
+def answer_branch(
+    definition: SagaDefinition, instance: InstanceRow, branch: int
+) -> tuple[PreparedWrite, InstanceState]:
+    state = instance.state
+    event = StepEvent(
+        state.current_step, Phase.EXECUTE, 1, Outcome.SUCCEEDED, {"n": branch}, branch=branch
+    )
+    transition = advance(definition, state, event, payload=instance.payload)
     assert transition.ignored is None, transition.ignored
     return prepare_write(instance, definition, transition, TOPICS), transition.state
 
@@ -433,6 +501,104 @@ class SagaLogContract:
         with pytest.raises(UsageError, match=str(unclaimed.id)):
             await log.claim_overdue_steps(10, write_unclaimed)
         assert await load(log, unclaimed.id) == unclaimed
+
+    # --- sagas with parallel groups and waits ----------------------------------------------
+
+    async def test_a_group_starts_with_every_branch_command_and_a_clock_each(
+        self, adapter: Adapter
+    ) -> None:
+        log = adapter.saga_log
+        stored = await log.register_definition(forked())
+        saga_id = await start_shaped(log, stored)
+        assert await adapter.step_log(saga_id) == [
+            Logged(0, "execute", "dispatched", 1),
+            Logged(0, "execute", "dispatched", 1),
+        ]
+        assert len(await adapter.commands(saga_id)) == 2
+        started = await load(log, saga_id)
+        assert [b.outcome for b in started.state.branches] == [BranchOutcome.PENDING] * 2
+        assert sorted(started.clock) == [0, 1]
+        # The short branch's clock runs out first; the claim names it alone.
+        adapter.advance(SHORT_TIMEOUT + 1)
+        overdue: list[tuple[int, ...]] = []
+
+        async def branches(claimed: ClaimedSagas) -> None:
+            overdue.extend(i.overdue_branches for i in claimed.instances)
+
+        await log.claim_overdue_steps(10, branches)
+        assert overdue == [(1,)]
+
+    async def test_a_shaped_transition_on_a_stale_version_writes_nothing(
+        self, adapter: Adapter
+    ) -> None:
+        log = adapter.saga_log
+        stored = await log.register_definition(forked())
+        instance = await load(log, await start_shaped(log, stored))
+        prepared, state = answer_branch(stored.definition, instance, 0)
+        assert prepared.shape is not None
+        moved = await log.write_shaped_transition(
+            instance, state, log=prepared.log, shape=prepared.shape
+        )
+        assert moved is not None
+        assert moved.state.branches[0].outcome is BranchOutcome.SUCCEEDED
+        assert sorted(moved.clock) == [1]  # the answered branch's clock is gone
+        before = await adapter.step_log(instance.id)
+        again = await log.write_shaped_transition(
+            instance, state, log=prepared.log, shape=prepared.shape
+        )
+        assert again is None
+        assert await adapter.step_log(instance.id) == before
+        assert await load(log, instance.id) == moved
+
+    async def test_a_signal_kept_before_the_wait_is_consumed_by_the_transition_entering_it(
+        self, adapter: Adapter
+    ) -> None:
+        log = adapter.saga_log
+        stored = await log.register_definition(forked())
+        definition = stored.definition
+        saga_id = await start_shaped(log, stored)
+        kept = StoredSignal(saga_id, "checked", "early", {"ok": True}, "ana", None, False)
+
+        async def keep(locked: LockedSaga | None) -> None:
+            assert locked is not None
+            await locked.touch()
+            assert await locked.insert_signal(kept, consumed_by_transition=None)
+
+        await log.signal_unit(saga_id, keep)
+        found = await log.kept_signal(saga_id, "checked")
+        assert found is not None
+        assert found.signal_id == "early"
+        assert await log.kept_signal(saga_id, "checked", ["early"]) is None
+
+        instance = await load(log, saga_id)
+        prepared, state = answer_branch(definition, instance, 0)
+        assert prepared.shape is not None
+        instance = await log.write_shaped_transition(
+            instance, state, log=prepared.log, shape=prepared.shape
+        ) or pytest.fail("not written")
+        last = advance(
+            definition,
+            instance.state,
+            StepEvent(0, Phase.EXECUTE, 1, Outcome.SUCCEEDED, {"n": 2}, branch=1),
+        )
+        assert last.wait is not None  # the group joined: the saga enters its wait
+        transition, consumed = await consume_kept_signals(
+            definition, saga_id, instance.payload, last, log.kept_signal
+        )
+        assert [c.signal_id for c in consumed] == ["early"]
+        prepared = prepare_write(instance, definition, transition, TOPICS, signals=consumed)
+        assert prepared.shape is not None
+        written = await log.write_shaped_transition(
+            instance, transition.state, log=prepared.log, shape=prepared.shape
+        )
+        assert written is not None
+        assert written.state.status is SagaStatus.COMPLETED
+        assert written.state.context["checked"] == {"ok": True}
+        assert await log.kept_signal(saga_id, "checked") is None
+        assert [entry.status for entry in await adapter.step_log(saga_id)][-2:] == [
+            "waiting",
+            "succeeded",
+        ]
 
 
 async def _ids(claimed: ClaimedSagas) -> list[uuid.UUID]:
