@@ -54,6 +54,7 @@ from saga.shapes import Position, resolve_reference
 EXECUTE, COMPENSATE = Phase.EXECUTE, Phase.COMPENSATE
 PAYLOAD = {"user": "u-1"}
 REFUSED = "refused"
+_NOT_REFUSALS = ("out of attempts", "not retried, the group is failing")
 Unit = tuple[int, int | None]
 """A thing that can run and be undone: (position, branch), branch None for a step or child."""
 
@@ -486,7 +487,11 @@ def _may_have_run(definition: SagaDefinition, log: list[LogEntry]) -> set[Unit]:
             else position
         )
         assert isinstance(step, Step)
-        refused = entry.status is LogStatus.FAILED and entry.error == REFUSED
+        # A failure the machine decided (attempts spent, a failing group's erring branch) may
+        # have committed; any other failure is the participant's refusal, whatever its reason.
+        refused = entry.status is LogStatus.FAILED and not (entry.error or "").startswith(
+            _NOT_REFUSALS
+        )
         if step.compensatable and not refused:
             units.add((index, branch))
     return units
