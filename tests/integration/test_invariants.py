@@ -397,6 +397,7 @@ async def test_a_clean_scene_passes(saga_env: SagaEnvironment, scene: Scene) -> 
         "compensated": 1,
         "parked": 1,
         "aborted": 0,
+        "waiting": 0,
     }
     assert report.parked == [(scene.parked, "compensation of reserve_slot failed 5 times")]
 
