@@ -38,7 +38,14 @@ def run_example(env: SagaEnvironment, example: str) -> subprocess.CompletedProce
     )
 
 
-@pytest.mark.parametrize("example", sorted(EXAMPLES))
+# The embedded pass runs the from-scratch example: a new user's first script.
+@pytest.mark.parametrize(
+    "example",
+    [
+        pytest.param(name, marks=pytest.mark.embedded) if name == "two_journeys" else name
+        for name in sorted(EXAMPLES)
+    ],
+)
 def test_the_example_runs_its_saga_to_completion_and_to_compensation(
     saga_env: SagaEnvironment, example: str
 ) -> None:
