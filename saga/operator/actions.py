@@ -11,6 +11,7 @@ coordinator then ignores the answer as stale.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,8 @@ from typing import Any
 import structlog
 
 from saga import metrics
-from saga.coordinator.commands import prepare_write
+from saga.coordinator.commands import ConsumedSignal, prepare_write
+from saga.coordinator.signals import consume_kept_signals
 from saga.definition import SagaDefinition
 from saga.errors import SagaNotFound, UnknownDefinition
 from saga.machine import InstanceState, Phase, SagaStatus, Transition, command_message_id
@@ -86,6 +88,8 @@ class _Decided:
     definition: SagaDefinition | None
     position: StepPosition | None
     transition: Transition
+    signals: tuple[ConsumedSignal, ...] = ()
+    """Kept signals the transition applied (marked consumed by its write)."""
 
 
 class SagaActions:
@@ -121,10 +125,21 @@ class SagaActions:
                 transition = _decide(instance, definition, phase, request)
             except ActionRefused as refusal:
                 return _outcome(instance, request, before, refused=str(refusal)), []
+            signals: tuple[ConsumedSignal, ...] = ()
+            if definition is not None and not definition.straight_line:
+                # A skip that enters a wait applies a signal kept for it, as any
+                # transition of the coordinator's does, in the same write.
+                transition, signals = await consume_kept_signals(
+                    definition,
+                    instance.id,
+                    instance.payload,
+                    transition,
+                    functools.partial(saga_log.kept_signal, conn),
+                )
             after = _state_text(definition, transition.state, phase)
             if dry_run:
                 return _outcome(instance, request, before, after=after), []
-            decided = _Decided(instance, definition, position, transition)
+            decided = _Decided(instance, definition, position, transition, signals)
             return await self._write(conn, decided, request, before, after)
 
         outcome, pending = await self.database.run_driver(
@@ -146,7 +161,9 @@ class SagaActions:
     ) -> tuple[ActionOutcome, list[PendingMessage]]:
         instance, transition = decided.instance, decided.transition
         if decided.definition is not None:
-            prepared = prepare_write(instance, decided.definition, transition, self._topics)
+            prepared = prepare_write(
+                instance, decided.definition, transition, self._topics, signals=decided.signals
+            )
             rows, outbox, step_timeout = prepared.log, prepared.outbox, prepared.step_timeout
             shape = prepared.shape
             # What goes out right after the commit; a delayed one waits for the relay.
@@ -157,7 +174,8 @@ class SagaActions:
             outbox, step_timeout, shape = None, 0.0, None
             pending, commands = [], ()
         withdrawn = await saga_log.withdraw_commands(conn, instance.id)
-        signed = [replace(row, actor=request.by.actor) for row in rows]
+        # A kept signal's row names its sender; every other row, the operator.
+        signed = [replace(row, actor=row.actor or request.by.actor) for row in rows]
         if shape is not None:
             stored = await saga_log.write_shaped_transition(
                 conn,
