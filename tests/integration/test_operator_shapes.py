@@ -12,10 +12,13 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from saga.definition import SagaDefinition
+from saga.errors import SignalRefused
 from saga.machine import SagaStatus
 from saga.operator.decisions import Action
+from saga.operator.waiting_monitor import WaitingMonitor
 from saga.shapes import AwaitEvent, Parallel
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import SagaEnvironment
@@ -89,6 +92,11 @@ WAIT_TIMEOUT = 5.0
 STUCK = "SELECT saga_id, overdue, waiting_for FROM shared.saga_stuck WHERE saga_id = $1"
 
 
+def signal_count(definition: str, event: str, outcome: str) -> float:
+    labels = {"definition": definition, "event": event, "outcome": outcome}
+    return REGISTRY.get_sample_value("saga_signals_total", labels) or 0.0
+
+
 async def until_listed(env: SagaEnvironment, sql: str, saga_id: uuid.UUID) -> None:
     for _ in range(300):
         if await view(env, sql, saga_id):
@@ -108,7 +116,17 @@ async def test_a_waiting_saga_is_shown_listed_counted_and_stuck_only_once_overdu
         saga_id = await coordinator.start(definition, {})
         await wait_until(env.database, saga_id, "i.status = 'waiting'")
         # For the wait after this one: kept until the saga gets there.
+        kept_before = signal_count(definition.name, SECOND, "kept")
+        refused_before = signal_count(definition.name, "other", "refused")
         await coordinator.signal(saga_id, SECOND, {"ok": 1}, signal_id="second-1", actor="dr.bo")
+        with pytest.raises(SignalRefused):
+            await coordinator.signal(saga_id, "no_such_event", {}, signal_id="typo-1")
+        assert signal_count(definition.name, SECOND, "kept") == kept_before + 1
+        # An event the definition never waits for is not a label of its own.
+        assert signal_count(definition.name, "other", "refused") == refused_before + 1
+        counted = await WaitingMonitor(env.database).sample()
+        assert counted[definition.name] == (1, 0)
+        assert REGISTRY.get_sample_value("saga_waiting", {"definition": definition.name}) == 1
         me = str(saga_id)
         # Within its wait's timeout, a waiting saga is not stuck.
         assert await view(env, STUCK, saga_id) == []
