@@ -12,8 +12,12 @@ straight-line saga exactly as before). The rules, by where the saga stands:
   - ``compensate`` undoes the positions before the wait, latest first (the wait itself
     has nothing to undo).
 - **At a parallel group**: every branch has its own attempt, outcome and compensation,
-  so one retry or skip cannot say which branch it means; ``retry``, ``skip`` and
-  ``compensate`` are refused with that reason, and ``saga abort`` takes the saga over.
+  and a failing group already compensates its branches by itself once each has an
+  outcome. So only a group parked in its compensation (a branch's compensation out of
+  attempts) is moved by hand: ``retry`` (or ``compensate``) sends every branch
+  compensation still out again, one more attempt each, and the saga compensates on.
+  ``skip`` is refused (which branch?), and so is anything else at a group:
+  ``saga abort`` takes the saga over.
 - **At a plain step** of such a definition: ``retry`` and ``compensate`` act as on a
   straight line; ``skip`` moves on as if the participant had answered with the result,
   so the next position (a group, a wait) starts as it would have.
@@ -28,6 +32,8 @@ from typing import Any
 
 from saga.definition import SagaDefinition
 from saga.machine import (
+    BranchOutcome,
+    Dispatch,
     InstanceState,
     LogEntry,
     LogStatus,
@@ -39,11 +45,15 @@ from saga.machine import (
     Transition,
     advance,
     compensate_from,
+    compensation_cause,
 )
 from saga.operator import decisions
 from saga.operator.decisions import Action, ActionRefused, Operator
 from saga.shapes import AwaitEvent, Parallel
 from saga.step import Step
+
+COMPENSATE = Phase.COMPENSATE
+_PENDING = BranchOutcome.PENDING
 
 _OPERATOR_SIGNAL = "operator-skip"
 """The id of the signal a skipped wait is decided with; never stored (nothing consumes it)."""
@@ -67,12 +77,7 @@ def decide(
     if isinstance(position, AwaitEvent):
         return _at_wait(definition, state, position, action, by, step_name, result, payload)
     if isinstance(position, Parallel):
-        names = ", ".join(branch.name for branch in position.branches)
-        raise ActionRefused(
-            f"the saga is at parallel group {position.name!r} (branches {names}); "
-            f"`saga {action}` does not act on a group, whose branches each have their own "
-            "attempt and compensation: `saga abort` takes the saga over"
-        )
+        return _at_group(state, position, action, by)
     if not isinstance(position, Step):
         raise ActionRefused(
             f"the saga is at {position.name!r}, a {type(position).__name__}; "
@@ -127,6 +132,42 @@ def _at_wait(
         error=by.says("skipped"),
     )
     return replace(signalled, log=(skipped, *signalled.log[1:]), consumed_signal=None)
+
+
+def _at_group(state: InstanceState, group: Parallel, action: Action, by: Operator) -> Transition:
+    """Only a group parked in its compensation can be moved: its branch compensations
+    still out (the one out of attempts, and any whose answer the park left unheard) are
+    sent again, each as one more attempt with its own message id."""
+    undoing = [b for b, branch in enumerate(state.branches) if branch.compensation is _PENDING]
+    names = ", ".join(branch.name for branch in group.branches)
+    if state.status is not SagaStatus.PARKED or not undoing or action is Action.SKIP:
+        raise ActionRefused(
+            f"the saga is {state.status.value} at parallel group {group.name!r} (branches "
+            f"{names}); `saga {action}` acts on a group only to resume its compensation "
+            "once parked there (retry or compensate); otherwise `saga abort` takes the "
+            "saga over"
+        )
+    index = state.current_step
+    branches = list(state.branches)
+    log: list[LogEntry] = []
+    dispatches: list[Dispatch] = []
+    for b in undoing:
+        attempt = branches[b].compensation_attempt
+        log.append(
+            LogEntry(
+                index, COMPENSATE, LogStatus.RETRIED, attempt, error=by.says("retried"), branch=b
+            )
+        )
+        branches[b] = replace(branches[b], compensation_attempt=attempt + 1)
+        log.append(LogEntry(index, COMPENSATE, LogStatus.DISPATCHED, attempt + 1, branch=b))
+        dispatches.append(Dispatch(index, COMPENSATE, attempt + 1, branch=b))
+    resumed = replace(
+        state,
+        status=SagaStatus.COMPENSATING,
+        error=compensation_cause(state.error),
+        branches=tuple(branches),
+    )
+    return Transition(resumed, tuple(log), tuple(dispatches))
 
 
 def _compensate_step(

@@ -323,3 +323,33 @@ async def test_at_a_group_only_abort_acts(saga_env: SagaEnvironment) -> None:
         env, "SELECT status FROM shared.saga_instance WHERE id = $1", uuid.UUID(str(saga_id))
     )
     assert state == [{"status": "aborted"}]
+
+
+async def test_retry_resumes_a_group_parked_in_its_compensation(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    await create_effect_tables(env.database)
+    async with (
+        cluster(env.settings, env.database, env.bootstrap) as running,
+        operator(env) as actions,
+    ):
+        coordinator = running.coordinators[0]
+        # award refuses; authorize's compensation (void) breaks on its 3 attempts.
+        payload = {"refuse": "award", "error": {"void": 3}}
+        saga_id = await coordinator.start(grouped("ops_group_parked"), payload)
+        parked = await coordinator.wait(saga_id, timeout=30)
+        assert parked.status is SagaStatus.PARKED
+        assert await effects(env.database, saga_id) == ["authorize", "reserve"]
+        skipped = await actions.apply(saga_id, request(Action.SKIP, step="hold"))
+        retried = await actions.apply(saga_id, request(Action.RETRY))
+        summary = await coordinator.wait(saga_id, timeout=30)
+
+    assert skipped.refused is not None
+    assert "only to resume its compensation" in skipped.refused
+    assert retried.applied
+    assert retried.command == "void #4"
+    assert summary.status is SagaStatus.COMPENSATED
+    assert await effects(env.database, saga_id) == []
+    rows = await manual_rows(env.database, saga_id)
+    assert rows[0][:5] == ("authorize", "compensate", "retried", 3, "alice")

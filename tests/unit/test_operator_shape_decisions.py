@@ -6,19 +6,25 @@ import pytest
 
 from saga.definition import SagaDefinition, Step
 from saga.machine import (
+    BranchOutcome,
+    BranchState,
     Dispatch,
     InstanceState,
     LogEntry,
     LogStatus,
+    Outcome,
     Phase,
     SagaStatus,
+    StepEvent,
     Transition,
+    advance,
 )
 from saga.operator import shape_decisions
 from saga.operator.decisions import Action, ActionRefused, Operator
 from saga.shapes import AwaitEvent, Parallel
 
 EXECUTE, COMPENSATE = Phase.EXECUTE, Phase.COMPENSATE
+PENDING = BranchOutcome.PENDING
 ALICE = Operator("alice", "reviewed on paper")
 
 
@@ -138,3 +144,44 @@ def test_a_finished_saga_refuses_every_action() -> None:
     done = at(3, SagaStatus.COMPLETED)
     with pytest.raises(ActionRefused, match="completed"):
         decide(done, Action.RETRY)
+
+
+GROUPED = SagaDefinition("grouped", 1, [RESERVE, Parallel("hold", [AUTHORIZE, AWARD]), CONFIRM])
+PARKED_IN_GROUP = InstanceState(
+    SagaStatus.PARKED,
+    1,
+    1,
+    {"reserve_id": "r1"},
+    "compensation of branch 'authorize' of group 'hold' failed after 2 attempts: boom"
+    " (compensating because step 'award' failed: refused)",
+    branches=(
+        BranchState(outcome=BranchOutcome.SUCCEEDED, compensation_attempt=2, compensation=PENDING),
+        BranchState(outcome=BranchOutcome.FAILED),
+    ),
+)
+
+
+@pytest.mark.parametrize("action", [Action.RETRY, Action.COMPENSATE])
+def test_a_group_parked_in_its_compensation_resumes_it(action: Action) -> None:
+    decided = shape_decisions.decide(GROUPED, PARKED_IN_GROUP, COMPENSATE, action, ALICE)
+    assert decided.state.status is SagaStatus.COMPENSATING
+    assert decided.state.error == "step 'award' failed: refused"
+    assert decided.dispatches == (Dispatch(1, COMPENSATE, 3, branch=0),)
+    assert [(e.status, e.attempt, e.branch) for e in decided.log] == [
+        (LogStatus.RETRIED, 2, 0),
+        (LogStatus.DISPATCHED, 3, 0),
+    ]
+    # Its success undoes the group; the saga compensates on with the step before it.
+    undone = advance(
+        GROUPED,
+        decided.state,
+        StepEvent(1, COMPENSATE, 3, Outcome.SUCCEEDED, {}, branch=0),
+    )
+    assert undone.dispatches == (Dispatch(0, COMPENSATE, 1),)
+
+
+def test_skip_at_a_parked_group_is_refused() -> None:
+    with pytest.raises(ActionRefused, match="only to resume its compensation"):
+        shape_decisions.decide(
+            GROUPED, PARKED_IN_GROUP, COMPENSATE, Action.SKIP, ALICE, step_name="hold"
+        )
