@@ -15,6 +15,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -52,6 +53,42 @@ SAGAS_EXPIRED = Counter(
     "Sagas compensated (or parked) because they outran their overall deadline",
     ["definition"],
 )
+
+SAGAS_WAITING = Gauge(
+    "saga_waiting",
+    "Sagas waiting for a signal at an AwaitEvent (sampled by the worker)",
+    ["definition"],
+)
+SAGAS_WAITING_OVERDUE = Gauge(
+    "saga_waiting_overdue",
+    "Waiting sagas past their wait's (or their own) deadline: the timeout worker is due "
+    "to act (sampled by the worker)",
+    ["definition"],
+)
+SIGNALS = Counter(
+    "saga_signals",
+    "Signals sent to sagas, by what became of them: accepted (the saga was waiting for "
+    "it), kept (for a wait not reached yet), refused (finished saga, or an event its "
+    "definition never waits for), repeated (a signal id sent before), conflict (a signal "
+    "id reused for another signal)",
+    ["definition", "event", "outcome"],
+)
+
+
+class SignalCount(StrEnum):
+    ACCEPTED = "accepted"
+    KEPT = "kept"
+    REFUSED = "refused"
+    REPEATED = "repeated"
+    CONFLICT = "conflict"
+
+
+def count_signal(definition: str, event: str, outcome: SignalCount, *, awaited: bool) -> None:
+    """Count one signal for a saga of ``definition``. ``awaited`` says whether the
+    definition waits for ``event`` (a bounded set of names); any other event is counted
+    as ``other``, so a sender's typo cannot grow the series."""
+    SIGNALS.labels(definition, event if awaited else "other", outcome.value).inc()
+
 
 # -- step latency ---------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ FROM shared.saga_instance WHERE id = $1
 """
 
 _ENTRIES = """
-SELECT step_index, step_name, journey, action, status, attempt, error, actor,
+SELECT step_index, branch, step_name, journey, action, status, attempt, error, actor,
        request, response, started_at, finished_at, duration_ms
 FROM shared.saga_step_log
 WHERE saga_instance_id = $1
@@ -49,7 +49,16 @@ class TimelineEntry:
     request: Any = None
     """What the attempt's command carried (recorded when it was dispatched)."""
     response: Any = None
-    """The result the participant answered with, when it succeeded."""
+    """The result the participant answered with, when it succeeded (a signal's payload at
+    a wait)."""
+    branch: int | None = None
+    """Which branch of the parallel group at ``step_index`` the row is about; ``None``
+    for every other row (a step, a wait, the group as a whole)."""
+
+    @property
+    def attempt_key(self) -> tuple[int, int | None, str, int]:
+        """What one attempt is: a branch's attempts are counted apart from its siblings'."""
+        return (self.step_index, self.branch, self.action, self.attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +128,7 @@ async def load_entries(conn: Connection, saga_id: uuid.UUID) -> list[TimelineEnt
                 actor=row["actor"],
                 request=document(row["request"]),
                 response=document(row["response"]),
+                branch=row["branch"],
             )
             for row in rows
         ]
@@ -131,17 +141,11 @@ def one_per_attempt(entries: list[TimelineEntry]) -> list[TimelineEntry]:
 
     An ignored reply is not an outcome (the coordinator did not apply it), so it never
     hides the dispatch of an attempt still waiting for its answer."""
-    requests = {
-        (e.step_index, e.action, e.attempt): e.request for e in entries if e.status == "dispatched"
-    }
-    answered = {
-        (e.step_index, e.action, e.attempt)
-        for e in entries
-        if e.status not in ("dispatched", "ignored")
-    }
+    requests = {e.attempt_key: e.request for e in entries if e.status == "dispatched"}
+    answered = {e.attempt_key for e in entries if e.status not in ("dispatched", "ignored")}
     kept = []
     for e in entries:
-        key = (e.step_index, e.action, e.attempt)
+        key = e.attempt_key
         if e.status == "dispatched" and key in answered:
             continue
         if e.status != "dispatched" and e.request is None and requests.get(key) is not None:

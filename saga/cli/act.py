@@ -71,7 +71,7 @@ def add_parser(commands: Any) -> None:
         )
         if action is Action.SKIP:
             parser.add_argument(
-                "--step", required=True, help="the current step's name (or index) to skip"
+                "--step", required=True, help="the current step's (or wait's) name or index to skip"
             )
             parser.add_argument(
                 "--result",

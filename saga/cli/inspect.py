@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -176,10 +177,12 @@ LS_COLUMNS = (
 
 
 def _listing_row(listing: SagaListing, now: datetime) -> dict[str, Any]:
-    waiting = None
+    waiting: Any = None
     if listing.status.in_flight and listing.step_started_at is not None:
         # How long the current attempt has been going: what --stuck-for compares.
         waiting = now - listing.step_started_at
+    elif listing.waiting_for is not None:
+        waiting = f"for {listing.waiting_for}"
     return {
         "id": listing.id,
         "definition": f"{listing.definition_name} v{listing.definition_version}",
@@ -250,7 +253,25 @@ def _detail_document(detail: queries.SagaDetail) -> dict[str, Any]:
         "idempotency_key": detail.idempotency_key,
         "payload": mask(detail.payload),
         "context": mask(detail.context),
+        "position_kind": detail.position_kind,
+        "waiting": _waiting_document(detail),
+        "signals": [
+            {**asdict(signal), "payload": mask(signal.payload), "state": signal.state}
+            for signal in detail.signals
+        ],
+        "family": [asdict(link) for link in detail.family],
         "timeline": [_entry_document(entry) for entry in detail.entries],
+    }
+
+
+def _waiting_document(detail: queries.SagaDetail) -> dict[str, Any] | None:
+    if detail.waiting_for is None:
+        return None
+    return {
+        "event": detail.waiting_for,
+        "wait": detail.step_name,
+        "since": detail.waiting_since,
+        "until": detail.step_deadline,
     }
 
 
@@ -267,13 +288,7 @@ def _detail_lines(detail: queries.SagaDetail, now: datetime) -> list[str]:
         took_text = duration_text(took.total_seconds())
     else:
         took_text = f"- (started {duration_text((now - detail.started_at).total_seconds())} ago)"
-    step = detail.step_name or f"#{detail.current_step}"
-    current = (
-        f"step {detail.current_step} {step} ({detail.journey or '?'}), {detail.phase.value}, "
-        f"attempt {detail.step_attempt}"
-    )
-    if detail.step_started_at is not None:
-        current += f", dispatched {utc_text(detail.step_started_at)}"
+    current = _current_text(detail)
     header = [
         ("definition", f"{detail.definition_name} v{detail.definition_version}"),
         ("status", detail.status.value),
@@ -287,37 +302,153 @@ def _detail_lines(detail: queries.SagaDetail, now: datetime) -> list[str]:
         ("payload", _compact(mask(detail.payload))),
         ("context", _compact(mask(detail.context))),
     ]
+    if detail.waiting_for is not None:
+        header[7:7] = _waiting_header(detail, now)
+    header += [(link.relation, _family_text(link)) for link in detail.family]
     lines = [f"saga {detail.id}"]
     lines += [f"  {label:<10} {cell(value)}" for label, value in header]
+    if detail.signals:
+        lines += ["", "signals (consumed: applied to the saga; kept: for a wait not reached)"]
+        lines += _signal_lines(detail.signals)
     lines += ["", "timeline (one line per attempt; + is the time since the saga started)"]
     lines += _timeline_lines(detail.entries, detail.started_at)
     return lines
 
 
+def _current_text(detail: queries.SagaDetail) -> str:
+    name = detail.step_name or f"#{detail.current_step}"
+    if detail.position_kind == "await_event":
+        return f"wait {detail.current_step} {name}"
+    kind = "group" if detail.position_kind == "parallel" else "step"
+    journey = "" if kind == "group" else f" ({detail.journey or '?'})"
+    current = (
+        f"{kind} {detail.current_step} {name}{journey}, {detail.phase.value}, "
+        f"attempt {detail.step_attempt}"
+    )
+    if detail.step_started_at is not None and kind == "step":
+        current += f", dispatched {utc_text(detail.step_started_at)}"
+    return current
+
+
+def _waiting_header(detail: queries.SagaDetail, now: datetime) -> list[tuple[str, Any]]:
+    """Replaces the step deadline's line: a wait's deadline is when it times out."""
+    since = detail.waiting_since
+    until = detail.step_deadline
+    since_text = (
+        None
+        if since is None
+        else (f"{utc_text(since)} ({duration_text((now - since).total_seconds())} ago)")
+    )
+    until_text = None
+    if until is not None:
+        left = (until - now).total_seconds()
+        when = f"in {duration_text(left)}" if left >= 0 else f"{duration_text(-left)} ago"
+        until_text = f"{utc_text(until)} ({when})"
+    return [("waits for", detail.waiting_for), ("since", since_text), ("until", until_text)]
+
+
+def _family_text(link: queries.FamilyLink) -> str:
+    at = f" at {link.step_name}" if link.step_name else ""
+    return f"{link.saga_id} {link.definition} {link.status.value}{at}"
+
+
+def _signal_lines(signals: Sequence[queries.SignalRecord]) -> list[str]:
+    rows = [
+        {
+            "received": signal.received_at,
+            "event": signal.event,
+            "state": signal.state,
+            "actor": signal.actor,
+            "signal_id": signal.signal_id,
+            "payload": _compact(mask(signal.payload)),
+            "reason": _cut(signal.reason),
+        }
+        for signal in signals
+    ]
+    out = io.StringIO()
+    print_table(
+        rows, ("received", "event", "state", "actor", "signal_id", "payload", "reason"), file=out
+    )
+    return ["  " + line for line in out.getvalue().splitlines()]
+
+
 def _timeline_lines(entries: Sequence[TimelineEntry], started: datetime) -> list[str]:
+    """One line per attempt; a parallel group's branch attempts are drawn as a block,
+    one column per branch, where the group's first branch row falls in time."""
     if not entries:
         return ["  (no step-log rows)"]
     step_width = max(len(e.step_name) for e in entries)
     journey_width = max(len(e.journey) for e in entries)
-    lines = []
+    lines: list[str] = []
+    drawn: set[tuple[int, str]] = set()
     for e in entries:
-        offset = (e.started_at - started).total_seconds()
-        took = "-" if e.duration_ms is None else duration_text(e.duration_ms / 1000)
-        line = (
-            f"  +{duration_text(offset):>9}  {e.step_name:<{step_width}}  "
-            f"{e.journey:<{journey_width}}  {e.action:<10}  #{e.attempt:<2} {e.status:<10} "
-            f"{took:>9}"
-        )
-        if e.actor:
-            line += f"  by {e.actor}"
-        if e.error:
-            line += f"  {e.error}"
-        lines.append(line.rstrip())
-        indent = " " * 13
-        if e.request is not None:
-            lines.append(f"{indent}request  {_compact(mask(e.request))}")
-        if e.response is not None:
-            lines.append(f"{indent}response {_compact(mask(e.response))}")
+        if e.branch is not None:
+            group = (e.step_index, e.action)
+            if group not in drawn:
+                drawn.add(group)
+                lines += _group_lines(entries, e.step_index, e.action, started)
+            continue
+        lines += _entry_lines(e, started, step_width, journey_width)
+    return lines
+
+
+def _entry_lines(
+    e: TimelineEntry, started: datetime, step_width: int, journey_width: int
+) -> list[str]:
+    offset = (e.started_at - started).total_seconds()
+    took = "-" if e.duration_ms is None else duration_text(e.duration_ms / 1000)
+    line = (
+        f"  +{duration_text(offset):>9}  {e.step_name:<{step_width}}  "
+        f"{e.journey:<{journey_width}}  {e.action:<10}  #{e.attempt:<2} {e.status:<10} "
+        f"{took:>9}"
+    )
+    if e.actor:
+        line += f"  by {e.actor}"
+    if e.error:
+        line += f"  {e.error}"
+    lines = [line.rstrip()]
+    indent = " " * 13
+    if e.request is not None:
+        lines.append(f"{indent}request  {_compact(mask(e.request))}")
+    if e.response is not None:
+        lines.append(f"{indent}response {_compact(mask(e.response))}")
+    return lines
+
+
+def _group_lines(
+    entries: Sequence[TimelineEntry], step_index: int, action: str, started: datetime
+) -> list[str]:
+    """A group's branches side by side: a column per branch, its attempts top down."""
+    rows = [
+        e
+        for e in entries
+        if e.step_index == step_index and e.action == action and e.branch is not None
+    ]
+    branches = sorted({e.branch for e in rows if e.branch is not None})
+    columns: list[list[str]] = []
+    for branch in branches:
+        mine = [e for e in rows if e.branch == branch]
+        title = f"[{branch}] {mine[0].step_name} ({mine[0].journey})"
+        cells = [title]
+        for e in mine:
+            offset = duration_text((e.started_at - started).total_seconds())
+            took = "" if e.duration_ms is None else f" {duration_text(e.duration_ms / 1000)}"
+            by = f" by {e.actor}" if e.actor else ""
+            cells.append(f"+{offset} #{e.attempt} {e.status}{took}{by}")
+            if e.error:
+                cells.append(f"  {_cut(e.error)}")
+        columns.append(cells)
+    first = min(e.started_at for e in rows)
+    offset = duration_text((first - started).total_seconds())
+    count = f"{len(branches)} branch" + ("" if len(branches) == 1 else "es")
+    lines = [f"  +{offset:>9}  group at step {step_index}, {action}: {count}"]
+    widths = [max(len(text) for text in column) for column in columns]
+    for depth in range(max(len(column) for column in columns)):
+        texts = [
+            (column[depth] if depth < len(column) else "").ljust(width)
+            for column, width in zip(columns, widths, strict=True)
+        ]
+        lines.append(("             " + " | ".join(texts)).rstrip())
     return lines
 
 
@@ -336,13 +467,16 @@ def _stats(args: argparse.Namespace) -> int:
     top = parse_count(args.top, "--top", low=1)
     names = parse_names(args.definition or (), "--definition")
 
-    async def work(
-        conn: DriverConnection,
-    ) -> tuple[list[queries.StatusCount], list[queries.StepStats]]:
-        counts = await queries.status_counts(conn, since, until, names)
-        return counts, await queries.step_stats(conn, since, until, names)
+    async def work(conn: DriverConnection) -> _Stats:
+        return _Stats(
+            await queries.status_counts(conn, since, until, names),
+            await queries.step_stats(conn, since, until, names),
+            await queries.signal_stats(conn, since, until, names),
+            await queries.waiting_now(conn, names),
+        )
 
-    counts, steps = _read(work, name="cli.stats")
+    read = _read(work, name="cli.stats")
+    counts, steps = read.counts, read.steps
     slowest = queries.slowest(steps, top)
     if args.json:
         print_json(
@@ -353,6 +487,8 @@ def _stats(args: argparse.Namespace) -> int:
                 "sagas": [asdict(count) for count in counts],
                 "steps": [asdict(step) for step in steps],
                 "slowest": [asdict(step) for step in slowest],
+                "signals": [asdict(signal) for signal in read.signals],
+                "waiting_now": [asdict(waiting) for waiting in read.waiting],
             }
         )
         return 0
@@ -376,7 +512,33 @@ def _stats(args: argparse.Namespace) -> int:
             [asdict(step) for step in slowest],
             ("definition", "step_name", "journey", "action", "answers", "p95_ms", "max_ms"),
         )
+    print()
+    print("signals received in the window (consumed: applied; kept: for a wait not reached)")
+    if read.signals:
+        print_table(
+            [asdict(signal) for signal in read.signals],
+            ("definition", "event", "received", "consumed", "kept"),
+        )
+    else:
+        print("  none")
+    print()
+    print("sagas waiting now (whenever started; overdue: past the wait's deadline)")
+    if read.waiting:
+        print_table(
+            [asdict(waiting) for waiting in read.waiting],
+            ("definition", "event", "waiting", "overdue", "oldest_since"),
+        )
+    else:
+        print("  none")
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    counts: list[queries.StatusCount]
+    steps: list[queries.StepStats]
+    signals: list[queries.SignalStats]
+    waiting: list[queries.WaitingNow]
 
 
 STEP_COLUMNS = (
@@ -413,6 +575,7 @@ def _definitions(args: argparse.Namespace) -> int:
             "running": d.running,
             "compensating": d.compensating,
             "parked": d.parked,
+            "waiting": d.waiting,
         }
         for d in found
     ]
@@ -432,6 +595,7 @@ def _definitions(args: argparse.Namespace) -> int:
                 "running",
                 "compensating",
                 "parked",
+                "waiting",
             ),
         )
     return 0

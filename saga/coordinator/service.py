@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -53,7 +53,7 @@ from saga.messages import TRACEPARENT
 from saga.outbox import RelaySettings
 from saga.runtime import MessagingRuntime
 from saga.settings import Settings
-from saga.shapes import SubSaga
+from saga.shapes import AwaitEvent, SubSaga
 from saga.store.database import Database
 from saga.store.outbox import PendingMessage
 from saga.store.port import LockedSaga, SagaLog
@@ -285,18 +285,24 @@ class Coordinator:
         """
         signal = _checked_signal(saga_id, event, payload, signal_id, actor, reason)
         outcome: list[tuple[PreparedWrite, SagaDefinition]] = []
+        # For the signal metric: the saga's definition, and whether it waits for the event.
+        judged: list[tuple[str, bool]] = []
 
         async def unit(locked: LockedSaga | None) -> SignalReceipt:
             outcome.clear()
+            judged.clear()
             if locked is None:
                 raise SagaNotFound(f"no saga {saga_id}")
+            instance = locked.instance
+            judged.append((instance.definition_name, False))
             first = await locked.find_signal(signal.signal_id)
             if first is not None:
+                judged[0] = (instance.definition_name, first.event == event)
                 return _repeated(first, signal)
-            instance = locked.instance
             definition = await self.definition(
                 instance.definition_name, instance.definition_version
             )
+            judged[0] = (instance.definition_name, _awaits(definition, event))
             verdict, why = judge_signal(definition, instance.state, event)
             if verdict is SignalVerdict.REFUSE:
                 raise SignalRefused(f"signal {event!r} for saga {saga_id} refused: {why}")
@@ -333,7 +339,20 @@ class Coordinator:
                 status=transition.state.status,
             )
 
-        receipt = await self.saga_log.signal_unit(saga_id, unit)
+        try:
+            receipt = await self.saga_log.signal_unit(saga_id, unit)
+        except SignalRefused:
+            _count_signal(judged, event, metrics.SignalCount.REFUSED)
+            raise
+        except SignalConflict:
+            _count_signal(judged, event, metrics.SignalCount.CONFLICT)
+            raise
+        if receipt.repeated:
+            _count_signal(judged, event, metrics.SignalCount.REPEATED)
+        elif receipt.outcome is SignalOutcome.ACCEPTED:
+            _count_signal(judged, event, metrics.SignalCount.ACCEPTED)
+        else:
+            _count_signal(judged, event, metrics.SignalCount.KEPT)
         log.info(
             "saga_signal",
             saga_id=str(saga_id),
@@ -449,6 +468,18 @@ def _refuse_shapes(definition: SagaDefinition) -> None:
             "the coordinator (parallel groups and waits are)",
             step=child.name,
         )
+
+
+def _awaits(definition: SagaDefinition, event: str) -> bool:
+    return any(isinstance(p, AwaitEvent) and p.event == event for p in definition.positions)
+
+
+def _count_signal(
+    judged: Sequence[tuple[str, bool]], event: str, outcome: metrics.SignalCount
+) -> None:
+    """Count a signal for a saga that exists (an unknown saga id counts nothing)."""
+    for definition, awaited in judged:
+        metrics.count_signal(definition, event, outcome, awaited=awaited)
 
 
 def _checked_signal(

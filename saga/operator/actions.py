@@ -11,6 +11,7 @@ coordinator then ignores the answer as stale.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,11 +20,12 @@ from typing import Any
 import structlog
 
 from saga import metrics
-from saga.coordinator.commands import prepare_write
+from saga.coordinator.commands import ConsumedSignal, prepare_write
+from saga.coordinator.signals import consume_kept_signals
 from saga.definition import SagaDefinition
 from saga.errors import SagaNotFound, UnknownDefinition
 from saga.machine import InstanceState, Phase, SagaStatus, Transition, command_message_id
-from saga.operator import decisions
+from saga.operator import decisions, shape_decisions
 from saga.operator.decisions import Action, ActionRefused, Operator
 from saga.outbox import OutboxPublisher
 from saga.store import definitions as stored_definitions
@@ -86,6 +88,8 @@ class _Decided:
     definition: SagaDefinition | None
     position: StepPosition | None
     transition: Transition
+    signals: tuple[ConsumedSignal, ...] = ()
+    """Kept signals the transition applied (marked consumed by its write)."""
 
 
 class SagaActions:
@@ -106,7 +110,7 @@ class SagaActions:
         """Apply (or with ``dry_run`` only judge) the action. Raises SagaNotFound for an
         unknown id; an action that does not apply comes back with ``refused`` set."""
 
-        async def unit(conn: DriverConnection) -> tuple[ActionOutcome, PendingMessage | None]:
+        async def unit(conn: DriverConnection) -> tuple[ActionOutcome, list[PendingMessage]]:
             if dry_run:
                 instance = await saga_log.load_instance(conn, saga_id)
             else:
@@ -120,11 +124,22 @@ class SagaActions:
             try:
                 transition = _decide(instance, definition, phase, request)
             except ActionRefused as refusal:
-                return _outcome(instance, request, before, refused=str(refusal)), None
+                return _outcome(instance, request, before, refused=str(refusal)), []
+            signals: tuple[ConsumedSignal, ...] = ()
+            if definition is not None and not definition.straight_line:
+                # A skip that enters a wait applies a signal kept for it, as any
+                # transition of the coordinator's does, in the same write.
+                transition, signals = await consume_kept_signals(
+                    definition,
+                    instance.id,
+                    instance.payload,
+                    transition,
+                    functools.partial(saga_log.kept_signal, conn),
+                )
             after = _state_text(definition, transition.state, phase)
             if dry_run:
-                return _outcome(instance, request, before, after=after), None
-            decided = _Decided(instance, definition, position, transition)
+                return _outcome(instance, request, before, after=after), []
+            decided = _Decided(instance, definition, position, transition, signals)
             return await self._write(conn, decided, request, before, after)
 
         outcome, pending = await self.database.run_driver(
@@ -132,8 +147,8 @@ class SagaActions:
         )
         if outcome.applied:
             self._report(outcome, request)
-            if pending is not None and self._publisher is not None:
-                await self._publisher.publish([pending])
+            if pending and self._publisher is not None:
+                await self._publisher.publish(pending)
         return outcome
 
     async def _write(
@@ -143,26 +158,43 @@ class SagaActions:
         request: ActionRequest,
         before: str,
         after: str,
-    ) -> tuple[ActionOutcome, PendingMessage | None]:
+    ) -> tuple[ActionOutcome, list[PendingMessage]]:
         instance, transition = decided.instance, decided.transition
         if decided.definition is not None:
-            prepared = prepare_write(instance, decided.definition, transition, self._topics)
+            prepared = prepare_write(
+                instance, decided.definition, transition, self._topics, signals=decided.signals
+            )
             rows, outbox, step_timeout = prepared.log, prepared.outbox, prepared.step_timeout
-            pending = prepared.pending
-            command = prepared.command
+            shape = prepared.shape
+            # What goes out right after the commit; a delayed one waits for the relay.
+            pending = [message for message, delay in prepared.sends if delay <= 0]
+            commands = prepared.commands or ((prepared.command,) if prepared.command else ())
         else:
             rows = _rows_without_definition(instance, decided.position, transition)
-            outbox, step_timeout, pending, command = None, 0.0, None, None
+            outbox, step_timeout, shape = None, 0.0, None
+            pending, commands = [], ()
         withdrawn = await saga_log.withdraw_commands(conn, instance.id)
-        stored = await saga_log.write_transition(
-            conn,
-            instance,
-            transition.state,
-            log=[replace(row, actor=request.by.actor) for row in rows],
-            outbox=outbox,
-            step_timeout=step_timeout,
-            skew=self.database.clock.skew,
-        )
+        # A kept signal's row names its sender; every other row, the operator.
+        signed = [replace(row, actor=row.actor or request.by.actor) for row in rows]
+        if shape is not None:
+            stored = await saga_log.write_shaped_transition(
+                conn,
+                instance,
+                transition.state,
+                log=signed,
+                shape=shape,
+                skew=self.database.clock.skew,
+            )
+        else:
+            stored = await saga_log.write_transition(
+                conn,
+                instance,
+                transition.state,
+                log=signed,
+                outbox=outbox,
+                step_timeout=step_timeout,
+                skew=self.database.clock.skew,
+            )
         # The row lock has been held since the read, so the version cannot have moved.
         assert stored is not None, f"saga {instance.id} changed under its row lock"
         outcome = _outcome(
@@ -172,7 +204,7 @@ class SagaActions:
             after=after,
             applied=True,
             withdrawn=withdrawn,
-            command=f"{command.action} #{command.attempt}" if command else None,
+            command=", ".join(f"{c.action} #{c.attempt}" for c in commands) or None,
             status=transition.state.status,
         )
         return outcome, pending
@@ -208,11 +240,15 @@ def _decide(
             "not stored, so nothing can drive the saga: only abort applies"
         )
     if not definition.straight_line:
-        # Retrying, compensating or skipping by hand around a parallel group or a wait
-        # is not decided yet: a person takes such a saga over with abort.
-        raise ActionRefused(
-            f"{definition.name} v{definition.version} has parallel groups or waits; "
-            f"`saga {request.action.value}` does not act on such sagas yet: only abort applies"
+        return shape_decisions.decide(
+            definition,
+            state,
+            phase,
+            request.action,
+            by,
+            step_name=request.step,
+            result=request.result,
+            payload=instance.payload,
         )
     if request.action is Action.RETRY:
         return decisions.retry(definition, state, phase, by)

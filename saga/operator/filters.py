@@ -51,6 +51,9 @@ class SagaFilter:
     was dispatched longer ago than this."""
     parked: bool = False
     """``--parked``: the same as ``--status parked`` (added to any other statuses)."""
+    waiting_for: tuple[str, ...] = ()
+    """``--waiting-for EVENT`` (repeatable or a comma list): sagas waiting now for any of
+    these signals."""
 
     def is_empty(self) -> bool:
         """True when nothing narrows the selection: every saga matches."""
@@ -62,6 +65,7 @@ class SagaFilter:
             and self.started_until is None
             and self.stuck_for is None
             and not self.parked
+            and not self.waiting_for
         )
 
     @property
@@ -92,6 +96,8 @@ class SagaListing:
     finished_at: datetime | None
     step_started_at: datetime | None
     error: str | None
+    waiting_for: str | None = None
+    """The signal a waiting saga waits for; ``None`` unless its status is ``waiting``."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,12 +114,14 @@ class SagaListing:
             "finished_at": self.finished_at,
             "step_started_at": self.step_started_at,
             "error": self.error,
+            "waiting_for": self.waiting_for,
         }
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--status``, ``--definition``, ``--journey``, ``--since``, ``--until``,
-    ``--stuck-for`` and ``--parked`` to ``parser``; read them with :func:`filter_from_args`."""
+    ``--stuck-for``, ``--parked`` and ``--waiting-for`` to ``parser``; read them with
+    :func:`filter_from_args`."""
     group = parser.add_argument_group("which sagas")
     statuses = ", ".join(s.value for s in SagaStatus)
     group.add_argument(
@@ -158,6 +166,13 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="parked sagas (the same as --status parked)",
     )
+    group.add_argument(
+        "--waiting-for",
+        dest="filter_waiting_for",
+        action="append",
+        metavar="EVENT",
+        help="sagas waiting now for this signal (repeatable or comma-separated)",
+    )
 
 
 def filter_from_args(args: argparse.Namespace, *, now: datetime | None = None) -> SagaFilter:
@@ -177,6 +192,7 @@ def filter_from_args(args: argparse.Namespace, *, now: datetime | None = None) -
         started_until=until,
         stuck_for=None if stuck is None else parse_duration(stuck, "--stuck-for"),
         parked=bool(getattr(args, "filter_parked", False)),
+        waiting_for=parse_names(getattr(args, "filter_waiting_for", None) or (), "--waiting-for"),
     )
 
 
@@ -303,6 +319,8 @@ _SELECT = f"""
 WITH listed AS (
     SELECT i.id, i.definition_name, i.definition_version, i.status, i.current_step,
            i.step_attempt, i.started_at, i.finished_at, i.step_started_at, i.error,
+           CASE WHEN i.status = 'waiting' THEN i.shape_state ->> 'waiting_for' END
+               AS waiting_for,
            d.steps -> i.current_step AS step
     FROM shared.saga_instance i
     JOIN shared.saga_definition d ON d.id = i.saga_definition_id
@@ -313,6 +331,8 @@ WITH listed AS (
       AND ($5::timestamptz IS NULL OR i.started_at < $5)
       AND ($6::interval IS NULL
            OR (i.status IN ('running', 'compensating') AND i.step_started_at < now() - $6))
+      AND ($9::text[] IS NULL
+           OR (i.status = 'waiting' AND i.shape_state ->> 'waiting_for' = ANY($9::text[])))
     ORDER BY i.started_at DESC, i.id
     LIMIT $7 OFFSET $8
 )
@@ -339,8 +359,9 @@ async def select_sagas(
         f.stuck_for,
         limit,
         offset,
+        _array_or_none(f.waiting_for),
     )
-    return [SagaListing(**listing_fields(row)) for row in rows]
+    return [SagaListing(**listing_fields(row), waiting_for=row["waiting_for"]) for row in rows]
 
 
 def listing_fields(row: Any) -> dict[str, Any]:

@@ -67,10 +67,84 @@ class SagaDetail:
     payload: Any
     context: Any
     entries: Sequence[TimelineEntry]
+    position_kind: str = "step"
+    """What the current position is: ``step``, ``parallel``, ``await_event`` (or
+    ``sub_saga``), from the stored definition."""
+    waiting_for: str | None = None
+    """The event a waiting saga waits for."""
+    waiting_since: datetime | None = None
+    """When the saga reached its wait (the wait's ``waiting`` row)."""
+    signals: Sequence[SignalRecord] = ()
+    """Every signal sent to the saga, oldest first."""
+    family: Sequence[FamilyLink] = ()
+    """The saga's parent and children. Hook for child sagas: filled once
+    ``saga_instance`` links parent and child (see :func:`saga_family`)."""
 
     @property
     def took(self) -> timedelta | None:
         return None if self.finished_at is None else self.finished_at - self.started_at
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """One row of ``shared.saga_signal``: consumed (applied to the saga) or kept for a
+    wait the saga has not reached."""
+
+    event: str
+    signal_id: str
+    payload: Any
+    actor: str | None
+    reason: str | None
+    received_at: datetime
+    consumed_at: datetime | None
+
+    @property
+    def state(self) -> str:
+        return "consumed" if self.consumed_at is not None else "kept"
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyLink:
+    """A saga related to the one shown: ``relation`` is ``parent`` or ``child``."""
+
+    relation: str
+    saga_id: uuid.UUID
+    definition: str
+    status: SagaStatus
+    step_name: str | None = None
+    """The parent's position that started the child."""
+
+
+_SIGNALS = """
+SELECT event, signal_id, payload, actor, reason, received_at, consumed_at
+FROM shared.saga_signal
+WHERE saga_instance_id = $1
+ORDER BY received_at, id
+"""
+
+
+async def saga_signals(conn: DriverConnection, saga_id: uuid.UUID) -> list[SignalRecord]:
+    rows = await conn.fetch(_SIGNALS, saga_id)
+    return [
+        SignalRecord(
+            event=row["event"],
+            signal_id=row["signal_id"],
+            payload=document(row["payload"]),
+            actor=row["actor"],
+            reason=row["reason"],
+            received_at=row["received_at"],
+            consumed_at=row["consumed_at"],
+        )
+        for row in rows
+    ]
+
+
+async def saga_family(conn: DriverConnection, saga_id: uuid.UUID) -> list[FamilyLink]:
+    """The saga's parent and children: the hook where child sagas plug in. The log does
+    not link sagas to each other yet (no parent column on ``saga_instance``), so there
+    is nothing to read; the child-saga work replaces this body with the query."""
+    del conn, saga_id
+    return []
 
 
 _DETAIL = f"""
@@ -79,6 +153,11 @@ SELECT i.id, i.definition_name, i.definition_version, i.status, i.error, i.start
        i.deadline, i.idempotency_key, i.payload, i.context,
        d.steps -> i.current_step ->> 'name' AS step_name,
        d.steps -> i.current_step ->> 'journey' AS journey,
+       coalesce(d.steps -> i.current_step ->> 'kind', 'step') AS position_kind,
+       i.shape_state ->> 'waiting_for' AS waiting_for,
+       (SELECT max(l.started_at) FROM shared.saga_step_log l
+        WHERE l.saga_instance_id = i.id AND l.step_index = i.current_step
+          AND l.status = 'waiting') AS waiting_since,
        {phase_sql("i")} AS phase
 FROM shared.saga_instance i
 LEFT JOIN shared.saga_definition d ON d.id = i.saga_definition_id
@@ -98,6 +177,11 @@ async def saga_detail(conn: DriverConnection, saga_id: uuid.UUID) -> SagaDetail:
         payload=document(row["payload"]),
         context=document(row["context"]),
         entries=await load_entries(conn, saga_id),
+        position_kind=row["position_kind"],
+        waiting_for=row["waiting_for"] if row["status"] == SagaStatus.WAITING else None,
+        waiting_since=row["waiting_since"] if row["status"] == SagaStatus.WAITING else None,
+        signals=await saga_signals(conn, saga_id),
+        family=await saga_family(conn, saga_id),
     )
 
 
@@ -205,6 +289,82 @@ async def step_stats(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class SignalStats:
+    """Signals for one event of one definition's sagas received in the window."""
+
+    definition: str
+    event: str
+    received: int
+    consumed: int
+    """Applied to their saga (at once, or on reaching the wait that kept them)."""
+    kept: int
+    """Still waiting for their saga to reach the wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingNow:
+    """Sagas of one definition waiting for one event as the snapshot was read."""
+
+    definition: str
+    event: str
+    waiting: int
+    overdue: int
+    """Past their wait's (or their own) deadline: the timeout worker is due to act."""
+    oldest_since: datetime | None
+
+
+_SIGNAL_STATS = """
+SELECT i.definition_name, g.event, count(*) AS received,
+       count(*) FILTER (WHERE g.consumed_at IS NOT NULL) AS consumed,
+       count(*) FILTER (WHERE g.consumed_at IS NULL) AS kept
+FROM shared.saga_signal g
+JOIN shared.saga_instance i ON i.id = g.saga_instance_id
+WHERE g.received_at >= $1 AND g.received_at < $2
+  AND ($3::text[] IS NULL OR i.definition_name = ANY($3::text[]))
+GROUP BY i.definition_name, g.event
+ORDER BY i.definition_name, g.event
+"""
+
+_WAITING_NOW = """
+SELECT definition_name, event, count(*) AS waiting,
+       count(*) FILTER (WHERE overdue) AS overdue,
+       min(since) AS oldest_since
+FROM shared.saga_waiting
+WHERE ($1::text[] IS NULL OR definition_name = ANY($1::text[]))
+GROUP BY definition_name, event
+ORDER BY definition_name, event
+"""
+
+
+async def signal_stats(
+    conn: DriverConnection, since: datetime, until: datetime, definitions: Sequence[str] = ()
+) -> list[SignalStats]:
+    """Signals received in ``[since, until)`` by definition and event."""
+    rows = await conn.fetch(_SIGNAL_STATS, since, until, list(definitions) or None)
+    return [
+        SignalStats(
+            row["definition_name"], row["event"], row["received"], row["consumed"], row["kept"]
+        )
+        for row in rows
+    ]
+
+
+async def waiting_now(conn: DriverConnection, definitions: Sequence[str] = ()) -> list[WaitingNow]:
+    """Sagas waiting now (whenever they started), by definition and event."""
+    rows = await conn.fetch(_WAITING_NOW, list(definitions) or None)
+    return [
+        WaitingNow(
+            row["definition_name"],
+            row["event"],
+            row["waiting"],
+            row["overdue"],
+            row["oldest_since"],
+        )
+        for row in rows
+    ]
+
+
 def slowest(stats: Sequence[StepStats], top: int) -> list[StepStats]:
     """The ``top`` steps by p95 (then by max), slowest first."""
     return sorted(stats, key=lambda s: (s.p95_ms, s.max_ms), reverse=True)[:top]
@@ -223,6 +383,7 @@ class DefinitionSummary:
     running: int
     compensating: int
     parked: int
+    waiting: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -236,15 +397,17 @@ SELECT d.name, d.version, d.created_at AS registered_at, d.timeout_seconds,
              ORDER BY s.n) AS steps,
        coalesce(c.running, 0) AS running,
        coalesce(c.compensating, 0) AS compensating,
-       coalesce(c.parked, 0) AS parked
+       coalesce(c.parked, 0) AS parked,
+       coalesce(c.waiting, 0) AS waiting
 FROM shared.saga_definition d
 LEFT JOIN (
     SELECT saga_definition_id,
            count(*) FILTER (WHERE status = 'running') AS running,
            count(*) FILTER (WHERE status = 'compensating') AS compensating,
-           count(*) FILTER (WHERE status = 'parked') AS parked
+           count(*) FILTER (WHERE status = 'parked') AS parked,
+           count(*) FILTER (WHERE status = 'waiting') AS waiting
     FROM shared.saga_instance
-    WHERE status IN ('running', 'compensating', 'parked')
+    WHERE status IN ('running', 'compensating', 'parked', 'waiting')
     GROUP BY saga_definition_id
 ) c ON c.saga_definition_id = d.id
 ORDER BY d.name, d.version
@@ -264,6 +427,7 @@ async def definitions(conn: DriverConnection) -> list[DefinitionSummary]:
             running=row["running"],
             compensating=row["compensating"],
             parked=row["parked"],
+            waiting=row["waiting"],
         )
         for row in rows
     ]

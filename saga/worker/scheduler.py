@@ -25,6 +25,7 @@ import structlog
 from saga import metrics
 from saga.coordinator.service import COORDINATOR_OUTBOX
 from saga.errors import ConfigurationError, SagaError
+from saga.operator.waiting_monitor import WaitingMonitor
 from saga.outbox import OutboxMonitor, OutboxPublisher
 from saga.participant.journey import JourneyService, discover_journeys
 from saga.runtime import resolve_transport
@@ -119,6 +120,7 @@ class Worker:
                 )
             ),
         )
+        self.waiting = WaitingMonitor(database)
         self.definitions = DefinitionCache(database)
         self._stopping = asyncio.Event()
         self._started = False
@@ -157,9 +159,11 @@ class Worker:
                 for name in self.schedule:
                     group.create_task(self._loop(name), name=f"worker-{name}")
                 sampling = group.create_task(self.monitor.run(), name="worker-outbox-monitor")
-                # The jobs end when stop() is called; the sampler runs until they have.
+                counting = group.create_task(self.waiting.run(), name="worker-waiting-monitor")
+                # The jobs end when stop() is called; the samplers run until they have.
                 await self._stopping.wait()
                 sampling.cancel()
+                counting.cancel()
         finally:
             await self.close()
             log.info("worker_stopped")

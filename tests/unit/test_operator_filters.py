@@ -191,3 +191,12 @@ def test_every_filter_at_once() -> None:
         stuck_for=timedelta(minutes=10),
         parked=True,
     )
+
+
+def test_waiting_for_takes_events_and_narrows_the_selection() -> None:
+    selected = read("--waiting-for", "claim_reviewed,second_opinion", "--waiting-for", "x")
+    assert selected.waiting_for == ("claim_reviewed", "second_opinion", "x")
+    assert not selected.is_empty()
+    assert read("--status", "waiting").statuses == (SagaStatus.WAITING,)
+    with pytest.raises(ConfigurationError, match="--waiting-for: empty name"):
+        read("--waiting-for", "a,,b")
