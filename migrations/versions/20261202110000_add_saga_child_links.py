@@ -32,7 +32,7 @@ def upgrade() -> None:
             "ADD COLUMN parent_id uuid, "
             "ADD COLUMN parent_step integer, "
             "ADD COLUMN parent_attempt integer, "
-            "ADD CONSTRAINT saga_instance_parent_fk FOREIGN KEY (parent_id) "
+            "ADD CONSTRAINT saga_instance_saga_instance_parent_fk FOREIGN KEY (parent_id) "
             "REFERENCES shared.saga_instance (id) ON DELETE SET NULL (parent_id), "
             "ADD CONSTRAINT saga_instance_parent_check CHECK ("
             "(parent_step IS NULL) = (parent_attempt IS NULL) "
@@ -53,7 +53,7 @@ def downgrade() -> None:
             "WHERE status IN ('running', 'compensating') AND shape_state ? 'child'",
             "DROP INDEX shared.saga_instance_parent_id_idx",
             "ALTER TABLE shared.saga_instance DROP CONSTRAINT saga_instance_parent_check, "
-            "DROP CONSTRAINT saga_instance_parent_fk, DROP COLUMN parent_attempt, "
+            "DROP CONSTRAINT saga_instance_saga_instance_parent_fk, DROP COLUMN parent_attempt, "
             "DROP COLUMN parent_step, DROP COLUMN parent_id",
         ]
     )
