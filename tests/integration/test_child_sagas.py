@@ -24,6 +24,7 @@ from saga.shapes import SubSaga
 from saga.store import saga_log
 from saga.store.records import InstanceRow
 from saga.transport import Topics
+from saga.worker.jobs.timeouts import SAGA_DEADLINES
 from tests.integration.conftest import SagaEnvironment
 from tests.integration.sagas import (
     BOOKING,
@@ -34,6 +35,7 @@ from tests.integration.sagas import (
     starter,
     wait_until,
 )
+from tests.integration.test_worker_timeouts import running, worker_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +49,12 @@ CHILD_PAYLOAD = {
 }
 
 
-def parent(name: str) -> SagaDefinition:
+def parent(name: str, *, timeout: float | None = None) -> SagaDefinition:
     return SagaDefinition(
-        name, 1, [RESERVE, SubSaga("credit", CHILD.key, payload=CHILD_PAYLOAD), CONFIRM]
+        name,
+        1,
+        [RESERVE, SubSaga("credit", CHILD.key, payload=CHILD_PAYLOAD), CONFIRM],
+        timeout=timeout,
     )
 
 
@@ -271,3 +276,35 @@ async def test_registration_names_a_child_that_is_not_registered(
     async with starter(env) as coordinator:
         with pytest.raises(DefinitionError, match="no_such_child"):
             await coordinator.register(orphan)
+
+
+async def test_a_parent_past_its_deadline_asks_its_running_child_to_compensate(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    # The child's authorize takes 3 s (its own step timeout is longer); the parent may
+    # take 1.5 s: only the parent's deadline ends it.
+    definition = parent("child_outrun", timeout=1.5)
+    await create_effect_tables(env.database)
+    worker = worker_for(env, SAGA_DEADLINES, schedule="saga_deadlines=0.1")
+    async with (
+        cluster(env.settings, env.database, env.bootstrap) as running_cluster,
+        running(worker),
+    ):
+        coordinator = running_cluster.coordinators[0]
+        await coordinator.register(CHILD)
+        saga_id = await coordinator.start(
+            definition, parent_payload(child_sleep={"authorize": 3.0})
+        )
+        summary = await coordinator.wait(saga_id, timeout=30)
+        [child] = await children_of(env, saga_id)
+        await wait_until(env.database, child["id"], "i.status = 'compensated'")
+
+    assert summary.status is SagaStatus.COMPENSATED
+    assert "saga deadline passed" in (summary.error or "")
+    [child] = await children_of(env, saga_id)
+    assert child["status"] == "compensated"
+    # The child's step in flight is undone too (the participant's inbox bars its late run).
+    assert await effects(env.database, child["id"]) == []
+    assert await effects(env.database, saga_id) == []
+    assert ("reserve", "undo") in await executions(env.database, saga_id)
