@@ -19,9 +19,19 @@ import pytest
 from saga.coordinator.commands import prepare_write
 from saga.definition import SagaDefinition
 from saga.errors import DefinitionError
-from saga.machine import SagaStatus, StartChild, Transition, child_idempotency_key
+from saga.machine import (
+    Outcome,
+    Phase,
+    SagaStatus,
+    StartChild,
+    Transition,
+    child_idempotency_key,
+    command_message_id,
+)
+from saga.messages import Reply
 from saga.shapes import SubSaga
 from saga.store import saga_log
+from saga.store.outbox import PendingMessage
 from saga.store.records import InstanceRow
 from saga.transport import Topics
 from saga.worker.jobs.timeouts import SAGA_DEADLINES
@@ -308,3 +318,62 @@ async def test_a_parent_past_its_deadline_asks_its_running_child_to_compensate(
     assert await effects(env.database, child["id"]) == []
     assert await effects(env.database, saga_id) == []
     assert ("reserve", "undo") in await executions(env.database, saga_id)
+
+
+async def test_a_duplicate_reply_to_the_parent_does_not_start_a_second_child(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    definition = parent("child_duplicate_reply")
+    await create_effect_tables(env.database)
+    async with cluster(env.settings, env.database, env.bootstrap) as running_cluster:
+        coordinator = running_cluster.coordinators[0]
+        await coordinator.register(CHILD)
+        saga_id = await coordinator.start(
+            definition, parent_payload(child_sleep={"authorize": 1.5})
+        )
+        await wait_until(
+            env.database,
+            saga_id,
+            "EXISTS (SELECT 1 FROM shared.saga_instance c WHERE c.parent_id = i.id)",
+        )
+        # reserve's success delivered again while the child runs.
+        again = Reply(
+            message_id=uuid.uuid4(),
+            saga_id=saga_id,
+            definition=definition.name,
+            definition_version=1,
+            step_index=0,
+            step_name="reserve",
+            journey="care",
+            phase=Phase.EXECUTE,
+            attempt=1,
+            in_reply_to=command_message_id(saga_id, 0, Phase.EXECUTE),
+            outcome=Outcome.SUCCEEDED,
+            result={"reserve_id": "again"},
+        )
+        await coordinator.runtime.publisher.publish(
+            [
+                PendingMessage(
+                    again.message_id,
+                    coordinator.topics.replies,
+                    again.key,
+                    again.to_bytes(),
+                    {},
+                )
+            ]
+        )
+        summary = await coordinator.wait(saga_id, timeout=30)
+
+    assert summary.status is SagaStatus.COMPLETED
+    assert dict(summary.context)["reserve_id"] != "again"
+    [child] = await children_of(env, saga_id)
+    assert await executions(env.database, child["id"]) == [("authorize", "do"), ("award", "do")]
+    ignored = await env.database.run_driver(
+        lambda conn: conn.fetchval(
+            "SELECT count(*) FROM shared.saga_step_log "
+            "WHERE saga_instance_id = $1 AND status = 'ignored' AND step_name = 'reserve'",
+            saga_id,
+        )
+    )
+    assert ignored == 1
