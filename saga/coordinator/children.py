@@ -81,12 +81,15 @@ def child_end_notice(
 
 
 def compensate_child_request(
-    parent_id: uuid.UUID, step_index: int, attempt: int, reason: str | None, topic: str
+    parent: InstanceRow, step_index: int, attempt: int, reason: str | None, topic: str
 ) -> OutboxRow:
-    """The message asking the child of the parent's position to undo its steps."""
+    """The message asking the child of the parent's position to undo its steps. Its id
+    names the parent's version that asks, so a second request (the child ignores it
+    unless completed or running) never collides with the first in the outbox."""
+    parent_id = parent.id
     child_id = child_saga_id(parent_id, step_index, attempt)
     message = CompensateChildRequest(
-        message_id=uuid.uuid5(_CHILD_NAMESPACE, f"compensate/{child_id}"),
+        message_id=uuid.uuid5(_CHILD_NAMESPACE, f"compensate/{child_id}/{parent.version}"),
         saga_id=child_id,
         parent_id=parent_id,
         child_id=child_id,

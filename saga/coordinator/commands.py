@@ -395,7 +395,7 @@ def _child_messages(
     if undo is not None:
         messages.append(
             compensate_child_request(
-                instance.id, undo.step_index, undo.attempt, state.error, topics.replies
+                instance, undo.step_index, undo.attempt, state.error, topics.replies
             )
         )
     return tuple(messages)
