@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import structlog
 
 from saga import alerts, metrics
-from saga.coordinator.children import needed_children
+from saga.coordinator.children import child_saga_id, needed_children
 from saga.coordinator.commands import PreparedWrite, logged_names, prepare_write
 from saga.coordinator.signals import consume_kept_signals
 from saga.definition import SagaDefinition, Step
@@ -217,7 +217,7 @@ class ReplyProcessor:
                 transition,
                 prepared,
                 action=message.kind,
-                outcome=getattr(message, "status", "requested"),
+                outcome=message.status if isinstance(message, ChildEnd) else "requested",
             )
             return
         raise RuntimeError(f"saga {message.saga_id} kept changing under {_MAX_RACES} attempts")
@@ -328,6 +328,11 @@ def _decide_child_message(
     definition: SagaDefinition, instance: InstanceRow, message: ChildEnd | CompensateChildRequest
 ) -> Transition:
     if isinstance(message, ChildEnd):
+        if message.child_id != child_saga_id(instance.id, message.step_index, message.attempt):
+            raise MessageRejected(
+                f"saga {message.child_id} is not the child that saga {instance.id} started at "
+                f"step {message.step_index}, attempt {message.attempt}"
+            )
         event = ChildEnded(
             message.step_index, message.attempt, message.status, message.context, message.error
         )
