@@ -103,6 +103,7 @@ __all__ = [
     "branch_message_id",
     "child_idempotency_key",
     "command_message_id",
+    "compensate_completed",
     "compensate_from",
     "compensation_cause",
     "expire",
@@ -182,6 +183,16 @@ def expire(definition: SagaDefinition, state: InstanceState, reason: str) -> Tra
     if position.retriable_only:
         return _park(state, entry, f"{reason}; step {position.name!r} is retriable-only")
     return compensate_from(definition, state, index, reason, entry)
+
+
+def compensate_completed(
+    definition: SagaDefinition, state: InstanceState, reason: str
+) -> Transition:
+    """Undo a completed saga's positions, latest first: a child saga whose parent undoes
+    the position that started it. Its compensated end is that position's undoing."""
+    if state.status is not SagaStatus.COMPLETED:
+        return Transition(state, ignored=f"saga is {state.status.value}, not completed")
+    return _compensate(definition, replace(state, error=reason), state.current_step, reason, ())
 
 
 def judge_signal(

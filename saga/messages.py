@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, Valid
 
 from saga.definition import IsolationLevel
 from saga.errors import MalformedMessage
-from saga.machine import Outcome, Phase
+from saga.machine import Outcome, Phase, SagaStatus
 
 SCHEMA_VERSION = 1
 """The newest envelope version this code writes and reads."""
@@ -83,11 +83,55 @@ class Reply(_Envelope):
     """SQLSTATE → how often the participant re-ran the step's transaction (40001, 40P01)."""
 
 
-Envelope = Annotated[Command | Reply, Field(discriminator="kind")]
-_ENVELOPE: TypeAdapter[Command | Reply] = TypeAdapter(Envelope)
+class _ChildMessage(BaseModel):
+    """Between a parent saga and its child, on the coordinators' reply topic: written to
+    the coordinator's outbox by the transition that causes it, so it goes out exactly
+    when that transition commits, and applied like a reply (stale or repeated ones are
+    ignored by the state machine)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Annotated[StrictInt, Field(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+    message_id: uuid.UUID
+    saga_id: uuid.UUID
+    """The saga the message is for (the Kafka key)."""
+    parent_id: uuid.UUID
+    child_id: uuid.UUID
+    step_index: Annotated[StrictInt, Field(ge=0)]
+    """The parent's ``SubSaga`` position."""
+    attempt: Annotated[StrictInt, Field(ge=1)]
+    trace: dict[str, str] = Field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @property
+    def key(self) -> str:
+        return str(self.saga_id)
 
 
-def decode(data: bytes | None) -> Command | Reply:
+class ChildEnd(_ChildMessage):
+    """To the parent: its child saga ended (completed, compensated or aborted)."""
+
+    kind: Literal["child_end"] = "child_end"
+    status: SagaStatus
+    context: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class CompensateChildRequest(_ChildMessage):
+    """To the child: its parent undoes the position that started it."""
+
+    kind: Literal["compensate_child"] = "compensate_child"
+    reason: str | None = None
+
+
+Message = Command | Reply | ChildEnd | CompensateChildRequest
+Envelope = Annotated[Message, Field(discriminator="kind")]
+_ENVELOPE: TypeAdapter[Message] = TypeAdapter(Envelope)
+
+
+def decode(data: bytes | None) -> Message:
     """Parse and validate one message; :class:`MalformedMessage` names what was wrong."""
     if not data:
         raise MalformedMessage("empty message")

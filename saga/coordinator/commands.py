@@ -15,7 +15,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from saga.coordinator.children import (
+    ChildKey,
+    child_end_notice,
+    child_saga_id,
+    compensate_child_request,
+)
 from saga.definition import SagaDefinition, Step
+from saga.errors import UsageError
 from saga.machine import (
     BranchOutcome,
     Dispatch,
@@ -25,13 +32,23 @@ from saga.machine import (
     Phase,
     SagaStatus,
     Transition,
+    begin,
     branch_message_id,
+    child_idempotency_key,
     command_message_id,
 )
 from saga.messages import TRACEPARENT, Command
 from saga.shapes import AwaitEvent, Parallel
 from saga.store.outbox import PendingMessage
-from saga.store.records import BranchTimer, InstanceRow, LogRow, OutboxRow, ShapeWrite
+from saga.store.records import (
+    BranchTimer,
+    ChildStart,
+    InstanceRow,
+    LogRow,
+    OutboxRow,
+    ParentLink,
+    ShapeWrite,
+)
 from saga.transport import Topics
 
 ENGINE_JOURNEY = "saga"
@@ -216,7 +233,12 @@ class PreparedWrite:
     def sends(self) -> list[tuple[PendingMessage, float]]:
         """Every command to publish after the commit, with its delay."""
         if self.shape is not None:
-            return [(_pending(box), box.delay) for box in self.shape.outbox]
+            sends = []
+            shape: ShapeWrite | None = self.shape
+            while shape is not None:  # with the first commands of a child it starts
+                sends += [(_pending(box), box.delay) for box in shape.outbox]
+                shape = None if shape.child is None else shape.child.shape
+            return sends
         return [] if self.outbox is None else [(_pending(self.outbox), self.outbox.delay)]
 
 
@@ -232,11 +254,14 @@ def prepare_write(
     *,
     transaction_retries: Mapping[str, int] | None = None,
     signals: Sequence[ConsumedSignal] = (),
+    children: Mapping[ChildKey, SagaDefinition] | None = None,
 ) -> PreparedWrite:
     """The command, outbox row and log rows of ``transition`` (the coordinator's replies
     and the worker's timeouts write them the same way). ``transaction_retries`` are the
     reply's, recorded on the row of the outcome it reports; ``signals`` are those the
-    transition applied (each marked consumed, its sender the actor of its log row)."""
+    transition applied (each marked consumed, its sender the actor of its log row);
+    ``children`` the definitions of the child sagas it starts
+    (:func:`saga.coordinator.children.needed_children`)."""
     if not definition.straight_line:
         return _prepare_shaped(
             instance,
@@ -245,6 +270,7 @@ def prepare_write(
             topics,
             transaction_retries=transaction_retries,
             signals=signals,
+            children=children or {},
         )
     command = None
     outbox = None
@@ -258,6 +284,12 @@ def prepare_write(
             reply_to=topics.replies,
         )
         outbox = outbox_row(command, topics.commands(command.journey), transition.dispatch.delay)
+    else:
+        # A straight-line child's end sends no command: its one outbox row tells the parent.
+        state = transition.state
+        outbox = child_end_notice(
+            instance, state.status, state.context, state.error, topics.replies
+        )
     rows = log_rows(
         instance.id,
         definition,
@@ -290,6 +322,7 @@ def _prepare_shaped(
     *,
     transaction_retries: Mapping[str, int] | None,
     signals: Sequence[ConsumedSignal],
+    children: Mapping[ChildKey, SagaDefinition],
 ) -> PreparedWrite:
     state = transition.state
     commands = tuple(
@@ -307,6 +340,7 @@ def _prepare_shaped(
         outbox_row(command, topics.commands(command.journey), dispatch.delay)
         for command, dispatch in zip(commands, transition.dispatches, strict=True)
     )
+    outbox += _child_messages(instance, transition, topics)
     timers = tuple(
         BranchTimer(d.branch, d.delay, command_step(definition, d.step_index, d.branch).timeout)
         for d in transition.dispatches
@@ -331,15 +365,93 @@ def _prepare_shaped(
         signal_actors={signal.step_index: signal.actor for signal in signals},
     )
     _note_retries(rows, transaction_retries)
+    document = shape_document(state)
+    if state.child is not None and document is not None:
+        document["child_id"] = str(
+            child_saga_id(instance.id, state.current_step, state.child.attempt)
+        )
     shape = ShapeWrite(
-        document=shape_document(state),
+        document=document,
         outbox=outbox,
         in_flight=branches_in_flight(state),
         timers=timers,
         deadline_in=deadline_in,
         consumed_signals=tuple(signal.signal_id for signal in signals),
+        child=_child_start(instance, transition, topics, children),
     )
     return PreparedWrite(None, None, rows, 0.0, shape, commands)
+
+
+def _child_messages(
+    instance: InstanceRow, transition: Transition, topics: Topics
+) -> tuple[OutboxRow, ...]:
+    """A child's end told to its parent; a parent's request that its child compensate."""
+    state = transition.state
+    messages = []
+    notice = child_end_notice(instance, state.status, state.context, state.error, topics.replies)
+    if notice is not None:
+        messages.append(notice)
+    undo = transition.compensate_child
+    if undo is not None:
+        messages.append(
+            compensate_child_request(
+                instance, undo.step_index, undo.attempt, state.error, topics.replies
+            )
+        )
+    return tuple(messages)
+
+
+def _child_start(
+    instance: InstanceRow,
+    transition: Transition,
+    topics: Topics,
+    children: Mapping[ChildKey, SagaDefinition],
+) -> ChildStart | None:
+    """The child saga the transition starts: its instance, first rows and commands."""
+    start = transition.start_child
+    if start is None:
+        return None
+    definition = children.get(start.definition)
+    if definition is None:
+        raise UsageError(
+            f"the transition starts child saga {start.definition[0]} v{start.definition[1]}: "
+            "pass its definition to prepare_write(children=...)"
+        )
+    parent = ParentLink(instance.id, start.step_index, start.attempt)
+    child_id = child_saga_id(instance.id, start.step_index, start.attempt)
+    first = begin(definition, payload=start.payload)
+    fresh = InstanceRow(
+        child_id,
+        definition.name,
+        definition.version,
+        first.state,
+        start.payload,
+        0,
+        None,
+        parent=parent,
+    )
+    prepared = _prepare_shaped(
+        fresh,
+        definition,
+        first,
+        topics,
+        transaction_retries=None,
+        signals=(),
+        children=children,
+    )
+    assert prepared.shape is not None
+    return ChildStart(
+        id=child_id,
+        definition_name=definition.name,
+        definition_version=definition.version,
+        saga_timeout=definition.timeout,
+        payload=dict(start.payload),
+        idempotency_key=child_idempotency_key(instance.id, start.step_index, start.attempt),
+        state=first.state,
+        log=tuple(prepared.log),
+        shape=prepared.shape,
+        parent=parent,
+    )
 
 
 def shape_document(state: InstanceState) -> dict[str, Any] | None:

@@ -5,20 +5,32 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 import structlog
 
 from saga import alerts, metrics
+from saga.coordinator.children import child_saga_id, needed_children
 from saga.coordinator.commands import PreparedWrite, logged_names, prepare_write
 from saga.coordinator.signals import consume_kept_signals
 from saga.definition import SagaDefinition, Step
 from saga.errors import MessageRejected
 from saga.logging import saga_context
-from saga.machine import LogEntry, LogStatus, Phase, SagaStatus, StepEvent, Transition, advance
+from saga.machine import (
+    ChildEnded,
+    LogEntry,
+    LogStatus,
+    Phase,
+    SagaStatus,
+    StepEvent,
+    Transition,
+    advance,
+    compensate_completed,
+    expire,
+)
 from saga.masking import summarize
-from saga.messages import TRACEPARENT, Reply, decode
+from saga.messages import TRACEPARENT, ChildEnd, CompensateChildRequest, Reply, decode
 from saga.outbox import OutboxPublisher
 from saga.shapes import Parallel
 from saga.store.port import SagaLog
@@ -82,6 +94,12 @@ class ReplyProcessor:
 
     async def handle(self, incoming: Incoming) -> None:
         reply = decode(incoming.value)
+        if isinstance(reply, ChildEnd | CompensateChildRequest):
+            with structlog.contextvars.bound_contextvars(
+                saga_id=str(reply.saga_id), traceparent=reply.trace.get(TRACEPARENT)
+            ):
+                await self._apply_child_message(reply)
+            return
         if not isinstance(reply, Reply):
             raise MessageRejected(f"a {reply.kind} on the reply topic {incoming.topic}")
         with saga_context(
@@ -153,19 +171,77 @@ class ReplyProcessor:
             await self._record_ignored(definition, instance, reply, transition.ignored)
             return True
 
-        written, transition, prepared = await self._write(definition, instance, transition, reply)
+        written, transition, prepared = await self._write(
+            definition, instance, transition, reply.transaction_retries
+        )
         if written is None:
             return False
+        _observe_step(definition, instance, reply)
+        await self._after_write(
+            definition,
+            instance,
+            written,
+            transition,
+            prepared,
+            action=_action_of(definition, reply),
+            outcome=reply.outcome.value,
+        )
+        return True
+
+    async def _apply_child_message(self, message: ChildEnd | CompensateChildRequest) -> None:
+        """A child's end applied to its parent, or a parent's request applied to its
+        child: decided on a fresh read and written like a reply's transition."""
+        self._cache.pop(message.saga_id)
+        for _ in range(_MAX_RACES):
+            instance = await self._saga_log.load_instance(message.saga_id)
+            if instance is None:
+                raise MessageRejected(f"{message.kind} for unknown saga {message.saga_id}")
+            definition = await self._definitions(
+                instance.definition_name, instance.definition_version
+            )
+            transition = _decide_child_message(definition, instance, message)
+            if transition.ignored is not None:
+                self.ignored += 1
+                log.info("child_message_ignored", kind=message.kind, reason=transition.ignored)
+                return
+            written, transition, prepared = await self._write(
+                definition, instance, transition, None
+            )
+            if written is None:
+                self.races += 1
+                continue
+            await self._after_write(
+                definition,
+                instance,
+                written,
+                transition,
+                prepared,
+                action=message.kind,
+                outcome=message.status if isinstance(message, ChildEnd) else "requested",
+            )
+            return
+        raise RuntimeError(f"saga {message.saga_id} kept changing under {_MAX_RACES} attempts")
+
+    async def _after_write(
+        self,
+        definition: SagaDefinition,
+        instance: InstanceRow,
+        written: InstanceRow,
+        transition: Transition,
+        prepared: PreparedWrite,
+        *,
+        action: str | None,
+        outcome: str,
+    ) -> None:
         command = prepared.command or next(iter(prepared.commands), None)
         self.applied += 1
-        _observe_step(definition, instance, reply)
         state = transition.state
         if state.status.in_flight:
             self._cache.put(written)
         log.info(
             "saga_transition",
-            action=_action_of(definition, reply),
-            outcome=reply.outcome.value,
+            action=action,
+            outcome=outcome,
             status=state.status.value,
             next_step=command.step_name if command else None,
             next_action=command.action if command else None,
@@ -180,14 +256,13 @@ class ReplyProcessor:
             else:
                 metrics.count_finished(definition.name, state.status)
             self._on_finished(instance.id, state.status)
-        return True
 
     async def _write(
         self,
         definition: SagaDefinition,
         instance: InstanceRow,
         transition: Transition,
-        reply: Reply,
+        transaction_retries: Mapping[str, int] | None,
     ) -> tuple[InstanceRow | None, Transition, PreparedWrite]:
         if definition.straight_line:
             prepared = prepare_write(
@@ -195,7 +270,7 @@ class ReplyProcessor:
                 definition,
                 transition,
                 self._topics,
-                transaction_retries=reply.transaction_retries,
+                transaction_retries=transaction_retries,
             )
             written = await self._saga_log.write_transition(
                 instance,
@@ -213,8 +288,9 @@ class ReplyProcessor:
             definition,
             transition,
             self._topics,
-            transaction_retries=reply.transaction_retries,
+            transaction_retries=transaction_retries,
             signals=signals,
+            children=await needed_children(transition, instance.payload, self._definitions),
         )
         assert prepared.shape is not None
         shaped = await self._saga_log.write_shaped_transition(
@@ -246,6 +322,38 @@ class ReplyProcessor:
             entry=entry, step_name=step_name, journey=journey, message_id=reply.in_reply_to
         )
         await self._saga_log.record_ignored(instance.id, row)
+
+
+def _decide_child_message(
+    definition: SagaDefinition, instance: InstanceRow, message: ChildEnd | CompensateChildRequest
+) -> Transition:
+    if isinstance(message, ChildEnd):
+        if message.child_id != child_saga_id(instance.id, message.step_index, message.attempt):
+            raise MessageRejected(
+                f"saga {message.child_id} is not the child that saga {instance.id} started at "
+                f"step {message.step_index}, attempt {message.attempt}"
+            )
+        event = ChildEnded(
+            message.step_index, message.attempt, message.status, message.context, message.error
+        )
+        return advance(definition, instance.state, event, payload=instance.payload)
+    link = instance.parent
+    if link is None or link.parent_id != message.parent_id:
+        raise MessageRejected(
+            f"saga {instance.id} is not the child of saga {message.parent_id}: no compensation"
+        )
+    why = f"parent saga {message.parent_id} undoes step {message.step_index}"
+    if message.reason:
+        why = f"{why}: {message.reason}"
+    status = instance.state.status
+    if status is SagaStatus.COMPLETED:
+        return compensate_completed(definition, instance.state, why)
+    if status in (SagaStatus.RUNNING, SagaStatus.WAITING):
+        # The parent gave up on it (its deadline passed): undo what it may have done.
+        return expire(definition, instance.state, why)
+    return Transition(
+        instance.state, ignored=f"the child saga is {status.value}: nothing to ask of it now"
+    )
 
 
 def _observe_step(definition: SagaDefinition, instance: InstanceRow, reply: Reply) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from saga import metrics
+from saga.coordinator.children import needed_children
 from saga.coordinator.commands import (
     ConsumedSignal,
     PreparedWrite,
@@ -39,12 +40,12 @@ from saga.coordinator.signals import SignalOutcome, SignalReceipt, consume_kept_
 from saga.definition import SagaDefinition
 from saga.errors import (
     BrokerUnavailable,
-    DefinitionError,
     InvalidPayload,
     SagaNotFound,
     SagaTimeout,
     SignalConflict,
     SignalRefused,
+    UnknownDefinition,
     UsageError,
 )
 from saga.logging import saga_context
@@ -133,12 +134,38 @@ class Coordinator:
             raise UsageError(
                 f"Coordinator.register takes a SagaDefinition, got {type(definition).__name__}"
             )
-        definition.validate()
-        _refuse_shapes(definition)
+        definition.validate(children=await self._registered_children(definition))
         stored = await self.saga_log.register_definition(definition)
         self._ids[definition.key] = stored.id
         self._definitions[definition.key] = definition
         log.info("definition_registered", definition=definition.name, version=definition.version)
+
+    async def _registered_children(
+        self, definition: SagaDefinition
+    ) -> dict[tuple[str, int], SagaDefinition]:
+        """The registered definitions ``definition``'s child sagas name, down through
+        their own children; one not registered is left out, so validation names it."""
+        found: dict[tuple[str, int], SagaDefinition] = {}
+        todo = [definition]
+        while todo:
+            for position in todo.pop().positions:
+                if not isinstance(position, SubSaga) or position.definition in found:
+                    continue
+                if position.definition == definition.key:
+                    continue  # a saga starting itself: validation refuses it
+                try:
+                    child = await self.definition(*position.definition)
+                except UnknownDefinition:
+                    continue
+                found[position.definition] = child
+                todo.append(child)
+        return found
+
+    async def _definition_or_none(self, name: str, version: int) -> SagaDefinition | None:
+        try:
+            return await self.definition(name, version)
+        except UnknownDefinition:
+            return None
 
     async def definition(self, name: str, version: int) -> SagaDefinition:
         """The stored definition (instances keep the version they started with)."""
@@ -228,9 +255,10 @@ class Coordinator:
         fresh = InstanceRow(
             saga_id, definition.name, definition.version, transition.state, payload, 0, None
         )
-        prepared = prepare_write(fresh, definition, transition, self.topics)
+        children = await needed_children(transition, payload, self._definition_or_none)
+        prepared = prepare_write(fresh, definition, transition, self.topics, children=children)
         assert prepared.shape is not None
-        await self._runtime.ensure_topics(sorted({c.topic for c in prepared.shape.outbox}))
+        await self._runtime.ensure_topics(sorted({p.topic for p, _ in prepared.sends}))
         for box in prepared.shape.outbox:
             if len(box.payload) > self.settings.kafka_max_message_bytes:
                 raise InvalidPayload(
@@ -323,7 +351,14 @@ class Coordinator:
             )
             here = ConsumedSignal(instance.state.current_step, signal.signal_id, actor)
             prepared = prepare_write(
-                instance, definition, transition, self.topics, signals=(here, *kept)
+                instance,
+                definition,
+                transition,
+                self.topics,
+                signals=(here, *kept),
+                children=await needed_children(
+                    transition, instance.payload, self._definition_or_none
+                ),
             )
             assert prepared.shape is not None
             written = await locked.write_transition(
@@ -455,19 +490,6 @@ class Coordinator:
             self._ids[stored.definition.key] = stored.id
             self._definitions[stored.definition.key] = stored.definition
         return stored.definition
-
-
-def _refuse_shapes(definition: SagaDefinition) -> None:
-    # The machine decides child sagas (saga.machine), but the store and the coordinator
-    # do not start them nor deliver their ends yet: better refused here than half run.
-    child = next((p for p in definition.positions if isinstance(p, SubSaga)), None)
-    if child is not None:
-        raise DefinitionError(
-            definition.name,
-            "child sagas are defined and decided by the state machine but not yet run by "
-            "the coordinator (parallel groups and waits are)",
-            step=child.name,
-        )
 
 
 def _awaits(definition: SagaDefinition, event: str) -> bool:

@@ -139,12 +139,37 @@ async def saga_signals(conn: DriverConnection, saga_id: uuid.UUID) -> list[Signa
     ]
 
 
+_FAMILY = """
+SELECT 'parent' AS relation, p.id, p.definition_name, p.status,
+       pd.steps -> c.parent_step ->> 'name' AS step_name, 0 AS rank, p.started_at
+FROM shared.saga_instance c
+JOIN shared.saga_instance p ON p.id = c.parent_id
+LEFT JOIN shared.saga_definition pd ON pd.id = p.saga_definition_id
+WHERE c.id = $1
+UNION ALL
+SELECT 'child', c.id, c.definition_name, c.status,
+       pd.steps -> c.parent_step ->> 'name', 1, c.started_at
+FROM shared.saga_instance c
+JOIN shared.saga_instance p ON p.id = c.parent_id
+LEFT JOIN shared.saga_definition pd ON pd.id = p.saga_definition_id
+WHERE c.parent_id = $1
+ORDER BY rank, started_at, id
+"""
+
+
 async def saga_family(conn: DriverConnection, saga_id: uuid.UUID) -> list[FamilyLink]:
-    """The saga's parent and children: the hook where child sagas plug in. The log does
-    not link sagas to each other yet (no parent column on ``saga_instance``), so there
-    is nothing to read; the child-saga work replaces this body with the query."""
-    del conn, saga_id
-    return []
+    """The saga's parent (the saga whose ``SubSaga`` position started it) and its children,
+    oldest first, each with the parent's position that started the child."""
+    return [
+        FamilyLink(
+            relation=row["relation"],
+            saga_id=row["id"],
+            definition=row["definition_name"],
+            status=SagaStatus(row["status"]),
+            step_name=row["step_name"],
+        )
+        for row in await conn.fetch(_FAMILY, saga_id)
+    ]
 
 
 _DETAIL = f"""

@@ -129,8 +129,9 @@ class PostgresSagaLog:
                 conn, instance, state, log=log, shape=shape, skew=self.database.clock.skew
             )
 
+        # A child saga started by the transition is inserted in the same transaction.
         return await self.database.run_driver(
-            write, transaction=False, name="coordinator.transition"
+            write, transaction=shape.child is not None, name="coordinator.transition"
         )
 
     async def insert_shaped_start(
@@ -162,7 +163,9 @@ class PostgresSagaLog:
                 skew=self.database.clock.skew,
             )
 
-        return await self.database.run_driver(insert, transaction=False, name="coordinator.start")
+        return await self.database.run_driver(
+            insert, transaction=shape.child is not None, name="coordinator.start"
+        )
 
     async def kept_signal(
         self, saga_id: uuid.UUID, event: str, excluding: Sequence[str] = ()

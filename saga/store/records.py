@@ -42,6 +42,17 @@ class InstanceRow:
     overdue_branches: tuple[int, ...] = ()
     """The branches past their deadline, as a timeout claim judged them by the
     database's clock; empty when not read by a claim."""
+    parent: ParentLink | None = None
+    """For a child saga: the parent position that started it (None for any other)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParentLink:
+    """The parent saga, its ``SubSaga`` position and the attempt that started a child."""
+
+    parent_id: uuid.UUID
+    step_index: int
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,26 @@ class ShapeWrite:
     timers: tuple[BranchTimer, ...] = ()
     deadline_in: float | None = None
     consumed_signals: tuple[str, ...] = ()
+    child: ChildStart | None = None
+    """A child saga the transition starts, inserted in the same transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStart:
+    """A child saga's first write: its instance (linked to ``parent``), first log rows
+    and first commands. ``idempotency_key`` makes it at most one per parent position
+    and attempt; its definition row is found by name and version."""
+
+    id: uuid.UUID
+    definition_name: str
+    definition_version: int
+    saga_timeout: float | None
+    payload: Mapping[str, Any]
+    idempotency_key: str
+    state: InstanceState
+    log: tuple[LogRow, ...]
+    shape: ShapeWrite
+    parent: ParentLink
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,11 @@ from saga.machine import InstanceState, Phase, SagaStatus
 from saga.store.driver import DriverConnection, document, rows_affected
 from saga.store.records import (
     BranchClock,
+    ChildStart,
     InstanceRow,
     LogRow,
     OutboxRow,
+    ParentLink,
     SagaSummary,
     ShapeWrite,
     StepPosition,
@@ -48,6 +50,7 @@ __all__ = [
     "step_position",
     "summary",
     "find_signal",
+    "insert_child_start",
     "insert_shaped_start",
     "insert_signal",
     "kept_signal",
@@ -207,7 +210,8 @@ async def insert_start(
 
 _INSTANCE_COLUMNS = """
     id, definition_name, definition_version, status, current_step, step_attempt,
-    context, error, payload, version, step_started_at, shape_state
+    context, error, payload, version, step_started_at, shape_state,
+    parent_id, parent_step, parent_attempt
 """
 
 # The branches of a claimed group whose attempt is past its deadline.
@@ -323,6 +327,9 @@ def _instance_from(row: Any) -> InstanceRow:
         shape = document(shape)
         state = InstanceState.from_document({**shape, **state.to_document()})
     overdue = row.get("overdue_branches")
+    parent = None
+    if row["parent_step"] is not None and row["parent_id"] is not None:
+        parent = ParentLink(row["parent_id"], row["parent_step"], row["parent_attempt"])
     return InstanceRow(
         id=row["id"],
         definition_name=row["definition_name"],
@@ -333,6 +340,7 @@ def _instance_from(row: Any) -> InstanceRow:
         step_started_at=row["step_started_at"],
         clock=_clock_of(shape),
         overdue_branches=tuple(overdue or ()),
+        parent=parent,
     )
 
 
@@ -382,7 +390,8 @@ async def write_transition(
         state.step_attempt,
         json.dumps(dict(state.context)),
         state.error,
-        outbox is not None,
+        # A finished saga's one message (a child's end to its parent) starts no attempt.
+        outbox is not None and not state.status.finished,
         step_timeout,
         *_shared_args(log, outbox, delay, skew),
     )
@@ -592,6 +601,8 @@ async def write_shaped_transition(
     )
     if written is None:
         return None
+    if shape.child is not None:
+        await insert_child_start(conn, shape.child, skew=skew)
     stored = written["shape_state"]
     return replace(
         instance,
@@ -665,12 +676,87 @@ async def insert_shaped_start(
         *_shaped_args(shape, log, skew, start=True),
     )
     if inserted is not None:
+        if shape.child is not None:
+            await insert_child_start(conn, shape.child, skew=skew)
         return uuid.UUID(str(inserted))
     existing = await conn.fetchval(
         "SELECT id FROM shared.saga_instance WHERE definition_name = $1 AND idempotency_key = $2",
         definition_name,
         idempotency_key,
     )
+    return uuid.UUID(str(existing))
+
+
+# A child saga's start: the shaped start's statement, its definition row found by name
+# and version, its parent named. Run after the parent's write, in its transaction.
+_CHILD_START = _numbered(
+    f"""
+    WITH shaped AS (
+        SELECT {_SHAPE_DOCUMENT.format(old_clock="'{}'::jsonb")} AS document
+    ),
+    inserted AS (
+        INSERT INTO shared.saga_instance
+            (id, saga_definition_id, definition_name, definition_version, status,
+             current_step, step_attempt, started_at, step_started_at, step_deadline, payload,
+             context, idempotency_key, deadline, shape_state, error, finished_at,
+             parent_id, parent_step, parent_attempt)
+        SELECT $1, d.id, $3, $4, $5, $6, $7, {_NOW}, {_NOW},
+               {_SHAPED_DEADLINE.format(document="shaped.document")}, $8::jsonb, $9::jsonb,
+               $10, {_NOW} + make_interval(secs => $11), shaped.document, $12,
+               CASE WHEN $5 IN ('completed', 'compensated', 'aborted') THEN {_NOW} END,
+               $2, $PSTEP, $PATTEMPT
+        FROM shaped, shared.saga_definition d
+        WHERE d.name = $3 AND d.version = $4
+        ON CONFLICT (definition_name, idempotency_key) WHERE idempotency_key IS NOT NULL
+        DO NOTHING
+        RETURNING id
+    ),
+    log AS ({_LOG_FROM_ARRAYS.format(source="inserted")}),
+    box AS ({_OUTBOXES_FROM.format(source="inserted")})
+    SELECT id FROM inserted
+    """,
+    ["PSTEP", "PATTEMPT", *_SHAPED_START_PARAMS],
+    13,
+)
+
+
+async def insert_child_start(
+    conn: DriverConnection, child: ChildStart, *, skew: float = 0.0
+) -> uuid.UUID:
+    """Insert the child saga a parent's transition starts (in the parent's transaction):
+    with its idempotency key used already, nothing, and the first child's id."""
+    inserted = await conn.fetchval(
+        _CHILD_START,
+        child.id,
+        child.parent.parent_id,
+        child.definition_name,
+        child.definition_version,
+        child.state.status.value,
+        child.state.current_step,
+        child.state.step_attempt,
+        json.dumps(dict(child.payload)),
+        json.dumps(dict(child.state.context)),
+        child.idempotency_key,
+        child.saga_timeout,
+        child.state.error,
+        child.parent.step_index,
+        child.parent.attempt,
+        *_shaped_args(child.shape, child.log, skew, start=True),
+    )
+    if inserted is not None:
+        if child.shape.child is not None:  # the child's first position is a child saga
+            await insert_child_start(conn, child.shape.child, skew=skew)
+        return uuid.UUID(str(inserted))
+    existing = await conn.fetchval(
+        "SELECT id FROM shared.saga_instance WHERE definition_name = $1 AND idempotency_key = $2",
+        child.definition_name,
+        child.idempotency_key,
+    )
+    if existing is None:
+        raise LookupError(
+            f"child saga {child.definition_name} v{child.definition_version} is not "
+            "registered: the parent's definition was registered without it"
+        )
     return uuid.UUID(str(existing))
 
 

@@ -155,6 +155,8 @@ class SwitchboardSender:
 
 def _envelope(message: OutgoingMessage) -> Command | Reply | None:
     try:
-        return decode(message.value)
+        decoded = decode(message.value)
+        # A child saga's notices pass as they are: no fault is planned for them.
+        return decoded if isinstance(decoded, Command | Reply) else None
     except MessageRejected:
         return None  # a dead letter or a test's own bytes: delivered as it is

@@ -177,8 +177,8 @@ def test_topic_roles_and_poison_values_are_what_they_claim() -> None:
                     assert len(value) > 2048
                 elif kind == POISON_UNKNOWN_ACTION:
                     message = decode(value)
-                    assert message.definition == FAULT_DEFINITION
                     assert isinstance(message, Reply if role.replies else Command)
+                    assert message.definition == FAULT_DEFINITION
                 else:
                     with pytest.raises(MalformedMessage):
                         decode(value)

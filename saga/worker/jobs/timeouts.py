@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from saga import alerts, metrics
+from saga.coordinator.children import needed_children
 from saga.coordinator.commands import (
     ConsumedSignal,
     PreparedWrite,
@@ -140,7 +141,10 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
                 transition, signals = await consume_kept_signals(
                     definition, instance.id, instance.payload, transition, claimed.kept_signal
                 )
-            prepared = prepare_write(instance, definition, transition, topics, signals=signals)
+            children = await needed_children(transition, instance.payload, ctx.definitions.get)
+            prepared = prepare_write(
+                instance, definition, transition, topics, signals=signals, children=children
+            )
             await claimed.write_transition(
                 instance,
                 transition.state,

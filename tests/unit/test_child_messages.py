@@ -1,0 +1,107 @@
+"""The messages between a parent saga and its child: ids derived from the link, a notice
+only when a child's transition ends it, and envelopes that decode as what they are."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from saga.coordinator.children import (
+    child_end_notice,
+    child_saga_id,
+    compensate_child_request,
+)
+from saga.errors import MalformedMessage
+from saga.machine import InstanceState, SagaStatus
+from saga.messages import ChildEnd, CompensateChildRequest, decode
+from saga.store.records import InstanceRow, ParentLink
+
+PARENT = uuid.UUID("00000000-0000-4000-8000-000000000001")
+REPLIES = "test.replies"
+
+
+def child_row(status: SagaStatus, *, parent: ParentLink | None) -> InstanceRow:
+    state = InstanceState(status, 1, 1, {"credit_id": "c-1"}, None)
+    child_id = child_saga_id(PARENT, 2, 1)
+    return InstanceRow(child_id, "credit", 1, state, {}, 3, None, parent=parent)
+
+
+def test_a_childs_id_is_derived_from_its_parent_position_and_attempt() -> None:
+    assert child_saga_id(PARENT, 2, 1) == child_saga_id(PARENT, 2, 1)
+    ids = {child_saga_id(PARENT, 2, 1), child_saga_id(PARENT, 2, 2), child_saga_id(PARENT, 3, 1)}
+    assert len(ids) == 3
+
+
+@pytest.mark.parametrize(
+    "ended", [SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.ABORTED]
+)
+def test_a_child_ending_tells_its_parent_position_and_attempt(ended: SagaStatus) -> None:
+    link = ParentLink(PARENT, 2, 1)
+    row = child_end_notice(
+        child_row(SagaStatus.RUNNING, parent=link), ended, {"credit_id": "c-1"}, "why", REPLIES
+    )
+    assert row is not None
+    assert (row.topic, row.key) == (REPLIES, str(PARENT))
+    message = decode(row.payload)
+    assert isinstance(message, ChildEnd)
+    assert (message.saga_id, message.step_index, message.attempt) == (PARENT, 2, 1)
+    assert (message.status, message.context, message.error) == (ended, {"credit_id": "c-1"}, "why")
+    assert message.child_id == child_saga_id(PARENT, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "linked"),
+    [
+        pytest.param(SagaStatus.RUNNING, SagaStatus.COMPLETED, False, id="no-parent"),
+        pytest.param(SagaStatus.RUNNING, SagaStatus.PARKED, True, id="parked-is-no-end"),
+        pytest.param(SagaStatus.RUNNING, SagaStatus.COMPENSATING, True, id="still-running"),
+        pytest.param(SagaStatus.COMPLETED, SagaStatus.COMPLETED, True, id="no-change"),
+    ],
+)
+def test_no_notice_unless_the_transition_ends_a_child(
+    before: SagaStatus, after: SagaStatus, linked: bool
+) -> None:
+    link = ParentLink(PARENT, 2, 1) if linked else None
+    assert child_end_notice(child_row(before, parent=link), after, {}, None, REPLIES) is None
+
+
+def test_a_completed_child_undone_later_tells_its_parent_again() -> None:
+    link = ParentLink(PARENT, 2, 1)
+    done = child_end_notice(
+        child_row(SagaStatus.RUNNING, parent=link), SagaStatus.COMPLETED, {}, None, REPLIES
+    )
+    undone = child_end_notice(
+        child_row(SagaStatus.COMPENSATING, parent=link), SagaStatus.COMPENSATED, {}, None, REPLIES
+    )
+    assert done is not None
+    assert undone is not None
+    assert done.message_id != undone.message_id
+
+
+def test_a_request_to_compensate_goes_to_the_child_and_each_ask_is_its_own_message() -> None:
+    parent_row = InstanceRow(
+        PARENT, "parent", 1, InstanceState(SagaStatus.COMPENSATING, 2, 1), {}, 7, None
+    )
+    row = compensate_child_request(parent_row, 2, 1, "confirm refused", REPLIES)
+    message = decode(row.payload)
+    assert isinstance(message, CompensateChildRequest)
+    child_id = child_saga_id(PARENT, 2, 1)
+    assert (row.key, message.saga_id, message.parent_id) == (str(child_id), child_id, PARENT)
+    assert message.reason == "confirm refused"
+    later = InstanceRow(
+        PARENT, "parent", 1, InstanceState(SagaStatus.COMPENSATING, 2, 1), {}, 9, None
+    )
+    again = compensate_child_request(later, 2, 1, "confirm refused", REPLIES)
+    assert again.message_id != row.message_id
+
+
+def test_a_child_message_with_a_bad_status_is_refused_naming_it() -> None:
+    link = ParentLink(PARENT, 2, 1)
+    row = child_end_notice(
+        child_row(SagaStatus.RUNNING, parent=link), SagaStatus.COMPLETED, {}, None, REPLIES
+    )
+    assert row is not None
+    spoiled = row.payload.replace(b'"completed"', b'"finished"')
+    with pytest.raises(MalformedMessage, match="status"):
+        decode(spoiled)
