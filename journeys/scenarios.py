@@ -22,7 +22,7 @@ from typing import Any
 from journeys import world
 from journeys.care.sagas import book_appointment
 from journeys.health.sagas import complete_health_goal
-from journeys.plan.sagas import CLAIM_REVIEW_THRESHOLD_CENTS, CLAIM_REVIEWED, submit_claim
+from journeys.plan.sagas import CLAIM_REVIEWED, submit_claim
 from saga import Connection, RunningServices, SagaStatus, Say, Scenario, load_timeline
 
 CONSULTATION = "10101012"  # TUSS: consulta em consultório
@@ -152,7 +152,7 @@ async def claim(services: RunningServices, say: Say) -> None:
     async def scene(
         conn: Connection,
     ) -> tuple[world.Member, world.CompletedAppointment, world.CompletedAppointment]:
-        member = await world.create_member(conn, limit_cents=2_000_000, name="Carlos Pereira")
+        member = await world.create_member(conn, limit_cents=100_000_000, name="Carlos Pereira")
         provider = await world.create_provider(conn, "Dr. Daniel Rocha")
         done = await world.create_completed_appointment(conn, member.user_id, provider)
         missed = await world.create_completed_appointment(
@@ -161,10 +161,11 @@ async def claim(services: RunningServices, say: Say) -> None:
         return member, done, missed
 
     member, done, missed = await services.database.run_driver(scene)
-    high = CLAIM_REVIEW_THRESHOLD_CENTS + 100_000
+    threshold = services.coordinator.settings.claim_review_threshold_cents
+    high = threshold + 100_000
     say(
         f"claiming {_reais(high)} for a procedure that took place "
-        f"(above the review threshold of {_reais(CLAIM_REVIEW_THRESHOLD_CENTS)})"
+        f"(above the review threshold of {_reais(threshold)})"
     )
     first = await submit_claim(
         services.coordinator,

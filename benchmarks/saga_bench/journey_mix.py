@@ -29,7 +29,7 @@ from benchmarks.saga_bench.journey_scene import Scene, SceneSize
 from benchmarks.saga_bench.workload import Starter
 from journeys.care.sagas import BOOK_APPOINTMENT, book_appointment
 from journeys.health.sagas import COMPLETE_HEALTH_GOAL, complete_health_goal
-from journeys.plan.sagas import CLAIM_REVIEW_THRESHOLD_CENTS, SUBMIT_CLAIM, submit_claim
+from journeys.plan.sagas import SUBMIT_CLAIM, submit_claim
 
 SHARES = {BOOK_APPOINTMENT.name: 0.50, SUBMIT_CLAIM.name: 0.25, COMPLETE_HEALTH_GOAL.name: 0.25}
 COLLIDING_SHARE = 0.03
@@ -129,9 +129,8 @@ def starters(mix: Mix, scene: Scene) -> list[Starter]:
                     amount_cents=CLAIM_CENTS,
                     service_date=appointment.service_date,
                     procedure_code=CONSULTATION,
-                    review_threshold_cents=(
-                        CLAIM_CENTS - 1 if reviewed else CLAIM_REVIEW_THRESHOLD_CENTS
-                    ),
+                    # Explicit either way: the mix is the same whatever the setting.
+                    review_threshold_cents=CLAIM_CENTS - 1 if reviewed else CLAIM_CENTS,
                 )
             )
         else:

@@ -8,7 +8,8 @@ An invalid claim is refused with what is wrong (``claim invalid: ...``), a claim
 limit with ``not covered: ...``, an appointment that did not happen with
 ``appointment not completed``; the steps before are undone in reverse order.
 
-Version 2 (what :func:`submit_claim` starts): a claim above the review threshold waits,
+Version 2 (what :func:`submit_claim` starts): a claim above the review threshold (the
+setting ``CLAIM_REVIEW_THRESHOLD_CENTS``, or what the caller passes) waits,
 after it is created, for the event ``claim_reviewed`` from a plan auditor (payload
 ``{"approved": true|false, "reason": "..."}``). Approved, the claim goes on; rejected,
 plan's next step (``apply_review``) refuses it as ``claim rejected by the plan auditor:
@@ -37,9 +38,6 @@ from saga import (
 
 CLAIM_ACHIEVEMENT = "first_claim"
 
-CLAIM_REVIEW_THRESHOLD_CENTS = 500_000
-"""A claim above this many cents (R$ 5.000,00) waits for a plan auditor's review; a
-caller may pass another threshold to :func:`submit_claim`."""
 
 CLAIM_REVIEW_TIMEOUT_SECONDS = 3 * 24 * 3600.0
 """How long a claim waits for its review before it is compensated (part of the
@@ -114,11 +112,14 @@ async def submit_claim(
     procedure_code: str,
     diagnosis_code: str | None = None,
     achievement_code: str = CLAIM_ACHIEVEMENT,
-    review_threshold_cents: int = CLAIM_REVIEW_THRESHOLD_CENTS,
+    review_threshold_cents: int | None = None,
     idempotency_key: str | None = None,
 ) -> uuid.UUID:
     """Start claiming ``amount_cents`` for ``appointment_id`` (version 2); returns the saga
-    id. Above ``review_threshold_cents`` the claim waits for ``claim_reviewed``."""
+    id. Above ``review_threshold_cents`` (by default the setting
+    ``CLAIM_REVIEW_THRESHOLD_CENTS``, R$ 5.000,00) the claim waits for ``claim_reviewed``."""
+    if review_threshold_cents is None:
+        review_threshold_cents = coordinator.settings.claim_review_threshold_cents
     if (
         not isinstance(review_threshold_cents, int)
         or isinstance(review_threshold_cents, bool)
