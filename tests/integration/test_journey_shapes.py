@@ -319,6 +319,23 @@ async def test_a_rejected_claim_is_refused_by_plan_and_cancelled(
     (await check_invariants(kit.database, saga_ids=[saga_id])).raise_if_violated()
 
 
+async def test_a_review_that_does_not_say_approved_true_or_false_refuses_the_claim(
+    kit: SagaTestEnvironment,
+) -> None:
+    member, done = await claim_scene(kit)
+    saga_id = await claim(kit, member, done, THRESHOLD + 1)
+    await until_waiting(kit, saga_id)
+    await kit.coordinator.signal(
+        saga_id, CLAIM_REVIEWED, {"approved": "yes"}, signal_id="typo", actor="auditor.ana"
+    )
+    summary = await kit.settle(saga_id)
+
+    assert summary.status is SagaStatus.COMPENSATED
+    assert "the review must say approved true or false" in (summary.error or "")
+    assert await claim_status(kit, saga_id) == ["cancelled"]
+    (await check_invariants(kit.database, saga_ids=[saga_id])).raise_if_violated()
+
+
 async def test_a_claim_never_reviewed_is_compensated_with_that_reason(
     kit: SagaTestEnvironment,
 ) -> None:
