@@ -10,8 +10,16 @@ assertion. It checks:
 1. *terminal*: every saga checked is completed, compensated, aborted by an operator (who
    took it over, so it is not checked further), or parked with a reason;
    running or compensating is "left running"; parked is a violation when not allowed.
+   Waiting for a signal is "left waiting" unless allowed (a workload that sends every
+   review, or lets every wait time out, ends with none waiting); allowed or not, a wait
+   with no deadline, or one past its deadline by more than ``overdue_grace`` seconds, has
+   no one driving it.
 2. *effects*: a completed saga's effects exist exactly once, a compensated saga leaves
-   none (per definition; parked and unknown definitions are not effect-checked).
+   none (per definition; parked and unknown definitions are not effect-checked). The
+   shapes change nothing there: a compensated booking's parallel group leaves neither
+   the hold nor the authorization. Besides, a book_appointment v2 completed under the
+   appointment id its payload chose; a submit_claim v2 that completed had its review
+   approved when it needed one, and never completed one the auditor rejected.
 3. *global*, over the whole database whichever sagas were checked: XP equals the ledger,
    no provider double-booked and no slot booked twice, no hold left behind by a finished
    saga, and every coverage's ``used_cents``/``reserved_cents`` agree with its claims and
@@ -125,15 +133,25 @@ async def check_invariants(
     *,
     saga_ids: Collection[uuid.UUID] | None = None,
     allow_parked: bool = True,
+    allow_waiting: bool = False,
+    overdue_grace: float = 60.0,
 ) -> InvariantReport:
     """Check the invariants for ``saga_ids`` (every saga when None) and the whole
     database's global ones, all in one snapshot. Reads only."""
+    if overdue_grace < 0:
+        raise ValueError(f"overdue_grace must be >= 0 seconds, got {overdue_grace!r}")
     ids = None if saga_ids is None else list(dict.fromkeys(saga_ids))
 
     async def unit(conn: Connection) -> InvariantReport:
         # Nothing here writes; saying so lets PostgreSQL refuse any mistake that would.
         await conn.execute("SET TRANSACTION READ ONLY")
-        return await _check(conn, ids, allow_parked=allow_parked)
+        return await _check(
+            conn,
+            ids,
+            allow_parked=allow_parked,
+            allow_waiting=allow_waiting,
+            overdue_grace=overdue_grace,
+        )
 
     return await database.run_driver(
         unit, isolation=IsolationLevel.REPEATABLE_READ, name="check_invariants"
@@ -141,7 +159,12 @@ async def check_invariants(
 
 
 async def _check(
-    conn: Connection, ids: list[uuid.UUID] | None, *, allow_parked: bool
+    conn: Connection,
+    ids: list[uuid.UUID] | None,
+    *,
+    allow_parked: bool,
+    allow_waiting: bool,
+    overdue_grace: float,
 ) -> InvariantReport:
     # The sagas checked: a filter on shared.saga_instance aliased ``s``; $1 when given.
     scope = "TRUE" if ids is None else "s.id = ANY($1::uuid[])"
@@ -160,13 +183,20 @@ async def _check(
     if ids is not None:
         violations += await _missing_sagas(conn, ids)
     for row in await conn.fetch(
-        "SELECT s.id, s.definition_name, s.status, s.current_step, s.error "
+        "SELECT s.id, s.definition_name, s.status, s.current_step, s.error, "
+        "s.shape_state ->> 'waiting_for' AS waiting_for, s.step_deadline, "
+        "s.step_deadline < now() - make_interval(secs => "
+        f"${len(args) + 1}::double precision) AS overdue "
         f"FROM shared.saga_instance s WHERE {scope} "
         "AND s.status NOT IN ('completed', 'compensated', 'aborted') ORDER BY s.created_at, s.id",
         *args,
+        overdue_grace,
     ):
         saga = f"saga {row['id']} ({row['definition_name']})"
         error = row["error"] or ""
+        if row["status"] == SagaStatus.WAITING:
+            violations += _waiting_violation(saga, row, allow_waiting=allow_waiting)
+            continue
         if row["status"] != SagaStatus.PARKED:
             violations.append(
                 f"[terminal] {saga} left {row['status']} at step {row['current_step']}"
@@ -184,6 +214,20 @@ async def _check(
 
     violations += await _global_violations(conn)
     return InvariantReport(by_status, parked, violations)
+
+
+def _waiting_violation(saga: str, row: Any, *, allow_waiting: bool) -> list[str]:
+    event = row["waiting_for"] or "its signal"
+    if row["step_deadline"] is None:
+        return [f"[terminal] {saga} waits for {event} with no deadline: no one drives it"]
+    if row["overdue"]:
+        return [
+            f"[terminal] {saga} waits for {event} past its deadline "
+            f"{row['step_deadline'].isoformat()}: the timeout worker has not ended it"
+        ]
+    if allow_waiting:
+        return []
+    return [f"[terminal] {saga} left waiting for {event} at step {row['current_step']}"]
 
 
 async def _missing_sagas(conn: Connection, ids: Sequence[uuid.UUID]) -> list[str]:
@@ -212,7 +256,7 @@ LEDGER = """
 # part reads its effect rows by saga_id (every effect row records the saga that made it).
 EFFECTS = f"""
 WITH checked AS (
-    SELECT s.id, s.definition_name, s.status, s.payload
+    SELECT s.id, s.definition_name, s.status, s.payload, s.context
     FROM shared.saga_instance s
     WHERE {{scope}} AND s.status IN ('completed', 'compensated')
 ),
@@ -228,6 +272,10 @@ book_appointment AS (
                   AND p.appointment_id IS DISTINCT FROM a.appointment_id THEN format(
             'pre-authorization %s is for appointment %s, not the saga''s %s',
             p.approved_ids, p.appointment_id, a.appointment_id) END,
+        CASE WHEN s.status = 'completed' AND pl.appointment_id IS NOT NULL AND a.booked = 1
+                  AND a.appointment_id IS DISTINCT FROM pl.appointment_id THEN format(
+            'booked appointment %s, not the %s its payload chose',
+            a.appointment_id, pl.appointment_id) END,
         CASE WHEN s.status = 'completed' AND pl.points IS NULL THEN
             'payload has no numeric points' END,
         CASE WHEN s.status = 'completed' AND l.net <> pl.points THEN format(
@@ -243,7 +291,10 @@ book_appointment AS (
             'ledger nets %s points, expected 0', l.net) END
     ], NULL) AS problems
     FROM checked s
-    CROSS JOIN LATERAL (SELECT {_payload_int("points")} AS points) pl
+    CROSS JOIN LATERAL (
+        SELECT {_payload_int("points")} AS points,
+               {_payload_uuid("appointment_id")} AS appointment_id
+    ) pl
     CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE status IN {BOOKED_APPOINTMENT}) AS booked,
                string_agg(id::text, ', ') FILTER (WHERE status IN {BOOKED_APPOINTMENT})
@@ -286,6 +337,11 @@ submit_claim AS (
             'the payload''s appointment %s does not exist', pl.appointment_id) END,
         CASE WHEN s.status = 'completed' AND ap.status <> 'billed' THEN format(
             'the payload''s appointment %s is %s, not billed', ap.id, ap.status) END,
+        CASE WHEN s.status = 'completed' AND s.context -> 'review' ->> 'approved' = 'false'
+            THEN 'completed though the plan auditor rejected it' END,
+        CASE WHEN s.status = 'completed' AND s.context ->> 'needs_review' = 'true'
+                  AND s.context -> 'review' ->> 'approved' IS DISTINCT FROM 'true'
+            THEN 'completed above the review threshold without an approving review' END,
         CASE WHEN s.status = 'completed' AND g.live > 1 THEN format(
             '%s live achievement grants, expected at most 1', g.live) END,
         CASE WHEN s.status = 'completed' AND l.net <> g.reward THEN format(

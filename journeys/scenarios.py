@@ -1,5 +1,8 @@
 """The three cross-journey sagas shown end to end, each once succeeding and once failing at
-a later step: the examples run one each, the demo runs all three.
+a later step: the examples run one each, the demo runs all three. The booking runs as
+version 2 (the slot and the coverage in one parallel group); the claim that succeeds is
+above the review threshold, so it waits for a plan auditor's ``claim_reviewed`` signal,
+which the scenario sends as ``saga signal`` would.
 
 Each scenario builds its own scene (a member, a provider, slots, a goal) with
 :mod:`journeys.world`, starts the sagas through the services that own them, waits for them
@@ -9,14 +12,17 @@ the way the scenario expects raises :class:`ScenarioFailed`.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from journeys import world
 from journeys.care.sagas import book_appointment
 from journeys.health.sagas import complete_health_goal
-from journeys.plan.sagas import submit_claim
+from journeys.plan.sagas import CLAIM_REVIEWED, submit_claim
 from saga import Connection, RunningServices, SagaStatus, Say, Scenario, load_timeline
 
 CONSULTATION = "10101012"  # TUSS: consulta em consultório
@@ -42,6 +48,40 @@ async def _expect(
         )
 
 
+def _reais(cents: int) -> str:
+    """Cents as Brazilians write them: R$ 6.000,00."""
+    whole = f"{cents // 100:,}".replace(",", ".")
+    return f"R$ {whole},{cents % 100:02d}"
+
+
+async def _until_waiting(services: RunningServices, saga_id: uuid.UUID, say: Say) -> None:
+    """Wait (up to a minute) until the saga waits for its signal, then say since when."""
+    for _ in range(600):
+        summary = await services.coordinator.status(saga_id)
+        if summary.status is SagaStatus.WAITING:
+            say(f"saga {saga_id} is waiting for {CLAIM_REVIEWED!r}")
+            return
+        if not summary.status.in_flight:
+            break
+        await asyncio.sleep(0.1)
+    raise ScenarioFailed(f"saga {saga_id} is {summary.status.value}, expected it to wait")
+
+
+async def _review(
+    services: RunningServices, saga_id: uuid.UUID, decision: dict[str, Any], say: Say
+) -> None:
+    """The plan auditor's review, sent as the ``saga signal`` command line shown sends it."""
+    actor = "auditor.marina"
+    say(
+        f"the plan auditor runs: saga signal {saga_id} {CLAIM_REVIEWED} "
+        f"--data '{json.dumps(decision)}' --actor {actor}"
+    )
+    receipt = await services.coordinator.signal(
+        saga_id, CLAIM_REVIEWED, decision, signal_id=f"review-{saga_id}", actor=actor
+    )
+    say(f"signal {receipt.event!r}: {receipt.outcome.value}")
+
+
 async def _show(services: RunningServices, say: Say, title: str, sql: str, *args: object) -> None:
     async def fetch(conn: Connection) -> list[dict[str, object]]:
         return [dict(row) for row in await conn.fetch(sql, *args)]
@@ -55,8 +95,8 @@ async def _show(services: RunningServices, say: Say, title: str, sql: str, *args
 
 
 async def booking(services: RunningServices, say: Say) -> None:
-    """Book a slot (completes), then book another past the plan's limit: plan refuses,
-    care releases the hold."""
+    """Book a slot, holding it and authorizing the coverage at once (completes), then book
+    another past the plan's limit: plan refuses, care releases the hold it took meanwhile."""
 
     async def scene(conn: Connection) -> tuple[world.Member, list[world.Slot]]:
         member = await world.create_member(conn, limit_cents=30_000, name="Ana Souza")
@@ -64,14 +104,25 @@ async def booking(services: RunningServices, say: Say) -> None:
         return member, await world.create_slots(conn, provider, 2)
 
     member, slots = await services.database.run_driver(scene)
-    say("booking a consultation of R$ 250,00 (limit R$ 300,00)")
+    say(
+        "booking a consultation of R$ 250,00 (limit R$ 300,00): "
+        "the slot and the coverage at the same time"
+    )
     first = await book_appointment(
-        services.coordinator, user_id=member.user_id, slot_id=slots[0].slot_id, amount_cents=25_000
+        services.coordinator,
+        user_id=member.user_id,
+        slot_id=slots[0].slot_id,
+        amount_cents=25_000,
+        service_date=slots[0].service_date,
     )
     await _expect(services, first, SagaStatus.COMPLETED, say)
-    say("booking a second one of R$ 250,00: past the limit")
+    say("booking a second one of R$ 250,00: past the limit, so the hold taken meanwhile goes")
     second = await book_appointment(
-        services.coordinator, user_id=member.user_id, slot_id=slots[1].slot_id, amount_cents=25_000
+        services.coordinator,
+        user_id=member.user_id,
+        slot_id=slots[1].slot_id,
+        amount_cents=25_000,
+        service_date=slots[1].service_date,
     )
     await _expect(services, second, SagaStatus.COMPENSATED, say)
     await _show(
@@ -94,13 +145,14 @@ async def booking(services: RunningServices, say: Say) -> None:
 
 
 async def claim(services: RunningServices, say: Say) -> None:
-    """Claim a completed appointment (completes), then one the patient missed: care will
-    not bill it, so plan cancels the claim."""
+    """Claim a completed consultation above the review threshold: it waits for the plan
+    auditor, who approves it (completes); then one the patient missed: care will not bill
+    it, so plan cancels the claim (compensated)."""
 
     async def scene(
         conn: Connection,
     ) -> tuple[world.Member, world.CompletedAppointment, world.CompletedAppointment]:
-        member = await world.create_member(conn, limit_cents=500_000, name="Carlos Pereira")
+        member = await world.create_member(conn, limit_cents=100_000_000, name="Carlos Pereira")
         provider = await world.create_provider(conn, "Dr. Daniel Rocha")
         done = await world.create_completed_appointment(conn, member.user_id, provider)
         missed = await world.create_completed_appointment(
@@ -109,16 +161,23 @@ async def claim(services: RunningServices, say: Say) -> None:
         return member, done, missed
 
     member, done, missed = await services.database.run_driver(scene)
-    say("claiming R$ 180,00 for a consultation that took place")
+    threshold = services.coordinator.settings.claim_review_threshold_cents
+    high = threshold + 100_000
+    say(
+        f"claiming {_reais(high)} for a procedure that took place "
+        f"(above the review threshold of {_reais(threshold)})"
+    )
     first = await submit_claim(
         services.coordinator,
         user_id=member.user_id,
         appointment_id=done.appointment_id,
-        amount_cents=18_000,
+        amount_cents=high,
         service_date=done.service_date,
         procedure_code=CONSULTATION,
         diagnosis_code="J45.0",
     )
+    await _until_waiting(services, first, say)
+    await _review(services, first, {"approved": True, "reason": "laudo confere"}, say)
     await _expect(services, first, SagaStatus.COMPLETED, say)
     say("claiming R$ 180,00 for a consultation the patient missed")
     second = await submit_claim(

@@ -13,7 +13,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
+from journeys.shared.payload import OPERATOR_TIMEZONE
 from saga import Connection
 
 
@@ -30,6 +32,11 @@ class Slot:
     provider_id: uuid.UUID
     starts_at: datetime
     ends_at: datetime
+
+    @property
+    def service_date(self) -> date:
+        """The slot's date as the operator (and book_appointment v2) counts it."""
+        return self.starts_at.astimezone(ZoneInfo(OPERATOR_TIMEZONE)).date()
 
 
 @dataclass(frozen=True, slots=True)

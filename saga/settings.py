@@ -186,6 +186,16 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds > 0 an outbox row may stay unpublished before the worker sends it",
     )
+    # The plan journey's (issue 18): the engine's Settings is the one typed settings
+    # object the processes read, so the journey's one setting lives here too.
+    claim_review_threshold_cents: int = Field(
+        default=500_000,
+        ge=0,
+        description=(
+            "an integer >= 0 of cents: submit_claim waits for a plan auditor's "
+            "claim_reviewed above it"
+        ),
+    )
     retry_alert_threshold: int = Field(
         default=50,
         ge=1,

@@ -36,6 +36,7 @@ from benchmarks.reliability.load import FINISHED, prepare_mix
 from benchmarks.reliability.process_faults import BrokerRestarter, PoolStarver, ProcessKiller
 from benchmarks.reliability.processes import REPO_ROOT, Fleet, log_events
 from benchmarks.reliability.report import Report
+from benchmarks.reliability.reviews import Reviewer
 from benchmarks.saga_bench.workload import Starter
 from journeys.invariants import check_invariants
 from saga.coordinator import Coordinator
@@ -152,7 +153,10 @@ async def _run(
     for name in fleet.processes:
         fleet.start(name)
     await fleet.wait_ready()
-    starting = await prepare_mix(settings.database_url or "", run.sagas)
+    # The harness's own pool: the load, the reviews, the polls and the final check.
+    database = Database.from_settings(settings, application_name="reliability-harness")
+    reviewer = Reviewer(database)
+    starting = await prepare_mix(settings.database_url or "", run.sagas, reviewer)
 
     locks = {name: asyncio.Lock() for name in fleet.processes}
     injectors = build_injectors(run, settings, fleet, broker, admin_url, draw, locks, journeys)
@@ -165,7 +169,6 @@ async def _run(
     )
     counting_stop = asyncio.Event()
     counting = asyncio.create_task(dead_letters.run(counting_stop))
-    database = Database.from_settings(settings, application_name="reliability-harness")
     ids: list[uuid.UUID] = []
     crashes: Counter[str] = Counter()
     try:
@@ -187,6 +190,7 @@ async def _run(
                     fleet.start(name)
             await fleet.wait_ready(within=120)
             drain_seconds = await drain(database, ids, last_fault, run.drain_timeout)
+            await reviewer.finish()
         report = await check_invariants(database, saga_ids=ids, allow_parked=True)
         unfinished = await count_unfinished(database, ids)
         evidence = await evidence_from(injectors)
@@ -201,6 +205,7 @@ async def _run(
     for injector in injectors:
         faults.update(injector.injected)
     evidence.update(evidence_from_logs(fleet))
+    evidence.update({f"review {what}": n for what, n in reviewer.outcomes.items()})
     return Report(
         settings=asdict(run),
         sagas=len(ids),

@@ -1,6 +1,8 @@
 """A mixed load of the three cross-journey sagas (the benchmark's journey mix: bookings,
 claims and goal completions, some refused so they compensate) and the polls that tell
-how far it has got."""
+how far it has got. The bookings run book_appointment v2's parallel group; a share of the
+claims (:data:`REVIEWED_SHARE`) wait for a plan auditor's review, which
+:mod:`benchmarks.reliability.reviews` sends (on time, rejected, twice, early, late)."""
 
 from __future__ import annotations
 
@@ -11,27 +13,41 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from benchmarks.reliability.reviews import Reviewer
 from benchmarks.saga_bench.journey_mix import plan_mix, starters
 from benchmarks.saga_bench.journey_scene import build_scene
 from benchmarks.saga_bench.workload import Starter
+from journeys.plan.sagas import SUBMIT_CLAIM
 from saga.coordinator import Coordinator
 from saga.settings import to_plain_url
 from saga.store import Database
 from saga.store.driver import DriverConnection
 
 FINISHED = ("completed", "compensated", "aborted")
+REVIEWED_SHARE = 0.4
+"""Of the claims (a quarter of the mix), those above their review threshold."""
 
 
-async def prepare_mix(database_url: str, sagas: int) -> list[Starter]:
+async def prepare_mix(
+    database_url: str, sagas: int, reviewer: Reviewer | None = None
+) -> list[Starter]:
     """The rows ``sagas`` mixed sagas act on, and a starter for each (bookings, claims and
-    goal completions; some are refused and compensate)."""
-    mix = plan_mix(sagas)
+    goal completions; some are refused and compensate). With a ``reviewer``, a share of
+    the claims wait for a review, and each one's starter schedules it; without, none
+    waits."""
+    mix = plan_mix(sagas, reviewed_share=0.0 if reviewer is None else REVIEWED_SHARE)
     conn = await asyncpg.connect(to_plain_url(database_url))
     try:
         scene = await build_scene(conn, mix.size)
     finally:
         await conn.close()
-    return starters(mix, scene)
+    reviewed = iter(mix.reviewed)
+    return [
+        reviewer.reviewing(start)
+        if reviewer is not None and kind == SUBMIT_CLAIM.name and next(reviewed)
+        else start
+        for kind, start in zip(mix.kinds, starters(mix, scene), strict=True)
+    ]
 
 
 async def start_all(

@@ -10,13 +10,19 @@ unless the first one gave the slot back. 15 % of the members have a small limit 
 for about one booking and one claim), so some of their bookings and claims are refused
 ``not covered``; 5 % of the goals belong to users with no coverage, whose wellness credit
 is refused after the points were awarded.
+
+Bookings are book_appointment v2 (the slot and the coverage in one parallel group) and
+claims submit_claim v2, under the review threshold by default so that none waits. The
+reliability suite asks for a share of reviewed claims (``reviewed_share``): their
+threshold is under their amount, so each waits for ``claim_reviewed``, and the mix says
+which (``Mix.reviewed``; benchmarks.reliability.reviews sends the signals).
 """
 
 from __future__ import annotations
 
 import functools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from benchmarks.saga_bench.journey_scene import Scene, SceneSize
@@ -46,9 +52,11 @@ class Mix:
     """Per booking: whether it takes the slot of the booking before it."""
     booking_members: list[int]
     size: SceneSize
+    reviewed: list[bool] = field(default_factory=list)
+    """Per claim: whether it is above its review threshold, so it waits for a review."""
 
 
-def plan_mix(sagas: int) -> Mix:
+def plan_mix(sagas: int, *, reviewed_share: float = 0.0) -> Mix:
     draw = random.Random(SEED)
     bookings = round(sagas * SHARES[BOOK_APPOINTMENT.name])
     claims = round(sagas * SHARES[SUBMIT_CLAIM.name])
@@ -78,12 +86,18 @@ def plan_mix(sagas: int) -> Mix:
         ],
     )
     booking_members = [draw.randrange(members) for _ in range(bookings)]
-    return Mix(kinds, colliding, booking_members, size)
+    if not 0.0 <= reviewed_share <= 1.0:
+        raise ValueError(f"reviewed_share must be within 0..1, got {reviewed_share!r}")
+    # A generator of its own, so the rest of the mix is the same whatever the share.
+    reviews = random.Random(SEED + 1)
+    reviewed = [reviews.random() < reviewed_share for _ in range(claims)]
+    return Mix(kinds, colliding, booking_members, size, reviewed)
 
 
 def starters(mix: Mix, scene: Scene) -> list[Starter]:
     """A starter per saga of ``mix``, on the rows of ``scene``."""
     bookings = iter(range(len(mix.colliding)))
+    claims = iter(range(len(mix.size.appointments)))
     slots = iter(scene.slots)
     appointments = iter(scene.appointments)
     goals = iter(scene.goals)
@@ -97,11 +111,16 @@ def starters(mix: Mix, scene: Scene) -> list[Starter]:
             member = scene.members[mix.booking_members[n]]
             result.append(
                 functools.partial(
-                    book_appointment, user_id=member, slot_id=slot, amount_cents=BOOKING_CENTS
+                    book_appointment,
+                    user_id=member,
+                    slot_id=slot.slot_id,
+                    amount_cents=BOOKING_CENTS,
+                    service_date=slot.service_date,
                 )
             )
         elif kind == SUBMIT_CLAIM.name:
             appointment = next(appointments)
+            reviewed = mix.reviewed[next(claims)] if mix.reviewed else False
             result.append(
                 functools.partial(
                     submit_claim,
@@ -110,6 +129,8 @@ def starters(mix: Mix, scene: Scene) -> list[Starter]:
                     amount_cents=CLAIM_CENTS,
                     service_date=appointment.service_date,
                     procedure_code=CONSULTATION,
+                    # Explicit either way: the mix is the same whatever the setting.
+                    review_threshold_cents=CLAIM_CENTS - 1 if reviewed else CLAIM_CENTS,
                 )
             )
         else:

@@ -15,6 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
+from journeys.shared.payload import OPERATOR_TIMEZONE
+
 LARGE_LIMIT_CENTS = 100_000_000
 SMALL_LIMIT_CENTS = 40_000
 GOAL_TARGET_STEPS = 8_000
@@ -50,10 +52,17 @@ class Goal:
 
 
 @dataclass(frozen=True, slots=True)
+class Slot:
+    slot_id: uuid.UUID
+    service_date: date
+    """The slot's date as the operator counts it (book_appointment v2 authorizes for it)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Scene:
     members: list[uuid.UUID]
     uncovered: list[uuid.UUID]
-    slots: list[uuid.UUID]
+    slots: list[Slot]
     appointments: list[Appointment]
     goals: list[Goal]
 
@@ -133,26 +142,27 @@ async def _providers(conn: asyncpg.Connection, count: int) -> list[uuid.UUID]:
 
 async def _future_slots(
     conn: asyncpg.Connection, providers: list[uuid.UUID], count: int
-) -> list[uuid.UUID]:
+) -> list[Slot]:
     """``count`` open slots, provider by provider in turn, back to back from tomorrow
     09:00 UTC: slot g is provider g % P's (g / P)-th half hour."""
     tomorrow = datetime.now(UTC).date() + timedelta(days=1)
     first = datetime.combine(tomorrow, datetime.min.time(), UTC) + timedelta(hours=9)
-    return await _ids(
-        conn,
+    rows = await conn.fetch(
         """
         INSERT INTO care_journey.care_slot (provider_id, starts_at, ends_at)
         SELECT ($1::uuid[])[1 + g % $2],
                $3::timestamptz + (g / $2) * interval '30 minutes',
                $3::timestamptz + (g / $2 + 1) * interval '30 minutes'
         FROM generate_series(0, $4 - 1) g ORDER BY g
-        RETURNING id
+        RETURNING id, (starts_at AT TIME ZONE $5)::date AS service_date
         """,
         providers,
         len(providers),
         first,
         count,
+        OPERATOR_TIMEZONE,
     )
+    return [Slot(row["id"], row["service_date"]) for row in rows]
 
 
 async def _completed_appointments(

@@ -26,10 +26,10 @@ from benchmarks.saga_bench.journey_mix import (
 from benchmarks.saga_bench.journey_scene import LARGE_LIMIT_CENTS, SMALL_LIMIT_CENTS, build_scene
 from benchmarks.saga_bench.results import InvariantFigures
 from benchmarks.saga_bench.workload import Starter, Verdict
-from journeys.care.sagas import BOOK_APPOINTMENT
+from journeys.care.sagas import BOOK_APPOINTMENT_VERSIONS
 from journeys.health.sagas import COMPLETE_HEALTH_GOAL
 from journeys.invariants import check_invariants
-from journeys.plan.sagas import SUBMIT_CLAIM
+from journeys.plan.sagas import SUBMIT_CLAIM_VERSIONS
 from saga.definition import SagaDefinition
 from saga.settings import load_settings, to_plain_url
 from saga.store import Database
@@ -86,7 +86,11 @@ async def _check(url: str, ids: Sequence[uuid.UUID]) -> InvariantFigures:
 
 class Journeys:
     name = "journeys"
-    definitions: Sequence[SagaDefinition] = (BOOK_APPOINTMENT, SUBMIT_CLAIM, COMPLETE_HEALTH_GOAL)
+    definitions: Sequence[SagaDefinition] = (
+        *BOOK_APPOINTMENT_VERSIONS,
+        *SUBMIT_CLAIM_VERSIONS,
+        COMPLETE_HEALTH_GOAL,
+    )
 
     def commands(self, level: int) -> dict[str, list[str]]:
         return {

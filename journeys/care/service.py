@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from journeys.care.maintenance import RELEASE_EXPIRED_HOLDS
-from journeys.care.sagas import BOOK_APPOINTMENT
+from journeys.care.sagas import BOOK_APPOINTMENT_VERSIONS
 from journeys.care.steps import HANDLERS
 from saga import JourneyService
 
@@ -12,7 +12,7 @@ SERVICE = JourneyService(
     schema="care_journey",
     database_role="austa_care_journey",
     handlers=HANDLERS,
-    definitions=(BOOK_APPOINTMENT,),
+    definitions=BOOK_APPOINTMENT_VERSIONS,
     maintenance=(RELEASE_EXPIRED_HOLDS,),
     # book_appointment's payload carries why the patient seeks care: health data.
     sensitive_fields=frozenset({"reason"}),

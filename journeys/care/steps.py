@@ -48,10 +48,10 @@ LOCK_SLOT = """
 HOLD_SLOT = f"""
     WITH appointment AS (
         INSERT INTO care_journey.care_appointment (
-            slot_id, provider_id, patient_id, starts_at, ends_at, status,
+            id, slot_id, provider_id, patient_id, starts_at, ends_at, status,
             hold_expires_at, is_telemedicine, reason, saga_id
         ) VALUES (
-            $1, $2, $3, $4, $5, 'held',
+            coalesce($9::uuid, gen_random_uuid()), $1, $2, $3, $4, $5, 'held',
             now() + interval '{HOLD_MINUTES} minutes', $6, $7, $8
         )
         RETURNING id, hold_expires_at
@@ -63,10 +63,19 @@ HOLD_SLOT = f"""
 
 
 async def reserve_slot(step: StepContext) -> dict[str, Any]:
-    """Hold the slot for the patient: a ``held`` appointment and a ``held`` slot."""
+    """Hold the slot for the patient: a ``held`` appointment and a ``held`` slot.
+
+    book_appointment v2 authorizes the coverage at the same time, so its payload names the
+    appointment's id and the slot's service date up front: the appointment takes that id,
+    and a slot on another date is refused (the authorization would be for the wrong day).
+    """
     slot_id = payload_uuid(step.payload, "slot_id")
     patient_id = payload_uuid(step.payload, "user_id")
     reason = _optional_text(step.payload, "reason")
+    appointment_id = (
+        payload_uuid(step.payload, "appointment_id") if "appointment_id" in step.payload else None
+    )
+    booked_for = _optional_text(step.payload, "service_date")
     conn = step.connection
     # The row lock makes concurrent bookings of one slot queue here; whoever comes
     # second sees the slot held (ReadCommitted reads the committed row after the wait).
@@ -77,6 +86,11 @@ async def reserve_slot(step: StepContext) -> dict[str, Any]:
         raise StepRefused(f"slot not found: it has passed (started {_iso(slot['starts_at'])})")
     if slot["status"] != "open":
         raise StepRefused(f"slot taken: the slot is {slot['status']}")
+    if booked_for is not None and booked_for != slot["service_date"].isoformat():
+        raise StepRefused(
+            f"invalid payload: service_date {booked_for} is not the slot's "
+            f"({slot['service_date'].isoformat()})"
+        )
     try:
         held = await conn.fetchrow(
             HOLD_SLOT,
@@ -88,6 +102,7 @@ async def reserve_slot(step: StepContext) -> dict[str, Any]:
             slot["is_telemedicine"],
             reason,
             step.saga_id,
+            appointment_id,
         )
     except (UniqueViolation, ExclusionViolation):
         # Another live appointment occupies the slot or the provider's time.

@@ -7,6 +7,18 @@ achievement for a claim made in the app (and its points).
 An invalid claim is refused with what is wrong (``claim invalid: ...``), a claim past the
 limit with ``not covered: ...``, an appointment that did not happen with
 ``appointment not completed``; the steps before are undone in reverse order.
+
+Version 2 (what :func:`submit_claim` starts): a claim above the review threshold (the
+setting ``CLAIM_REVIEW_THRESHOLD_CENTS``, or what the caller passes) waits,
+after it is created, for the event ``claim_reviewed`` from a plan auditor (payload
+``{"approved": true|false, "reason": "..."}``). Approved, the claim goes on; rejected,
+plan's next step (``apply_review``) refuses it as ``claim rejected by the plan auditor:
+<reason>`` and the claim is cancelled; no review within :data:`CLAIM_REVIEW_TIMEOUT_SECONDS`,
+the saga is compensated with ``wait 'review': no 'claim_reviewed' signal within ...``.
+A claim at or under the threshold skips the wait (create_claim's ``needs_review`` says so).
+
+Version 1 (still registered, so that claims started before the upgrade finish): the three
+steps, no review.
 """
 
 from __future__ import annotations
@@ -14,35 +26,80 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
-from saga import Coordinator, IsolationLevel, SagaDefinition, Step
+from saga import (
+    AwaitEvent,
+    Coordinator,
+    IsolationLevel,
+    OnTimeout,
+    SagaDefinition,
+    Step,
+    UsageError,
+)
 
 CLAIM_ACHIEVEMENT = "first_claim"
 
-SUBMIT_CLAIM = SagaDefinition(
+
+CLAIM_REVIEW_TIMEOUT_SECONDS = 3 * 24 * 3600.0
+"""How long a claim waits for its review before it is compensated (part of the
+definition: changing it is a new version)."""
+
+CLAIM_REVIEWED = "claim_reviewed"
+"""The event a plan auditor signals, with ``{"approved": bool, "reason": str}``."""
+
+REVIEW = "review"
+"""The wait's name: the auditor's payload lands in the context under it."""
+
+CREATE_CLAIM = Step(
+    name="create_claim",
+    journey="plan",
+    action="create_claim",
+    compensation="cancel_claim",
+    isolation=IsolationLevel.SERIALIZABLE,
+)
+MARK_BILLED = Step(
+    name="mark_billed",
+    journey="care",
+    action="mark_billed",
+    compensation="unmark_billed",
+)
+GRANT_ACHIEVEMENT = Step(
+    name="grant_achievement",
+    journey="gamification",
+    action="grant_achievement",
+    compensation="withdraw_achievement",
+)
+
+# Its stored document and hash are pinned (tests/unit/test_definition_evolution.py).
+SUBMIT_CLAIM = SagaDefinition("submit_claim", 1, [CREATE_CLAIM, MARK_BILLED, GRANT_ACHIEVEMENT])
+
+SUBMIT_CLAIM_V2 = SagaDefinition(
     "submit_claim",
-    1,
+    2,
     [
+        CREATE_CLAIM,
+        AwaitEvent(
+            REVIEW,
+            CLAIM_REVIEWED,
+            CLAIM_REVIEW_TIMEOUT_SECONDS,
+            on_timeout=OnTimeout.COMPENSATE,
+            when="context.needs_review",
+        ),
+        # Undoing an accepted review is cancelling the claim (cancel_claim is idempotent:
+        # create_claim's own compensation then finds nothing left to cancel).
         Step(
-            name="create_claim",
+            name="apply_review",
             journey="plan",
-            action="create_claim",
+            action="apply_review",
             compensation="cancel_claim",
             isolation=IsolationLevel.SERIALIZABLE,
         ),
-        Step(
-            name="mark_billed",
-            journey="care",
-            action="mark_billed",
-            compensation="unmark_billed",
-        ),
-        Step(
-            name="grant_achievement",
-            journey="gamification",
-            action="grant_achievement",
-            compensation="withdraw_achievement",
-        ),
+        MARK_BILLED,
+        GRANT_ACHIEVEMENT,
     ],
 )
+
+SUBMIT_CLAIM_VERSIONS = (SUBMIT_CLAIM, SUBMIT_CLAIM_V2)
+"""Every registered version, oldest first: the plan service registers them all."""
 
 
 async def submit_claim(
@@ -55,9 +112,23 @@ async def submit_claim(
     procedure_code: str,
     diagnosis_code: str | None = None,
     achievement_code: str = CLAIM_ACHIEVEMENT,
+    review_threshold_cents: int | None = None,
     idempotency_key: str | None = None,
 ) -> uuid.UUID:
-    """Start claiming ``amount_cents`` for ``appointment_id``; returns the saga id."""
+    """Start claiming ``amount_cents`` for ``appointment_id`` (version 2); returns the saga
+    id. Above ``review_threshold_cents`` (by default the setting
+    ``CLAIM_REVIEW_THRESHOLD_CENTS``, R$ 5.000,00) the claim waits for ``claim_reviewed``."""
+    if review_threshold_cents is None:
+        review_threshold_cents = coordinator.settings.claim_review_threshold_cents
+    if (
+        not isinstance(review_threshold_cents, int)
+        or isinstance(review_threshold_cents, bool)
+        or review_threshold_cents < 0
+    ):
+        raise UsageError(
+            "review_threshold_cents must be a non-negative integer of cents, "
+            f"got {review_threshold_cents!r}"
+        )
     payload = {
         "user_id": str(user_id),
         "appointment_id": str(appointment_id),
@@ -67,5 +138,6 @@ async def submit_claim(
         "diagnosis_code": diagnosis_code,
         "achievement_code": achievement_code,
         "source_journey": "plan",
+        "review_threshold_cents": review_threshold_cents,
     }
-    return await coordinator.start(SUBMIT_CLAIM, payload, idempotency_key=idempotency_key)
+    return await coordinator.start(SUBMIT_CLAIM_V2, payload, idempotency_key=idempotency_key)

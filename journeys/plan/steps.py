@@ -122,11 +122,16 @@ AUTHORIZE = f"""
 
 
 async def authorize_coverage(step: StepContext) -> dict[str, Any]:
-    """Approve a pre-authorization of the consultation and reserve its amount."""
+    """Approve a pre-authorization of the consultation and reserve its amount.
+
+    The appointment and its date come from reserve_slot's result (book_appointment v1) or,
+    when the slot is reserved at the same time (v2's parallel group), from the payload.
+    """
     user_id = payload_uuid(step.payload, "user_id")
     amount = _positive_cents(step.payload, "amount_cents")
-    appointment_id = payload_uuid(step.context, "appointment_id")
-    service_date = _date(step.context, "service_date")
+    booking = step.context if "appointment_id" in step.context else step.payload
+    appointment_id = payload_uuid(booking, "appointment_id")
+    service_date = _date(booking, "service_date")
     conn = await _stamp(step)
     coverage = await _active_coverage(conn, user_id, service_date)
     _check_limit(coverage, amount)
@@ -312,12 +317,50 @@ async def create_claim(step: StepContext) -> dict[str, Any]:
         # The Python checks mirror the constraints; this is the edge they cannot see
         # (a service date that is "today" across midnight, say).
         raise StepRefused(f"claim invalid: {exc.constraint or exc}") from None
-    return {
+    result: dict[str, Any] = {
         "claim_id": str(claim_id),
         "member_coverage_id": str(coverage["id"]),
         "approved_cents": claim["amount"],
         "pre_authorization_id": None if authorization is None else str(authorization["id"]),
     }
+    threshold = step.payload.get("review_threshold_cents")
+    # submit_claim v2 waits for a plan auditor's review unless this flag says no. Without
+    # a threshold the flag is left out, and a missing flag means the saga waits.
+    if isinstance(threshold, int) and not isinstance(threshold, bool):
+        result["needs_review"] = claim["amount"] > threshold
+    return result
+
+
+# -- submit_claim v2: apply_review -------------------------------------------------------
+
+
+def _review(context: Mapping[str, Any], wait: str) -> Mapping[str, Any] | None:
+    """The auditor's signal the saga consumed at the wait ``wait``, if it waited."""
+    review = context.get(wait)
+    if review is None:
+        return None
+    if not isinstance(review, Mapping) or not isinstance(review.get("approved"), bool):
+        raise StepRefused(
+            f"claim rejected: the review must say approved true or false, got {review!r}"
+        )
+    return review
+
+
+async def apply_review(step: StepContext) -> dict[str, Any]:
+    """Let the claim stand or refuse it, as the plan auditor decided (submit_claim v2).
+
+    The decision is the ``claim_reviewed`` signal's payload, stored in the context under
+    the wait's name (``review``); a claim under the review threshold skipped the wait and
+    stands. A rejection refuses the step, so the saga cancels the claim. Undoing this step
+    is cancelling the claim (``cancel_claim``): accepting the review is what made it stand.
+    """
+    review = _review(step.context, "review")
+    if review is None:
+        return {"reviewed": False}
+    if not review["approved"]:
+        why = review.get("reason") or "no reason given"
+        raise StepRefused(f"claim rejected by the plan auditor: {why}")
+    return {"reviewed": True}
 
 
 # Rejected claims keep their rejection (the CHECK ties it to the status) and were never
@@ -435,6 +478,7 @@ HANDLERS: dict[str, Handler] = {
     "void_authorization": void_authorization,
     "create_claim": create_claim,
     "cancel_claim": cancel_claim,
+    "apply_review": apply_review,
     "apply_wellness_credit": apply_wellness_credit,
     "reverse_wellness_credit": reverse_wellness_credit,
 }

@@ -14,13 +14,13 @@ from tests.integration.conftest import SagaEnvironment
 
 pytestmark = pytest.mark.integration
 
-# Each example's saga, and the function its journey starts it with (None: the example
-# starts its own saga with Coordinator.start).
+# Each example's saga and version, and the function its journey starts it with (None: the
+# example starts its own saga with Coordinator.start).
 EXAMPLES = {
-    "two_journeys": ("place_order", None),
-    "book_appointment": ("book_appointment", "book_appointment"),
-    "submit_claim": ("submit_claim", "submit_claim"),
-    "complete_health_goal": ("complete_health_goal", "complete_health_goal"),
+    "two_journeys": ("place_order v1", None),
+    "book_appointment": ("book_appointment v2", "book_appointment"),
+    "submit_claim": ("submit_claim v2", "submit_claim"),
+    "complete_health_goal": ("complete_health_goal v1", "complete_health_goal"),
 }
 
 
@@ -52,11 +52,14 @@ def test_the_example_runs_its_saga_to_completion_and_to_compensation(
     saga, start = EXAMPLES[example]
     result = run_example(saga_env, example)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{saga} v1: completed in" in result.stdout
-    assert f"{saga} v1: compensated in" in result.stdout
+    assert f"{saga}: completed in" in result.stdout
+    assert f"{saga}: compensated in" in result.stdout
     assert "reason: " in result.stdout
+    if example == "submit_claim":
+        assert "the plan auditor runs: saga signal " in result.stdout
+        assert "signal 'claim_reviewed': accepted" in result.stdout
     if start is not None:
-        assert f"{saga} v1: " in result.stdout.splitlines()[0]  # the outline comes first
+        assert f"{saga}: " in result.stdout.splitlines()[0]  # the outline comes first
         assert f"started with: saga_id = await {start}(coordinator, *, user_id" in result.stdout
 
 

@@ -21,7 +21,7 @@ from journeys.invariants import (
     InvariantViolation,
     check_invariants,
 )
-from journeys.plan.sagas import CLAIM_ACHIEVEMENT, SUBMIT_CLAIM
+from journeys.plan.sagas import CLAIM_ACHIEVEMENT, SUBMIT_CLAIM, SUBMIT_CLAIM_V2
 from journeys.world import (
     create_completed_appointment,
     create_goal,
@@ -658,3 +658,92 @@ async def test_the_sample_seeds_pass(saga_env: SagaEnvironment) -> None:
 
     assert checked.violations == []
     assert sum(checked.sagas_by_status.values()) == 0
+
+
+async def test_a_saga_left_waiting_or_overdue_on_its_wait(
+    saga_env: SagaEnvironment, scene: Scene
+) -> None:
+    async def start(conn: DriverConnection) -> uuid.UUID:
+        payload = {"user_id": str(scene.user_id), "amount_cents": CLAIM_CENTS}
+        return await insert_saga(conn, SUBMIT_CLAIM_V2, "waiting", payload, current_step=1)
+
+    waiting = await driver(saga_env.database, start)
+    await execute(
+        saga_env.database,
+        'UPDATE shared.saga_instance SET shape_state = \'{"waiting_for": "claim_reviewed"}\', '
+        f"step_deadline = now() + interval '1 hour' WHERE id = '{waiting}'",
+    )
+    saga = f"[terminal] saga {waiting} (submit_claim)"
+
+    report = await check_invariants(saga_env.database, saga_ids=[waiting])
+    assert only(report, "[terminal]") == [f"{saga} left waiting for claim_reviewed at step 1"]
+    assert report.sagas_by_status["waiting"] == 1
+    # A workload still under way may allow waits its timeout worker will end.
+    assert (await check_invariants(saga_env.database, saga_ids=[waiting], allow_waiting=True)).ok
+
+    # Past its deadline (beyond the grace) no one drove it: a violation even when allowed.
+    await execute(
+        saga_env.database,
+        "UPDATE shared.saga_instance SET step_deadline = now() - interval '5 minutes' "
+        f"WHERE id = '{waiting}'",
+    )
+    report = await check_invariants(saga_env.database, saga_ids=[waiting], allow_waiting=True)
+    [overdue] = only(report, "[terminal]")
+    assert overdue.startswith(f"{saga} waits for claim_reviewed past its deadline")
+    assert (
+        await check_invariants(
+            saga_env.database, saga_ids=[waiting], allow_waiting=True, overdue_grace=3600
+        )
+    ).ok
+
+
+async def test_a_claim_completed_against_or_without_its_review(
+    saga_env: SagaEnvironment, scene: Scene
+) -> None:
+    prefix = f"[effects] submit_claim saga {scene.claimed} (completed)"
+    context = {"needs_review": True, "review": {"approved": False, "reason": "sem laudo"}}
+    await execute(
+        saga_env.database,
+        f"UPDATE shared.saga_instance SET context = '{json.dumps(context)}'::jsonb "
+        f"WHERE id = '{scene.claimed}'",
+    )
+    report = await check_invariants(saga_env.database)
+    assert only(report, "[effects]") == [
+        f"{prefix}: completed though the plan auditor rejected it",
+        f"{prefix}: completed above the review threshold without an approving review",
+    ]
+
+    await execute(
+        saga_env.database,
+        "UPDATE shared.saga_instance SET context = '{\"needs_review\": true}'::jsonb "
+        f"WHERE id = '{scene.claimed}'",
+    )
+    report = await check_invariants(saga_env.database)
+    assert only(report, "[effects]") == [
+        f"{prefix}: completed above the review threshold without an approving review"
+    ]
+
+    await execute(
+        saga_env.database,
+        "UPDATE shared.saga_instance SET context = "
+        '\'{"needs_review": true, "review": {"approved": true}}\'::jsonb '
+        f"WHERE id = '{scene.claimed}'",
+    )
+    assert (await check_invariants(saga_env.database)).ok
+
+
+async def test_a_parallel_booking_completed_under_another_appointment(
+    saga_env: SagaEnvironment, scene: Scene
+) -> None:
+    chosen = uuid.uuid4()
+    await execute(
+        saga_env.database,
+        "UPDATE shared.saga_instance "
+        f'SET payload = payload || \'{{"appointment_id": "{chosen}"}}\'::jsonb '
+        f"WHERE id = '{scene.booked}'",
+    )
+    report = await check_invariants(saga_env.database)
+    assert only(report, "[effects]") == [
+        f"[effects] book_appointment saga {scene.booked} (completed): booked appointment "
+        f"{scene.booked_appointment}, not the {chosen} its payload chose"
+    ]

@@ -72,5 +72,11 @@ async def test_a_short_run_with_every_fault_loses_and_duplicates_nothing(
     assert report.passed, report.render()
     assert report.by_status["completed"] > 0
     assert report.by_status["compensated"] > 0
+    # The new shapes were in the mix: claims reviewed each way (benchmarks.reliability.reviews),
+    # and no review after the timeout was let through.
+    reviews = {kind for kind, count in report.evidence.items() if kind.startswith("review ")}
+    for way in ("on_time", "rejected", "twice", "early", "late"):
+        assert any(kind.startswith(f"review {way}:") for kind in reviews), report.render()
+    assert "review late:not_refused" not in reviews, report.render()
     # Poison never blocks what is behind it (every saga finished) and is set aside.
     assert sum(report.dead_letters.values()) > 0
