@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from saga.definition import SagaDefinition
+from saga.definition import SagaDefinition, Step
 from saga.errors import SagaError
 from saga.machine import (
     Dispatch,
@@ -100,7 +100,14 @@ def compensate(
         raise ActionRefused(
             "the saga is already compensating; `saga retry` sends its compensation again"
         )
-    step = definition.steps[state.current_step]
+    return compensate_at(definition, state, definition.steps[state.current_step], by)
+
+
+def compensate_at(
+    definition: SagaDefinition, state: InstanceState, step: Step, by: Operator
+) -> Transition:
+    """Undo the saga from ``step``, the one it runs now, itself included (its outcome may
+    be unknown); refused past the point of no return."""
     if step.retriable_only:
         raise ActionRefused(
             f"step {step.name!r} is past the saga's point of no return (retriable only): "

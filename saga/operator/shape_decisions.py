@@ -175,16 +175,7 @@ def _compensate_step(
 ) -> Transition:
     if phase is Phase.COMPENSATE:
         return decisions.compensate(definition, state, phase, by)
-    if step.retriable_only:
-        raise ActionRefused(
-            f"step {step.name!r} is past the saga's point of no return (retriable only): "
-            "retry it, skip it or abort the saga"
-        )
-    why = by.says("compensation requested")
-    entry = LogEntry(
-        state.current_step, Phase.EXECUTE, LogStatus.ABORTED, state.step_attempt, error=why
-    )
-    return compensate_from(definition, state, state.current_step, why, entry)
+    return decisions.compensate_at(definition, state, step, by)
 
 
 def _skip_step(
