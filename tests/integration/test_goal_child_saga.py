@@ -174,3 +174,55 @@ async def test_goal_v1_still_runs_with_the_credit_as_its_own_last_step(
     [credit] = await credits(kit, goal_id)
     assert credit["saga_id"] == summary.id
     (await check_invariants(kit.database, saga_ids=[summary.id])).raise_if_violated()
+
+
+async def test_the_invariants_answer_for_the_credit_through_the_child(
+    kit: SagaTestEnvironment,
+) -> None:
+    """The credit row names the child; a completed parent without it, or a compensated
+    parent with it left applied, is reported for the parent and for the child."""
+    user_id, goal_id = await goal_scene(kit, covered=True)
+    completed = await complete_health_goal(
+        kit.coordinator, user_id=user_id, goal_id=goal_id, completion_value=Decimal(9500)
+    )
+    assert (await kit.settle(completed)).status is SagaStatus.COMPLETED
+    [completed_child] = await children(kit, completed)
+    uncovered, other_goal = await goal_scene(kit, covered=False)
+    compensated = await complete_health_goal(
+        kit.coordinator, user_id=uncovered, goal_id=other_goal, completion_value=Decimal(9500)
+    )
+    assert (await kit.settle(compensated)).status is SagaStatus.COMPENSATED
+    [compensated_child] = await children(kit, compensated)
+    ids = [completed, completed_child, compensated, compensated_child]
+    (await check_invariants(kit.database, saga_ids=ids)).raise_if_violated()
+
+    async def tamper(conn: DriverConnection) -> None:
+        await conn.execute(
+            "UPDATE plan_journey.plan_wellness_credit SET status = 'reversed', reversed_at = now() "
+            "WHERE saga_id = $1",
+            completed_child,
+        )
+        # A credit left applied by the compensated child (the member given coverage, to
+        # make the row possible).
+        member = await world.create_member(conn)
+        await conn.execute(
+            """
+            INSERT INTO plan_journey.plan_wellness_credit (
+                member_coverage_id, user_id, amount_cents, reason, source_goal_id, saga_id
+            ) VALUES ($1, $2, $3, 'meta de saúde concluída', $4, $5)
+            """,
+            member.coverage_id,
+            member.user_id,
+            WELLNESS_CREDIT_CENTS,
+            other_goal,
+            compensated_child,
+        )
+
+    await kit.scene(tamper)
+    report = await check_invariants(kit.database, saga_ids=ids)
+    found = "\n".join(report.violations)
+    assert f"complete_health_goal saga {completed} (completed): 0 applied wellness" in found
+    assert f"grant_wellness_credit saga {completed_child} (completed): 0 applied" in found
+    assert f"complete_health_goal saga {compensated} (compensated): 1 applied wellness" in found
+    assert f"grant_wellness_credit saga {compensated_child} (compensated): 1 applied" in found
+    assert len(report.violations) == 4, report.violations
