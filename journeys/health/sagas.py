@@ -23,7 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from journeys.plan.sagas import GRANT_WELLNESS_CREDIT
-from saga import Coordinator, IsolationLevel, SagaDefinition, Step, SubSaga
+from saga import Coordinator, IsolationLevel, SagaDefinition, Step, SubSaga, UnknownDefinition
 
 WELLNESS_CREDIT_CENTS = 500
 
@@ -116,6 +116,17 @@ async def complete_health_goal(
         "source_journey": "health",
         "award_reason": "goal_completed",
     }
+    await _know_the_child(coordinator)
     return await coordinator.start(
         COMPLETE_HEALTH_GOAL_V2, payload, idempotency_key=idempotency_key
     )
+
+
+async def _know_the_child(coordinator: Coordinator) -> None:
+    """Register the child saga unless it is stored: starting the parent registers it on
+    first use, which needs its child known (the services register both; a coordinator
+    that only starts sagas may come first). A stored definition is then cached."""
+    try:
+        await coordinator.definition(*GRANT_WELLNESS_CREDIT.key)
+    except UnknownDefinition:
+        await coordinator.register(GRANT_WELLNESS_CREDIT)

@@ -27,6 +27,8 @@ from saga.participant.journey import discover_journeys
 from saga.settings import Settings
 from saga.store.driver import DriverConnection
 from saga.testing import SagaTestEnvironment
+from tests.integration.conftest import SagaEnvironment
+from tests.integration.sagas import starter
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +228,25 @@ async def test_the_invariants_answer_for_the_credit_through_the_child(
     assert f"complete_health_goal saga {compensated} (compensated): 1 applied wellness" in found
     assert f"grant_wellness_credit saga {compensated_child} (compensated): 1 applied" in found
     assert len(report.violations) == 4, report.violations
+
+
+async def test_a_coordinator_that_registered_nothing_starts_the_goal_with_its_child_known(
+    saga_env: SagaEnvironment,
+) -> None:
+    """A process that only starts sagas (the services register theirs elsewhere, maybe
+    later) registers version 2 on first use, which needs its child stored first."""
+    user_id, goal_id = await saga_env.database.run_driver(_member_and_goal)
+    async with starter(saga_env) as coordinator:
+        saga_id = await complete_health_goal(
+            coordinator, user_id=user_id, goal_id=goal_id, completion_value=Decimal(9500)
+        )
+        known = await coordinator.definition(*GRANT_WELLNESS_CREDIT.key)
+        summary = await coordinator.status(saga_id)
+    assert known == GRANT_WELLNESS_CREDIT
+    # No participant runs here: the saga stays at its first step.
+    assert summary.status is SagaStatus.RUNNING
+
+
+async def _member_and_goal(conn: DriverConnection) -> tuple[uuid.UUID, uuid.UUID]:
+    user_id = (await world.create_member(conn)).user_id
+    return user_id, await world.create_goal(conn, user_id)
