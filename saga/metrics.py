@@ -48,6 +48,14 @@ STEP_TIMEOUTS = Counter(
     "Step or compensation attempts that had no reply by their deadline",
     ["definition", "step", "phase"],
 )
+CHILD_CHECKS = Counter(
+    "saga_child_checks",
+    "Looks of a parent at the child saga it waits on, by what they found: waiting (the "
+    "child has not ended), end_found (an end whose message never came: a broker lost it), "
+    "asked_again (the child had not acted on the request to compensate, sent again), "
+    "parked (the child is gone from the log)",
+    ["definition", "found"],
+)
 SAGAS_EXPIRED = Counter(
     "saga_deadline_expired",
     "Sagas compensated (or parked) because they outran their overall deadline",

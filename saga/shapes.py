@@ -188,6 +188,11 @@ class SubSaga:
     """The child's payload: each field a reference to the parent's payload or context
     (``{"amount_cents": "context.credit_cents"}``)."""
 
+    check_every: float = field(default=30.0, kw_only=True)
+    """Seconds between the parent's looks at its child while it waits on it. The child's
+    end (and the parent's request that it compensate) travel as messages; one lost with
+    a broker is found at the next look, which reads the child's row instead."""
+
     kind: ClassVar[str] = "sub_saga"
 
     def __post_init__(self) -> None:

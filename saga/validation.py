@@ -218,6 +218,11 @@ class _Walk:
             raise self.fail("the saga starts itself as its own child", step=label)
         if not isinstance(sub.payload, Mapping):
             raise self.fail("the child payload must map field names to references", step=label)
+        if not positive_seconds(sub.check_every):
+            raise self.fail(
+                f"check_every must be a finite number > 0 seconds, got {sub.check_every!r}",
+                step=label,
+            )
         for field, reference in sub.payload.items():
             problem = field_name_problem(field) or reference_problem(reference)
             if problem is not None:

@@ -15,11 +15,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from saga.definition import SagaDefinition
 from saga.errors import DefinitionError
-from saga.machine import SagaStatus, Transition, begin, child_idempotency_key
+from saga.machine import (
+    ChildEnded,
+    CompensateChild,
+    LogEntry,
+    LogStatus,
+    Phase,
+    SagaStatus,
+    Transition,
+    advance,
+    begin,
+    child_idempotency_key,
+)
 from saga.messages import TRACEPARENT, ChildEnd, CompensateChildRequest
 from saga.shapes import SubSaga
 from saga.store.records import InstanceRow, OutboxRow
@@ -99,6 +111,45 @@ def compensate_child_request(
         reason=reason,
     )
     return _row(message.message_id, topic, message.key, message.to_bytes(), message.trace)
+
+
+def child_check(
+    definition: SagaDefinition, parent: InstanceRow, child: InstanceRow | None
+) -> Transition:
+    """What a parent waiting on its child does when its look at the child comes due
+    (``SubSaga.check_every`` after it last moved; the timeout worker claims it).
+
+    The child's end reaches the parent as a message, and so does the parent's request
+    that the child compensate: a broker that loses one would leave the parent waiting for
+    ever. So the parent reads the child's row. An end it has not applied is applied now,
+    as the message would have been (the message, if it comes after all, is then stale and
+    ignored). A request to compensate that the child has not acted on is sent again (the
+    child ignores one it has). Otherwise nothing changes and the parent looks again later.
+    """
+    state = parent.state
+    link = state.child
+    assert link is not None, "child_check is for a parent at a child saga position"
+    index = state.current_step
+    if child is None:
+        # Retention keeps a saga until it has been finished a while, so this is a log
+        # edited by hand: only a person can say what the child did.
+        child_id = child_saga_id(parent.id, index, link.attempt)
+        why = f"its child saga {child_id} (step {sub_saga_at(definition, index).name!r}) is gone"
+        entry = LogEntry(index, link.phase, LogStatus.FAILED, link.attempt, error=why)
+        return Transition(replace(state, status=SagaStatus.PARKED, error=why), (entry,))
+    found = child.state
+    if found.status.finished:
+        ended = ChildEnded(index, link.attempt, found.status, found.context, found.error)
+        applied = advance(definition, state, ended, payload=parent.payload)
+        if applied.ignored is None:
+            return applied
+    if link.phase is Phase.COMPENSATE and found.status in _NOT_YET_UNDOING:
+        return Transition(state, compensate_child=CompensateChild(index, link.attempt))
+    return Transition(state)
+
+
+# A child in one of these has not acted on its parent's request to compensate.
+_NOT_YET_UNDOING = frozenset({SagaStatus.COMPLETED, SagaStatus.RUNNING, SagaStatus.WAITING})
 
 
 def sub_saga_at(definition: SagaDefinition, step_index: int) -> SubSaga:

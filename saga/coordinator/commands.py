@@ -20,6 +20,7 @@ from saga.coordinator.children import (
     child_end_notice,
     child_saga_id,
     compensate_child_request,
+    sub_saga_at,
 )
 from saga.definition import SagaDefinition, Step
 from saga.errors import UsageError
@@ -354,6 +355,9 @@ def _prepare_shaped(
         deadline_in = wait.timeout
     elif plain:
         deadline_in = plain[0].delay + command_step(definition, plain[0].step_index, None).timeout
+    elif state.child is not None and state.status.in_flight:
+        # Not a timeout: when it comes due the worker looks at the child (child_check).
+        deadline_in = sub_saga_at(definition, state.current_step).check_every
     rows = log_rows(
         instance.id,
         definition,

@@ -71,6 +71,11 @@ class ClaimedSagas(Protocol):
         """Like :meth:`SagaLog.kept_signal`, inside the claim's transaction."""
         ...
 
+    async def load_instance(self, saga_id: uuid.UUID) -> InstanceRow | None:
+        """Like :meth:`SagaLog.load_instance`, inside the claim's transaction (not locked:
+        a claimed parent reads its child's latest committed state)."""
+        ...
+
 
 class LockedSaga(Protocol):
     """One saga locked for a signal (:meth:`SagaLog.signal_unit`) until the unit returns."""

@@ -278,6 +278,9 @@ class _Claim:
     ) -> StoredSignal | None:
         return await saga_log.kept_signal(self._conn, saga_id, event, excluding)
 
+    async def load_instance(self, saga_id: uuid.UUID) -> InstanceRow | None:
+        return await saga_log.load_instance(self._conn, saga_id)
+
 
 class _Locked:
     """A saga locked by the transaction of ``conn``: the port's ``LockedSaga``."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import pytest
 
@@ -28,14 +29,14 @@ from saga.machine import (
     child_idempotency_key,
     command_message_id,
 )
-from saga.messages import Reply
+from saga.messages import Reply, decode
 from saga.operator.queries import FamilyLink, saga_family
 from saga.shapes import SubSaga
 from saga.store import saga_log
 from saga.store.outbox import PendingMessage
 from saga.store.records import InstanceRow
-from saga.transport import Topics
-from saga.worker.jobs.timeouts import SAGA_DEADLINES
+from saga.transport import OutgoingMessage, Producer, Topics
+from saga.worker.jobs.timeouts import SAGA_DEADLINES, STEP_TIMEOUTS
 from tests.integration.conftest import SagaEnvironment
 from tests.integration.sagas import (
     BOOKING,
@@ -60,13 +61,11 @@ CHILD_PAYLOAD = {
 }
 
 
-def parent(name: str, *, timeout: float | None = None) -> SagaDefinition:
-    return SagaDefinition(
-        name,
-        1,
-        [RESERVE, SubSaga("credit", CHILD.key, payload=CHILD_PAYLOAD), CONFIRM],
-        timeout=timeout,
-    )
+def parent(
+    name: str, *, timeout: float | None = None, check_every: float = 30.0
+) -> SagaDefinition:
+    sub = SubSaga("credit", CHILD.key, payload=CHILD_PAYLOAD, check_every=check_every)
+    return SagaDefinition(name, 1, [RESERVE, sub, CONFIRM], timeout=timeout)
 
 
 def parent_payload(**overrides: Any) -> dict[str, Any]:
@@ -217,7 +216,8 @@ async def test_a_parked_child_leaves_its_parent_running_and_both_are_visible(
     assert child["status"] == "parked"
     assert parent_row["status"] == "running"
     assert parent_row["shape_state"]["child_id"] == str(child["id"])
-    assert parent_row["step_deadline"] is None  # the child has its own deadlines
+    # Not a timeout (the child has its own deadlines): when the parent looks at its child.
+    assert parent_row["step_deadline"] is not None
 
 
 async def test_a_repeated_start_does_not_start_a_second_child(
@@ -388,3 +388,102 @@ async def test_a_duplicate_reply_to_the_parent_does_not_start_a_second_child(
         )
     )
     assert ignored == 1
+
+
+class Losing(Producer):
+    """Reports as sent, but never delivers, the first ``budget`` messages of the kinds in
+    ``lost``: what a broker that acknowledged them and then lost them (a restart without
+    persistence) does. Everything else goes through the real broker."""
+
+    lost: ClassVar[dict[str, int]] = {}
+    dropped: ClassVar[list[str]] = []
+
+    def _keep(self, message: OutgoingMessage) -> bool:
+        kind = decode(message.value).kind
+        if self.lost.get(kind, 0) > 0:
+            self.lost[kind] -= 1
+            self.dropped.append(kind)
+            return False
+        return True
+
+    async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[BaseException | None]:
+        kept = [m for m in messages if self._keep(m)]
+        results = iter(await super().send_many(kept))
+        return [next(results) if m in kept else None for m in messages]
+
+    async def send(self, message: OutgoingMessage) -> None:
+        if self._keep(message):
+            await super().send(message)
+
+
+@pytest.mark.parametrize(
+    ("payload", "parent_status", "child_status"),
+    [
+        (parent_payload(), SagaStatus.COMPLETED, "completed"),
+        (parent_payload(child_refuse="award"), SagaStatus.COMPENSATED, "compensated"),
+    ],
+    ids=["child_completed", "child_compensated"],
+)
+async def test_a_childs_end_the_broker_loses_is_found_when_the_parent_looks(
+    saga_env: SagaEnvironment,
+    payload: dict[str, Any],
+    parent_status: SagaStatus,
+    child_status: str,
+) -> None:
+    env = saga_env
+    definition = parent(f"child_end_lost_{child_status}", check_every=0.5)
+    await create_effect_tables(env.database)
+    Losing.lost, Losing.dropped = {"child_end": 1}, []
+    worker = worker_for(env, STEP_TIMEOUTS, schedule="step_timeouts=0.1")
+    async with (
+        cluster(env.settings, env.database, env.bootstrap) as running_cluster,
+        running(worker),
+    ):
+        coordinator = running_cluster.coordinators[0]
+        coordinator.runtime.producer.__class__ = Losing
+        await coordinator.register(CHILD)
+        saga_id = await coordinator.start(definition, payload)
+        summary = await coordinator.wait(saga_id, timeout=30)
+
+    assert Losing.dropped == ["child_end"]
+    assert summary.status is parent_status
+    [child] = await children_of(env, saga_id)
+    assert child["status"] == child_status
+    if parent_status is SagaStatus.COMPLETED:
+        assert dict(summary.context)["credit"] is not None
+        assert await effects(env.database, saga_id) == ["confirm", "reserve"]
+    else:
+        assert await effects(env.database, saga_id) == []
+        assert await effects(env.database, child["id"]) == []
+
+
+async def test_a_request_to_compensate_the_broker_loses_is_sent_again(
+    saga_env: SagaEnvironment,
+) -> None:
+    env = saga_env
+    definition = parent("child_undo_lost", check_every=0.5)
+    await create_effect_tables(env.database)
+    Losing.lost, Losing.dropped = {"compensate_child": 1}, []
+    worker = worker_for(env, STEP_TIMEOUTS, schedule="step_timeouts=0.1")
+    async with (
+        cluster(env.settings, env.database, env.bootstrap) as running_cluster,
+        running(worker),
+    ):
+        coordinator = running_cluster.coordinators[0]
+        coordinator.runtime.producer.__class__ = Losing
+        await coordinator.register(CHILD)
+        saga_id = await coordinator.start(definition, parent_payload(refuse="confirm"))
+        summary = await coordinator.wait(saga_id, timeout=30)
+
+    assert Losing.dropped == ["compensate_child"]
+    assert summary.status is SagaStatus.COMPENSATED
+    [child] = await children_of(env, saga_id)
+    assert child["status"] == "compensated"
+    assert await executions(env.database, child["id"]) == [
+        ("authorize", "do"),
+        ("award", "do"),
+        ("award", "undo"),
+        ("authorize", "undo"),
+    ]
+    assert await effects(env.database, child["id"]) == []
+    assert await effects(env.database, saga_id) == []

@@ -4,17 +4,22 @@ only when a child's transition ends it, and envelopes that decode as what they a
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
 from saga.coordinator.children import (
+    child_check,
     child_end_notice,
     child_saga_id,
     compensate_child_request,
 )
 from saga.errors import MalformedMessage
-from saga.machine import InstanceState, SagaStatus
+from saga.definition import SagaDefinition, Step
+from saga.step import NoCompensation
+from saga.machine import ChildLink, CompensateChild, InstanceState, Phase, SagaStatus
 from saga.messages import ChildEnd, CompensateChildRequest, decode
+from saga.shapes import SubSaga
 from saga.store.records import InstanceRow, ParentLink
 
 PARENT = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -105,3 +110,97 @@ def test_a_child_message_with_a_bad_status_is_refused_naming_it() -> None:
     spoiled = row.payload.replace(b'"completed"', b'"finished"')
     with pytest.raises(MalformedMessage, match="status"):
         decode(spoiled)
+
+
+# --- the parent's look at its child (child_check) ---------------------------------------------
+
+CREDIT = SagaDefinition(
+    "credit", 1, [Step(name="grant", journey="plan", action="grant", compensation="revoke")]
+)
+PARENT_DEFINITION = SagaDefinition(
+    "goal",
+    1,
+    [
+        Step(name="complete", journey="health", action="complete", compensation="reopen"),
+        SubSaga("credit", CREDIT.key, check_every=5.0),
+        Step(
+            name="notify",
+            journey="gamification",
+            action="notify",
+            no_compensation=NoCompensation.LAST,
+        ),
+    ],
+)
+
+
+def waiting_parent(phase: Phase) -> InstanceRow:
+    status = SagaStatus.RUNNING if phase is Phase.EXECUTE else SagaStatus.COMPENSATING
+    error = None if phase is Phase.EXECUTE else "step 'notify' failed: refused"
+    state = InstanceState(status, 1, 1, {}, error, child=ChildLink(1, phase))
+    return InstanceRow(PARENT, "goal", 1, state, {}, 7, None)
+
+
+def child_in(status: SagaStatus, context: dict[str, Any] | None = None) -> InstanceRow:
+    state = InstanceState(status, 0, 1, context or {}, None)
+    link = ParentLink(PARENT, 1, 1)
+    return InstanceRow(child_saga_id(PARENT, 1, 1), "credit", 1, state, {}, 4, None, parent=link)
+
+
+def test_a_completed_child_whose_end_was_lost_moves_its_parent_on() -> None:
+    decided = child_check(
+        PARENT_DEFINITION,
+        waiting_parent(Phase.EXECUTE),
+        child_in(SagaStatus.COMPLETED, {"credit_id": "c-1"}),
+    )
+    assert decided.ignored is None
+    assert decided.state.current_step == 2
+    assert decided.state.context == {"credit": {"credit_id": "c-1"}}
+    assert decided.dispatch is not None and decided.dispatch.step_index == 2
+
+
+def test_a_compensated_child_whose_end_was_lost_compensates_its_parent() -> None:
+    decided = child_check(
+        PARENT_DEFINITION, waiting_parent(Phase.EXECUTE), child_in(SagaStatus.COMPENSATED)
+    )
+    assert decided.state.status is SagaStatus.COMPENSATING
+    assert decided.state.current_step == 0
+
+
+@pytest.mark.parametrize(
+    "status", [SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING, SagaStatus.PARKED]
+)
+def test_a_child_not_ended_leaves_the_parent_as_it_is(status: SagaStatus) -> None:
+    parent = waiting_parent(Phase.EXECUTE)
+    decided = child_check(PARENT_DEFINITION, parent, child_in(status))
+    assert (decided.ignored, decided.state, decided.log) == (None, parent.state, ())
+    assert decided.compensate_child is None
+
+
+@pytest.mark.parametrize("status", [SagaStatus.COMPLETED, SagaStatus.RUNNING, SagaStatus.WAITING])
+def test_a_child_that_did_not_act_on_the_request_to_compensate_is_asked_again(
+    status: SagaStatus,
+) -> None:
+    parent = waiting_parent(Phase.COMPENSATE)
+    decided = child_check(PARENT_DEFINITION, parent, child_in(status))
+    assert decided.state == parent.state
+    assert decided.compensate_child == CompensateChild(1, 1)
+
+
+def test_a_child_compensating_on_request_is_left_to_finish() -> None:
+    parent = waiting_parent(Phase.COMPENSATE)
+    decided = child_check(PARENT_DEFINITION, parent, child_in(SagaStatus.COMPENSATING))
+    assert (decided.state, decided.compensate_child) == (parent.state, None)
+
+
+def test_a_child_compensated_on_request_lets_the_parent_go_on_undoing() -> None:
+    decided = child_check(
+        PARENT_DEFINITION, waiting_parent(Phase.COMPENSATE), child_in(SagaStatus.COMPENSATED)
+    )
+    assert decided.state.status is SagaStatus.COMPENSATING
+    assert decided.state.current_step == 0
+
+
+def test_a_child_gone_from_the_log_parks_its_parent() -> None:
+    decided = child_check(PARENT_DEFINITION, waiting_parent(Phase.EXECUTE), None)
+    assert decided.state.status is SagaStatus.PARKED
+    assert "is gone" in (decided.state.error or "")

@@ -197,6 +197,12 @@ MISTAKES = [
     pytest.param([SubSaga("c", ("Child", 0))], "c", "a (name, version) pair", id="bad-child-key"),
     pytest.param([SubSaga("c", ("shapes", 1))], "c", "starts itself", id="self-child"),
     pytest.param(
+        [SubSaga("c", ("child", 1), check_every=0)],
+        "c",
+        "check_every must be a finite number > 0 seconds, got 0",
+        id="child-check-every",
+    ),
+    pytest.param(
         [retriable("r"), SubSaga("c", ("child", 1))],
         "c",
         "a child saga (it may end compensated)",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from saga import alerts, metrics
-from saga.coordinator.children import needed_children
+from saga.coordinator.children import child_check, child_saga_id, needed_children
 from saga.coordinator.commands import (
     ConsumedSignal,
     PreparedWrite,
@@ -58,7 +58,7 @@ from saga.worker.job import BatchResult, Job, JobContext
 
 log = structlog.get_logger("saga.worker")
 
-Decide = Callable[[SagaDefinition, InstanceRow], Transition]
+Decide = Callable[[SagaDefinition, InstanceRow, ClaimedSagas], Awaitable[Transition]]
 Claim = Callable[[int, SettleClaimed["list[_Written]"]], Awaitable["list[_Written]"]]
 
 
@@ -72,8 +72,14 @@ class _Written:
     prepared: PreparedWrite | None
 
 
-def _timed_out(definition: SagaDefinition, instance: InstanceRow) -> Transition:
+async def _timed_out(
+    definition: SagaDefinition, instance: InstanceRow, claimed: ClaimedSagas
+) -> Transition:
     state = instance.state
+    if state.child is not None:
+        # A parent waiting on its child: not a timeout, a look at the child's row.
+        child_id = child_saga_id(instance.id, state.current_step, state.child.attempt)
+        return child_check(definition, instance, await claimed.load_instance(child_id))
     if state.status is SagaStatus.WAITING:
         return advance(definition, state, WaitExpired(state.current_step), payload=instance.payload)
     if state.branches:
@@ -115,7 +121,9 @@ def _branches_timed_out(definition: SagaDefinition, instance: InstanceRow) -> Tr
     return decided
 
 
-def _expired(definition: SagaDefinition, instance: InstanceRow) -> Transition:
+async def _expired(
+    definition: SagaDefinition, instance: InstanceRow, claimed: ClaimedSagas
+) -> Transition:
     limit = f"{definition.timeout:g} s" if definition.timeout is not None else "its deadline"
     return expire(definition, instance.state, f"saga deadline passed (took longer than {limit})")
 
@@ -133,7 +141,7 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
             if definition is None:
                 written.append(await _park_undriveable(claimed, instance))
                 continue
-            transition = decide(definition, instance)
+            transition = await decide(definition, instance, claimed)
             if transition.ignored is not None:
                 continue  # nothing to do: e.g. a compensating saga past its deadline
             signals: tuple[ConsumedSignal, ...] = ()
@@ -189,6 +197,9 @@ def _count(item: _Written, job: str, counts: Counter[str]) -> None:
         phase=before.phase.value,
         attempt=before.step_attempt,
     ):
+        if job == STEP_TIMEOUTS.name and before.child is not None:
+            _count_child_check(item, counts)
+            return
         if job == STEP_TIMEOUTS.name:
             metrics.STEP_TIMEOUTS.labels(
                 item.definition_name, item.step_name, before.phase.value
@@ -213,6 +224,26 @@ def _count(item: _Written, job: str, counts: Counter[str]) -> None:
                 reason=summarize(after.error),
                 next_step=after.current_step,
             )
+
+
+def _count_child_check(item: _Written, counts: Counter[str]) -> None:
+    before, after = item.instance.state, item.state
+    if after.status is SagaStatus.PARKED:
+        found = "parked"
+        alerts.saga_parked(item.instance.id, item.definition_name, after.error)
+    elif after != before:
+        found = "end_found"
+        # The child's end came from its row: a message between them was lost.
+        log.warning("child_end_found_by_check", status=after.status.value)
+        if after.status.finished:
+            metrics.count_finished(item.definition_name, after.status)
+    elif item.prepared is not None and item.prepared.sends:
+        found = "asked_again"
+        log.warning("child_asked_again_to_compensate")
+    else:
+        found = "waiting"
+    counts[f"child_{found}"] += 1
+    metrics.CHILD_CHECKS.labels(item.definition_name, found).inc()
 
 
 async def _park_undriveable(claimed: ClaimedSagas, instance: InstanceRow) -> _Written:
