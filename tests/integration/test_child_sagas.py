@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import pytest
@@ -61,9 +61,7 @@ CHILD_PAYLOAD = {
 }
 
 
-def parent(
-    name: str, *, timeout: float | None = None, check_every: float = 30.0
-) -> SagaDefinition:
+def parent(name: str, *, timeout: float | None = None, check_every: float = 30.0) -> SagaDefinition:
     sub = SubSaga("credit", CHILD.key, payload=CHILD_PAYLOAD, check_every=check_every)
     return SagaDefinition(name, 1, [RESERVE, sub, CONFIRM], timeout=timeout)
 

@@ -14,12 +14,12 @@ from saga.coordinator.children import (
     child_saga_id,
     compensate_child_request,
 )
-from saga.errors import MalformedMessage
 from saga.definition import SagaDefinition, Step
-from saga.step import NoCompensation
+from saga.errors import MalformedMessage
 from saga.machine import ChildLink, CompensateChild, InstanceState, Phase, SagaStatus
 from saga.messages import ChildEnd, CompensateChildRequest, decode
 from saga.shapes import SubSaga
+from saga.step import NoCompensation
 from saga.store.records import InstanceRow, ParentLink
 
 PARENT = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -155,7 +155,8 @@ def test_a_completed_child_whose_end_was_lost_moves_its_parent_on() -> None:
     assert decided.ignored is None
     assert decided.state.current_step == 2
     assert decided.state.context == {"credit": {"credit_id": "c-1"}}
-    assert decided.dispatch is not None and decided.dispatch.step_index == 2
+    assert decided.dispatch is not None
+    assert decided.dispatch.step_index == 2
 
 
 def test_a_compensated_child_whose_end_was_lost_compensates_its_parent() -> None:
