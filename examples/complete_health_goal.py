@@ -1,10 +1,12 @@
 """Complete a health goal: the saga the health service starts when a member meets a goal.
 
 health record_goal_completion (and the reading that proves it, validated like every
-metric) → gamification award_points → plan apply_wellness_credit (Serializable: a credit
-on the member's coverage). A goal that is not met is refused (``goal ...``), a reading out
-of range as ``invalid metric: ...``, a member without coverage as ``not covered: ...``;
-either way the steps before are undone in reverse order.
+metric) → gamification award_points → the child saga grant_wellness_credit (plan
+apply_wellness_credit, Serializable: a credit on the member's coverage), its own saga
+so that other flows can start it too. A goal that is not met is refused (``goal ...``),
+a reading out of range as ``invalid metric: ...``; a member without coverage makes the
+child refuse as ``not covered: ...`` and end compensated, and the parent then undoes the
+award and the completion in reverse order.
 
 The health service starts it through one call that builds the payload and returns the
 saga's id at once; whoever wants the outcome waits for it:
@@ -18,9 +20,11 @@ saga's id at once; whoever wants the outcome waits for it:
     )
     outcome = await coordinator.wait(saga_id)  # completed, compensated or parked
 
-This script prints the definition, then completes a member's goal (completes) and the goal
-of a member without coverage to credit (compensated), printing each saga's timeline and the
-rows it touched. It runs against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS when they are set
+This script prints the parent's definition and its child's, then completes a member's
+goal (completes, and so does its child) and the goal of a member without coverage to
+credit (the child and then the parent compensated), printing the timeline of each parent
+and of its child (``saga show <parent>`` lists the child) and the rows they touched. It
+runs against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS when they are set
 (the database migrated), else against an embedded PostgreSQL and broker started for the
 run:
 
@@ -35,10 +39,12 @@ import sys
 
 from outline import print_outline
 
-from journeys.health.sagas import COMPLETE_HEALTH_GOAL, complete_health_goal
+from journeys.health.sagas import COMPLETE_HEALTH_GOAL_V2, complete_health_goal
+from journeys.plan.sagas import GRANT_WELLNESS_CREDIT
 from journeys.scenarios import SCENARIOS
 from saga import run_standalone
 
 if __name__ == "__main__":
-    print_outline(COMPLETE_HEALTH_GOAL, complete_health_goal)
+    print_outline(COMPLETE_HEALTH_GOAL_V2, complete_health_goal)
+    print_outline(GRANT_WELLNESS_CREDIT, None)
     sys.exit(run_standalone([s for s in SCENARIOS if s.name == "complete_health_goal"]))

@@ -17,10 +17,11 @@ def _step(step: Step) -> str:
     )
 
 
-def print_outline(definition: SagaDefinition, start: Callable[..., Any]) -> None:
+def print_outline(definition: SagaDefinition, start: Callable[..., Any] | None) -> None:
     """The definition's positions (who runs what, at which isolation, undone by what; a
-    parallel group's branches together; what a wait waits for) and the signature of the
-    function its journey starts it with."""
+    parallel group's branches together; what a wait waits for; which child saga starts,
+    with what payload) and the signature of the function its journey starts it with
+    (``None``: a saga that other sagas start as their child)."""
     print(f"{definition.name} v{definition.version}: {len(definition.positions)} positions")
     for number, position in enumerate(definition.positions, 1):
         if isinstance(position, Step):
@@ -37,7 +38,15 @@ def print_outline(definition: SagaDefinition, start: Callable[..., Any]) -> None
             )
         elif isinstance(position, SubSaga):
             child, version = position.definition
-            print(f"  {number}. child saga {child} v{version} as {position.name!r}")
+            fields = ", ".join(f"{k}={v}" for k, v in position.payload.items()) or "nothing"
+            print(
+                f"  {number}. child saga {child} v{version} as {position.name!r}, "
+                f"its payload {fields}; done when the child ends"
+            )
+    if start is None:
+        print("started as a child saga by the sagas that need it")
+        print()
+        return
     signature = inspect.signature(start)
     bare = signature.replace(
         parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],

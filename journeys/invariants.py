@@ -422,15 +422,44 @@ complete_health_goal AS (
         SELECT count(*) AS applied, string_agg(id::text, ', ') AS applied_ids,
                min(source_goal_id::text)::uuid AS source_goal_id
         FROM plan_journey.plan_wellness_credit
-        WHERE saga_id = s.id AND status = 'applied' AND deleted_at IS NULL
+        WHERE status = 'applied' AND deleted_at IS NULL AND saga_id IN (
+            -- v1 applies the credit itself; v2's child grant_wellness_credit does: the
+            -- credit's effects are the child's, and the parent answers for them.
+            SELECT s.id
+            UNION ALL
+            SELECT c.id FROM shared.saga_instance c WHERE c.parent_id = s.id
+        )
     ) w
     {LEDGER}
     WHERE s.definition_name = 'complete_health_goal'
+),
+grant_wellness_credit AS (
+    SELECT s.id, s.definition_name, s.status, array_remove(ARRAY[
+        CASE WHEN s.status = 'completed' AND w.applied <> 1 THEN format(
+            '%s applied wellness credits (%s), expected exactly 1',
+            w.applied, coalesce(w.applied_ids, 'none')) END,
+        CASE WHEN s.status = 'completed' AND w.applied = 1
+                  AND w.source_goal_id IS DISTINCT FROM pl.goal_id THEN format(
+            'wellness credit %s is for goal %s, the payload''s is %s',
+            w.applied_ids, w.source_goal_id, pl.goal_id) END,
+        CASE WHEN s.status = 'compensated' AND w.applied > 0 THEN format(
+            '%s applied wellness credits left (%s)', w.applied, w.applied_ids) END
+    ], NULL) AS problems
+    FROM checked s
+    CROSS JOIN LATERAL (SELECT {_payload_uuid("goal_id")} AS goal_id) pl
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS applied, string_agg(id::text, ', ') AS applied_ids,
+               min(source_goal_id::text)::uuid AS source_goal_id
+        FROM plan_journey.plan_wellness_credit
+        WHERE saga_id = s.id AND status = 'applied' AND deleted_at IS NULL
+    ) w
+    WHERE s.definition_name = 'grant_wellness_credit'
 )
 SELECT * FROM (
     SELECT * FROM book_appointment
     UNION ALL SELECT * FROM submit_claim
     UNION ALL SELECT * FROM complete_health_goal
+    UNION ALL SELECT * FROM grant_wellness_credit
 ) found
 WHERE cardinality(problems) > 0
 ORDER BY definition_name, id

@@ -2,7 +2,8 @@
 a later step: the examples run one each, the demo runs all three. The booking runs as
 version 2 (the slot and the coverage in one parallel group); the claim that succeeds is
 above the review threshold, so it waits for a plan auditor's ``claim_reviewed`` signal,
-which the scenario sends as ``saga signal`` would.
+which the scenario sends as ``saga signal`` would; the health goal starts its wellness
+credit as a child saga (``grant_wellness_credit``), whose timeline follows its parent's.
 
 Each scenario builds its own scene (a member, a provider, slots, a goal) with
 :mod:`journeys.world`, starts the sagas through the services that own them, waits for them
@@ -46,6 +47,25 @@ async def _expect(
             f"saga {saga_id} ended {summary.status.value}, expected {expected.value}"
             f" ({summary.error or 'no reason given'})"
         )
+
+
+async def _expect_child(
+    services: RunningServices, parent_id: uuid.UUID, expected: SagaStatus, say: Say
+) -> None:
+    """Print the timeline of the parent's one child saga, as ``saga show`` lists it."""
+
+    async def children(conn: Connection) -> list[uuid.UUID]:
+        rows = await conn.fetch(
+            "SELECT id FROM shared.saga_instance WHERE parent_id = $1 ORDER BY started_at, id",
+            parent_id,
+        )
+        return [row["id"] for row in rows]
+
+    found = await services.database.run_driver(children, transaction=False)
+    if len(found) != 1:
+        raise ScenarioFailed(f"saga {parent_id} started {len(found)} child sagas, expected 1")
+    say(f"its child saga (saga show {parent_id} lists it):")
+    await _expect(services, found[0], expected, say)
 
 
 def _reais(cents: int) -> str:
@@ -210,8 +230,9 @@ async def claim(services: RunningServices, say: Say) -> None:
 
 
 async def health_goal(services: RunningServices, say: Say) -> None:
-    """Complete a steps goal (completes), then another member's goal with no coverage to
-    credit: plan refuses, gamification revokes the points, health reopens the goal."""
+    """Complete a steps goal (completes, its child saga granting the credit), then another
+    member's goal with no coverage to credit: plan refuses, the child is compensated,
+    gamification revokes the points, health reopens the goal."""
 
     async def scene(conn: Connection) -> tuple[world.Member, uuid.UUID, uuid.UUID, uuid.UUID]:
         member = await world.create_member(conn, name="Fernanda Alves")
@@ -230,6 +251,7 @@ async def health_goal(services: RunningServices, say: Say) -> None:
         metric_type="steps",
     )
     await _expect(services, first, SagaStatus.COMPLETED, say)
+    await _expect_child(services, first, SagaStatus.COMPLETED, say)
     say("completing the same kind of goal for a member with no active coverage")
     second = await complete_health_goal(
         services.coordinator,
@@ -239,6 +261,7 @@ async def health_goal(services: RunningServices, say: Say) -> None:
         metric_type="steps",
     )
     await _expect(services, second, SagaStatus.COMPENSATED, say)
+    await _expect_child(services, second, SagaStatus.COMPENSATED, say)
     await _show(
         services,
         say,

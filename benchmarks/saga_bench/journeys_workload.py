@@ -27,9 +27,9 @@ from benchmarks.saga_bench.journey_scene import LARGE_LIMIT_CENTS, SMALL_LIMIT_C
 from benchmarks.saga_bench.results import InvariantFigures
 from benchmarks.saga_bench.workload import Starter, Verdict
 from journeys.care.sagas import BOOK_APPOINTMENT_VERSIONS
-from journeys.health.sagas import COMPLETE_HEALTH_GOAL
+from journeys.health.sagas import COMPLETE_HEALTH_GOAL_VERSIONS
 from journeys.invariants import check_invariants
-from journeys.plan.sagas import SUBMIT_CLAIM_VERSIONS
+from journeys.plan.sagas import GRANT_WELLNESS_CREDIT, SUBMIT_CLAIM_VERSIONS
 from saga.definition import SagaDefinition
 from saga.settings import load_settings, to_plain_url
 from saga.store import Database
@@ -89,7 +89,9 @@ class Journeys:
     definitions: Sequence[SagaDefinition] = (
         *BOOK_APPOINTMENT_VERSIONS,
         *SUBMIT_CLAIM_VERSIONS,
-        COMPLETE_HEALTH_GOAL,
+        # The child first: complete_health_goal v2 starts it.
+        GRANT_WELLNESS_CREDIT,
+        *COMPLETE_HEALTH_GOAL_VERSIONS,
     )
 
     def commands(self, level: int) -> dict[str, list[str]]:

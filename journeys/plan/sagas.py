@@ -101,6 +101,25 @@ SUBMIT_CLAIM_V2 = SagaDefinition(
 SUBMIT_CLAIM_VERSIONS = (SUBMIT_CLAIM, SUBMIT_CLAIM_V2)
 """Every registered version, oldest first: the plan service registers them all."""
 
+# Grant a wellness credit: its own saga, so that any flow can start it as a child
+# (complete_health_goal v2 does). One Serializable step, undone by reversing the credit:
+# fully compensable, so a parent may start it at a position it may later need to undo.
+# Payload: user_id, goal_id (the credit is granted once per goal) and credit_cents; a
+# member without active coverage is refused as ``not covered: ...``.
+GRANT_WELLNESS_CREDIT = SagaDefinition(
+    "grant_wellness_credit",
+    1,
+    [
+        Step(
+            name="apply_wellness_credit",
+            journey="plan",
+            action="apply_wellness_credit",
+            compensation="reverse_wellness_credit",
+            isolation=IsolationLevel.SERIALIZABLE,
+        )
+    ],
+)
+
 
 async def submit_claim(
     coordinator: Coordinator,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from journeys.plan.maintenance import VOID_ORPHAN_AUTHORIZATIONS
-from journeys.plan.sagas import SUBMIT_CLAIM_VERSIONS
+from journeys.plan.sagas import GRANT_WELLNESS_CREDIT, SUBMIT_CLAIM_VERSIONS
 from journeys.plan.steps import HANDLERS
 from saga import JourneyService, RetryPolicy
 
@@ -12,7 +12,7 @@ SERVICE = JourneyService(
     schema="plan_journey",
     database_role="austa_plan_journey",
     handlers=HANDLERS,
-    definitions=SUBMIT_CLAIM_VERSIONS,
+    definitions=(*SUBMIT_CLAIM_VERSIONS, GRANT_WELLNESS_CREDIT),
     # Every authorization and claim of a member updates their coverage row at
     # Serializable, so concurrent ones conflict and are re-run; give them room.
     retry=RetryPolicy(max_attempts=40, initial_delay=0.002, max_delay=0.1),

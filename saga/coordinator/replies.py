@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 import structlog
@@ -95,10 +96,7 @@ class ReplyProcessor:
     async def handle(self, incoming: Incoming) -> None:
         reply = decode(incoming.value)
         if isinstance(reply, ChildEnd | CompensateChildRequest):
-            with structlog.contextvars.bound_contextvars(
-                saga_id=str(reply.saga_id), traceparent=reply.trace.get(TRACEPARENT)
-            ):
-                await self._apply_child_message(reply)
+            await self._apply_child_message(reply)
             return
         if not isinstance(reply, Reply):
             raise MessageRejected(f"a {reply.kind} on the reply topic {incoming.topic}")
@@ -199,27 +197,28 @@ class ReplyProcessor:
             definition = await self._definitions(
                 instance.definition_name, instance.definition_version
             )
-            transition = _decide_child_message(definition, instance, message)
-            if transition.ignored is not None:
-                self.ignored += 1
-                log.info("child_message_ignored", kind=message.kind, reason=transition.ignored)
+            with _child_message_context(definition, instance, message):
+                transition = _decide_child_message(definition, instance, message)
+                if transition.ignored is not None:
+                    self.ignored += 1
+                    log.info("child_message_ignored", kind=message.kind, reason=transition.ignored)
+                    return
+                written, transition, prepared = await self._write(
+                    definition, instance, transition, None
+                )
+                if written is None:
+                    self.races += 1
+                    continue
+                await self._after_write(
+                    definition,
+                    instance,
+                    written,
+                    transition,
+                    prepared,
+                    action=message.kind,
+                    outcome=message.status if isinstance(message, ChildEnd) else "requested",
+                )
                 return
-            written, transition, prepared = await self._write(
-                definition, instance, transition, None
-            )
-            if written is None:
-                self.races += 1
-                continue
-            await self._after_write(
-                definition,
-                instance,
-                written,
-                transition,
-                prepared,
-                action=message.kind,
-                outcome=message.status if isinstance(message, ChildEnd) else "requested",
-            )
-            return
         raise RuntimeError(f"saga {message.saga_id} kept changing under {_MAX_RACES} attempts")
 
     async def _after_write(
@@ -353,6 +352,31 @@ def _decide_child_message(
         return expire(definition, instance.state, why)
     return Transition(
         instance.state, ignored=f"the child saga is {status.value}: nothing to ask of it now"
+    )
+
+
+def _child_message_context(
+    definition: SagaDefinition,
+    instance: InstanceRow,
+    message: ChildEnd | CompensateChildRequest,
+) -> AbstractContextManager[None]:
+    """The saga context of a child message's lines, as a reply's: the parent's position
+    that started the child (a child's end), or the child's own current position (its
+    parent's request to undo it). The engine itself is the journey: no participant runs
+    a child's start or end."""
+    state = instance.state
+    if isinstance(message, ChildEnd):
+        index, attempt = message.step_index, message.attempt
+    else:
+        index, attempt = state.current_step, state.step_attempt
+    return saga_context(
+        saga_id=instance.id,
+        definition=definition.name,
+        step=definition.positions[index].name,
+        journey="saga",
+        phase=state.phase.value,
+        attempt=attempt,
+        traceparent=message.trace.get(TRACEPARENT),
     )
 
 

@@ -52,8 +52,14 @@ def test_demo_runs_on_the_embedded_default_and_cleans_up() -> None:
     assert "inserted 0 row(s)" not in first_seed
     assert "seed run 2: inserted 0 row(s)" in out
     assert "care_journey.care_appointment:" in out
-    # The booking runs its parallel group, the claim waits for the auditor's signal.
-    for saga in ("book_appointment v2", "submit_claim v2", "complete_health_goal v1"):
+    # The booking runs its parallel group, the claim waits for the auditor's signal, the
+    # health goal starts its wellness credit as a child saga.
+    for saga in (
+        "book_appointment v2",
+        "submit_claim v2",
+        "complete_health_goal v2",
+        "grant_wellness_credit v1",
+    ):
         assert f"{saga}: completed in" in out
         assert f"{saga}: compensated in" in out
     assert "is waiting for 'claim_reviewed'" in out

@@ -20,7 +20,7 @@ EXAMPLES = {
     "two_journeys": ("place_order v1", None),
     "book_appointment": ("book_appointment v2", "book_appointment"),
     "submit_claim": ("submit_claim v2", "submit_claim"),
-    "complete_health_goal": ("complete_health_goal v1", "complete_health_goal"),
+    "complete_health_goal": ("complete_health_goal v2", "complete_health_goal"),
 }
 
 
@@ -58,6 +58,10 @@ def test_the_example_runs_its_saga_to_completion_and_to_compensation(
     if example == "submit_claim":
         assert "the plan auditor runs: saga signal " in result.stdout
         assert "signal 'claim_reviewed': accepted" in result.stdout
+    if example == "complete_health_goal":
+        assert "child saga grant_wellness_credit v1 as 'wellness_credit'" in result.stdout
+        assert "grant_wellness_credit v1: completed in" in result.stdout
+        assert "grant_wellness_credit v1: compensated in" in result.stdout
     if start is not None:
         assert f"{saga}: " in result.stdout.splitlines()[0]  # the outline comes first
         assert f"started with: saga_id = await {start}(coordinator, *, user_id" in result.stdout

@@ -96,8 +96,11 @@ async def test_scenarios_complete_and_compensate_and_keep_the_invariants(
     for scenario in SCENARIOS:
         await scenario.run(services, lines.append)
     text = "\n".join(lines)
-    assert text.count(": completed in") == 3, text
-    assert text.count(": compensated in") == 3, text
+    # Each scenario's sagas, and the health goal's two children (the wellness credit).
+    assert text.count(": completed in") == 4, text
+    assert text.count(": compensated in") == 4, text
+    assert text.count("grant_wellness_credit v1: completed in") == 1, text
+    assert text.count("grant_wellness_credit v1: compensated in") == 1, text
     (await check_invariants(services.database)).raise_if_violated()
 
 

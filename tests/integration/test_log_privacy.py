@@ -27,7 +27,7 @@ import pytest
 from journeys import world
 from journeys.care.sagas import book_appointment
 from journeys.health.sagas import complete_health_goal
-from journeys.plan.sagas import submit_claim
+from journeys.plan.sagas import GRANT_WELLNESS_CREDIT, submit_claim
 from saga.coordinator import Coordinator
 from saga.definition import SagaDefinition
 from saga.machine import SagaStatus
@@ -279,8 +279,13 @@ async def test_a_patients_data_never_reaches_the_log(
 
     # Not vacuous: the payloads and refusals were logged, masked.
     commands = [line for line in everything if line["event"] == "command_received"]
-    assert commands
-    assert all(line["payload"]["patient"] == dict.fromkeys(PATIENT, "***") for line in commands)
+    # A child saga's payload is what its parent's position passes on, not the caller's.
+    started_here = [c for c in commands if c["definition"] != GRANT_WELLNESS_CREDIT.name]
+    of_children = [c for c in commands if c["definition"] == GRANT_WELLNESS_CREDIT.name]
+    assert started_here
+    assert of_children
+    assert all(c["payload"]["patient"] == dict.fromkeys(PATIENT, "***") for c in started_here)
+    assert all("patient" not in c["payload"] for c in of_children)
     assert any(line["payload"].get("diagnosis_code") == "***" for line in commands)
     assert any(line["payload"].get("reason") == "***" for line in commands)
     assert any(line["payload"].get("measurement") == "***" for line in commands)
