@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from saga.errors import ConfigurationError, UsageError
@@ -61,6 +61,9 @@ class SagaDefinition:
     timeout: float | None = None
     """Seconds the whole saga may take before the worker compensates it; ``None``: no limit."""
 
+    # Read on every transition: worked out once. Not part of the stored document.
+    _steps: tuple[Step, ...] | None = field(init=False, repr=False, compare=False, default=None)
+
     def __init__(
         self,
         name: str,
@@ -79,6 +82,8 @@ class SagaDefinition:
         object.__setattr__(self, "version", version)
         object.__setattr__(self, "positions", tuple(steps or positions))
         object.__setattr__(self, "timeout", timeout)
+        plain = tuple(p for p in self.positions if isinstance(p, Step))
+        object.__setattr__(self, "_steps", plain if len(plain) == len(self.positions) else None)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -87,14 +92,13 @@ class SagaDefinition:
     @property
     def straight_line(self) -> bool:
         """Every position is a plain step: none of the shapes of :mod:`saga.shapes`."""
-        return all(isinstance(position, Step) for position in self.positions)
+        return self._steps is not None
 
     @property
     def steps(self) -> tuple[Step, ...]:
         """The steps of a straight-line definition (see the module docstring)."""
-        steps = tuple(position for position in self.positions if isinstance(position, Step))
-        if len(steps) == len(self.positions):
-            return steps
+        if self._steps is not None:
+            return self._steps
         index, shape = next(
             (index, position)
             for index, position in enumerate(self.positions)

@@ -171,7 +171,7 @@ def later_fields(instance: Any, first: frozenset[str]) -> dict[str, Any]:
     default: a definition that does not use a new field keeps its document and hash."""
     later: dict[str, Any] = {}
     for spec in dataclasses.fields(instance):
-        if spec.name in first:
+        if spec.name in first or not spec.init:  # not init: worked out, not declared
             continue
         value = getattr(instance, spec.name)
         if spec.default is not dataclasses.MISSING and value == spec.default:
