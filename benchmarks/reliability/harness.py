@@ -194,6 +194,7 @@ async def _run(
         report = await check_invariants(database, saga_ids=ids, allow_parked=True)
         unfinished = await count_unfinished(database, ids)
         evidence = await evidence_from(injectors)
+        evidence.update(await children_by_status(database, ids))
     finally:
         await database.dispose()
         # Letters written just before the drain ended are still on their way.
@@ -380,8 +381,11 @@ async def count_in_flight(database: Database) -> int:
 async def count_unfinished(database: Database, ids: Sequence[uuid.UUID]) -> int:
     found = await database.run_driver(
         lambda conn: conn.fetchval(
-            "SELECT count(*) FROM shared.saga_instance WHERE id = ANY($1::uuid[]) "
-            "AND status::text <> ALL($2::text[])",
+            # A parent waiting on a parked child waits for an operator, as parked does.
+            "SELECT count(*) FROM shared.saga_instance i WHERE i.id = ANY($1::uuid[]) "
+            "AND i.status::text <> ALL($2::text[]) AND NOT EXISTS ("
+            "SELECT 1 FROM shared.saga_instance c WHERE c.parent_id = i.id "
+            "AND c.id = (i.shape_state ->> 'child_id')::uuid AND c.status = 'parked')",
             list(ids),
             [*FINISHED, "parked"],
         ),
@@ -389,6 +393,22 @@ async def count_unfinished(database: Database, ids: Sequence[uuid.UUID]) -> int:
         name="reliability.unfinished",
     )
     return int(found)
+
+
+async def children_by_status(database: Database, ids: Sequence[uuid.UUID]) -> dict[str, int]:
+    """The child sagas the run's sagas started, by status: the load starts only parents,
+    so this is what the report has to say of children (whose parents' coordinators the
+    faults killed like any other)."""
+    rows = await database.run_driver(
+        lambda conn: conn.fetch(
+            "SELECT status::text AS status, count(*) AS n FROM shared.saga_instance "
+            "WHERE parent_id = ANY($1::uuid[]) GROUP BY status",
+            list(ids),
+        ),
+        transaction=False,
+        name="reliability.children",
+    )
+    return {f"child sagas {row['status']}": int(row["n"]) for row in rows}
 
 
 async def drain(
@@ -465,4 +485,6 @@ def evidence_from_logs(fleet: Fleet) -> dict[str, int]:
 LOGGED_EVIDENCE = {
     "database_pool_exhausted": "units_waiting_out_an_exhausted_pool",
     "batch_abandoned": "batches_abandoned_at_a_stop",
+    "child_end_found_by_check": "child_ends_lost_and_found_by_the_parents_look",
+    "child_asked_again_to_compensate": "children_asked_again_to_compensate",
 }

@@ -78,5 +78,12 @@ async def test_a_short_run_with_every_fault_loses_and_duplicates_nothing(
     for way in ("on_time", "rejected", "twice", "early", "late"):
         assert any(kind.startswith(f"review {way}:") for kind in reviews), report.render()
     assert "review late:not_refused" not in reviews, report.render()
+    # Goal completions start their wellness credit as a child saga, and every child the
+    # run started ended with its parent (the faults kill coordinators mid-run).
+    children = {k: n for k, n in report.evidence.items() if k.startswith("child sagas ")}
+    assert sum(children.values()) > 0, report.render()
+    assert set(children) <= {f"child sagas {s}" for s in ("completed", "compensated", "parked")}, (
+        report.render()
+    )
     # Poison never blocks what is behind it (every saga finished) and is set aside.
     assert sum(report.dead_letters.values()) > 0
