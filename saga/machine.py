@@ -144,6 +144,16 @@ def advance(
     payload: _Payload = None,
 ) -> Transition:
     """Apply one reply, timeout, signal, wait timeout or child's end to the instance."""
+    return _carry(state, _advance(definition, state, event, rng, payload))
+
+
+def _advance(
+    definition: SagaDefinition,
+    state: InstanceState,
+    event: Event,
+    rng: random.Random | None,
+    payload: _Payload,
+) -> Transition:
     if isinstance(event, SignalEvent):
         return _on_signal(definition, state, event, payload)
     if isinstance(event, WaitExpired):
@@ -169,6 +179,10 @@ def advance(
 
 def expire(definition: SagaDefinition, state: InstanceState, reason: str) -> Transition:
     """The saga outran its overall deadline: undo what may have been done."""
+    return _carry(state, _expire(definition, state, reason))
+
+
+def _expire(definition: SagaDefinition, state: InstanceState, reason: str) -> Transition:
     if state.status not in (SagaStatus.RUNNING, SagaStatus.WAITING):
         return Transition(state, ignored=f"saga is {state.status.value}, not running")
     index = state.current_step
@@ -192,7 +206,8 @@ def compensate_completed(
     the position that started it. Its compensated end is that position's undoing."""
     if state.status is not SagaStatus.COMPLETED:
         return Transition(state, ignored=f"saga is {state.status.value}, not completed")
-    return _compensate(definition, replace(state, error=reason), state.current_step, reason, ())
+    undo = _compensate(definition, replace(state, error=reason), state.current_step, reason, ())
+    return _carry(state, undo)
 
 
 def judge_signal(
@@ -224,9 +239,11 @@ def _enter(
     payload: _Payload,
     *,
     attempt: int = 1,
+    passed: Mapping[int, int] | None = None,
 ) -> Transition:
     """Start the position at ``index`` (past the last one: the saga is completed, at the
-    last position and the ``attempt`` that finished it)."""
+    last position and the ``attempt`` that finished it). ``passed`` is the saga's
+    ``child_attempts``, for a child saga that cannot start and undoes what came before."""
     positions = definition.positions
     if index == len(positions):
         done = InstanceState(SagaStatus.COMPLETED, index - 1, attempt, context, None)
@@ -235,9 +252,9 @@ def _enter(
     if isinstance(position, Parallel):
         return enter_group(position, index, context, log)
     if isinstance(position, AwaitEvent):
-        return _enter_wait(definition, position, index, context, log, payload)
+        return _enter_wait(definition, position, index, context, log, payload, passed)
     if isinstance(position, SubSaga):
-        return _start_child(definition, position, index, context, log, payload)
+        return _start_child(definition, position, index, context, log, payload, passed)
     nxt = InstanceState(SagaStatus.RUNNING, index, 1, context, None)
     dispatched = LogEntry(index, Phase.EXECUTE, LogStatus.DISPATCHED, 1)
     return Transition(nxt, (*log, dispatched), (Dispatch(index, Phase.EXECUTE, 1),))
@@ -258,6 +275,7 @@ def _enter_wait(
     context: Mapping[str, Any],
     log: tuple[LogEntry, ...],
     payload: _Payload,
+    passed: Mapping[int, int] | None,
 ) -> Transition:
     if wait.when is not None:
         _require_payload(definition, wait.when, payload)
@@ -266,7 +284,7 @@ def _enter_wait(
             skipped = LogEntry(
                 index, Phase.EXECUTE, LogStatus.SKIPPED, 1, error=f"{wait.when} is {flag!r}"
             )
-            return _enter(definition, index + 1, context, (*log, skipped), payload)
+            return _enter(definition, index + 1, context, (*log, skipped), payload, passed=passed)
     state = InstanceState(SagaStatus.WAITING, index, 1, context, None, waiting_for=wait.event)
     entered = LogEntry(index, Phase.EXECUTE, LogStatus.WAITING, 1)
     return Transition(state, (*log, entered), wait=EnterWait(index, wait.event, wait.timeout))
@@ -279,6 +297,7 @@ def _start_child(
     context: Mapping[str, Any],
     log: tuple[LogEntry, ...],
     payload: _Payload,
+    passed: Mapping[int, int] | None,
 ) -> Transition:
     for reference in sub.payload.values():
         _require_payload(definition, reference, payload)
@@ -287,7 +306,9 @@ def _start_child(
         # Nothing started: like a refusal, undo what came before.
         why = f"the child saga's payload refers to what is not there: {', '.join(missing)}"
         failed = LogEntry(index, Phase.EXECUTE, LogStatus.FAILED, 1, error=why)
-        here = InstanceState(SagaStatus.RUNNING, index, 1, context, None)
+        here = InstanceState(
+            SagaStatus.RUNNING, index, 1, context, None, child_attempts=passed or {}
+        )
         return _compensate(
             definition, here, index - 1, f"step {sub.name!r} failed: {why}", (*log, failed)
         )
@@ -356,7 +377,15 @@ def _after_execute(
     if event.outcome is Outcome.SUCCEEDED:
         done = LogEntry(index, Phase.EXECUTE, LogStatus.SUCCEEDED, attempt, response=event.result)
         context = {**state.context, **event.result}
-        return _enter(definition, index + 1, context, (done,), payload, attempt=attempt)
+        return _enter(
+            definition,
+            index + 1,
+            context,
+            (done,),
+            payload,
+            attempt=attempt,
+            passed=state.child_attempts,
+        )
 
     reason = event.reason or event.outcome.value
     if event.outcome is Outcome.FAILED:
@@ -457,7 +486,9 @@ def _on_signal(
         index, Phase.EXECUTE, LogStatus.SUCCEEDED, state.step_attempt, response=event.payload
     )
     context = {**state.context, wait.name: dict(event.payload)}
-    entered = _enter(definition, index + 1, context, (received,), payload)
+    entered = _enter(
+        definition, index + 1, context, (received,), payload, passed=state.child_attempts
+    )
     return replace(entered, consumed_signal=event.signal_id)
 
 
@@ -477,7 +508,14 @@ def _on_wait_expired(
         event.step_index, Phase.EXECUTE, LogStatus.TIMED_OUT, state.step_attempt, error=why
     )
     if wait.on_timeout is OnTimeout.CONTINUE:
-        return _enter(definition, event.step_index + 1, state.context, (entry,), payload)
+        return _enter(
+            definition,
+            event.step_index + 1,
+            state.context,
+            (entry,),
+            payload,
+            passed=state.child_attempts,
+        )
     return compensate_from(
         definition, state, event.step_index - 1, f"wait {wait.name!r}: {why}", entry
     )
@@ -504,11 +542,20 @@ def _on_child_end(
             f"the child saga of step {sub.name!r} was aborted by an operator; what it did "
             "is theirs to judge"
         )
+        if phase is Phase.COMPENSATE:
+            # Kept so that an operator resuming the compensation resumes it for its cause.
+            why = f"{why}{COMPENSATING_BECAUSE}{state.error})"
         return _park(state, entry, why)
     if phase is Phase.EXECUTE and event.status is SagaStatus.COMPLETED:
         done = LogEntry(index, phase, LogStatus.SUCCEEDED, attempt, response=event.context)
         context = {**state.context, sub.name: dict(event.context)}
-        return _enter(definition, index + 1, context, (done,), payload, attempt=attempt)
+        passed = dict(state.child_attempts)
+        if attempt != 1:
+            passed[index] = attempt
+        entered = _enter(
+            definition, index + 1, context, (done,), payload, attempt=attempt, passed=passed
+        )
+        return entered if attempt == 1 else _with_child_attempt(entered, index, attempt)
     if phase is Phase.EXECUTE and event.status is SagaStatus.COMPENSATED:
         # The child undid itself: nothing of this position is left to undo.
         failed = LogEntry(
@@ -538,7 +585,7 @@ def compensate_from(
 ) -> Transition:
     """Compensate the latest position at or below ``start`` that has something to undo;
     with none left the saga is compensated."""
-    return _compensate(definition, state, start, reason, (entry,))
+    return _carry(state, _compensate(definition, state, start, reason, (entry,)))
 
 
 def _compensate(
@@ -556,16 +603,19 @@ def _compensate(
                 return decided
             continue
         if isinstance(position, SubSaga):
+            attempt = _child_attempt(state, index)
+            if attempt == 0:
+                continue  # skipped by an operator: no child did anything to undo
             nxt = InstanceState(
                 SagaStatus.COMPENSATING,
                 index,
-                1,
+                attempt,
                 state.context,
                 reason,
-                child=ChildLink(1, Phase.COMPENSATE),
+                child=ChildLink(attempt, Phase.COMPENSATE),
             )
-            asked = LogEntry(index, Phase.COMPENSATE, LogStatus.DISPATCHED, 1)
-            return Transition(nxt, (*log, asked), compensate_child=CompensateChild(index, 1))
+            asked = LogEntry(index, Phase.COMPENSATE, LogStatus.DISPATCHED, attempt)
+            return Transition(nxt, (*log, asked), compensate_child=CompensateChild(index, attempt))
         if isinstance(position, Step) and position.compensatable:
             nxt = InstanceState(SagaStatus.COMPENSATING, index, 1, state.context, reason)
             return Transition(
@@ -579,6 +629,28 @@ def _compensate(
     return Transition(done, log)
 
 
+def _child_attempt(state: InstanceState, index: int) -> int:
+    """The attempt whose child saga the position at ``index`` is undone through: the one
+    the saga is at, or the one that completed it (0: an operator skipped it)."""
+    if index == state.current_step and state.child is not None:
+        return state.child.attempt
+    return state.child_attempts.get(index, 1)
+
+
+def _with_child_attempt(transition: Transition, index: int, attempt: int) -> Transition:
+    attempts = {**transition.state.child_attempts, index: attempt}
+    return replace(transition, state=replace(transition.state, child_attempts=attempts))
+
+
+def _carry(before: InstanceState, transition: Transition) -> Transition:
+    """Keep which child completed each position passed: positions build their states
+    afresh, and only the undoing, possibly much later, reads it."""
+    if not before.child_attempts:
+        return transition
+    attempts = {**before.child_attempts, **transition.state.child_attempts}
+    return replace(transition, state=replace(transition.state, child_attempts=attempts))
+
+
 def _follow(
     definition: SagaDefinition,
     state: InstanceState,
@@ -588,7 +660,14 @@ def _follow(
 ) -> Transition:
     """Act on what the group could not decide alone."""
     if isinstance(decided, Joined):
-        return _enter(definition, index + 1, decided.context, decided.log, payload)
+        return _enter(
+            definition,
+            index + 1,
+            decided.context,
+            decided.log,
+            payload,
+            passed=state.child_attempts,
+        )
     if isinstance(decided, Undone):
         return _compensate(definition, state, index - 1, decided.reason, decided.log)
     return decided

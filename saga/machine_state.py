@@ -151,6 +151,11 @@ class InstanceState:
     """The event the saga waits for (status ``WAITING``)."""
     child: ChildLink | None = None
     """The child saga of the :class:`~saga.shapes.SubSaga` at ``current_step``."""
+    child_attempts: Mapping[int, int] = field(default_factory=dict)
+    """Per ``SubSaga`` position passed whose child is not attempt 1's: the attempt whose
+    child completed it (an operator started it again), so undoing the position asks that
+    child; ``0`` when an operator skipped the position (there is no child to ask). Empty
+    unless an operator acted on a child position."""
 
     @property
     def phase(self) -> Phase:
@@ -171,6 +176,9 @@ class InstanceState:
             document["waiting_for"] = self.waiting_for
         if self.child is not None:
             document["child"] = self.child.to_document()
+        if self.child_attempts:
+            # JSON object keys are text.
+            document["child_attempts"] = {str(k): v for k, v in self.child_attempts.items()}
         return document
 
     @classmethod
@@ -185,6 +193,9 @@ class InstanceState:
             branches=tuple(BranchState.from_document(b) for b in document.get("branches", ())),
             waiting_for=document.get("waiting_for"),
             child=None if child is None else ChildLink.from_document(child),
+            child_attempts={
+                int(k): int(v) for k, v in (document.get("child_attempts") or {}).items()
+            },
         )
 
 

@@ -71,7 +71,9 @@ def add_parser(commands: Any) -> None:
         )
         if action is Action.SKIP:
             parser.add_argument(
-                "--step", required=True, help="the current step's (or wait's) name or index to skip"
+                "--step",
+                required=True,
+                help="the current step's (or wait's, or child saga's) name or index to skip",
             )
             parser.add_argument(
                 "--result",
@@ -201,6 +203,9 @@ def _print(outcomes: Sequence[ActionOutcome], *, as_json: bool, dry_run: bool) -
         )
     else:
         print(f"{applied} changed, {refused} left as they were")
+    for outcome in outcomes:
+        for note in outcome.notes:
+            print(f"saga {outcome.saga_id}: {note}")
 
 
 def _row(outcome: ActionOutcome, dry_run: bool) -> Mapping[str, Any]:

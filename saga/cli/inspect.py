@@ -319,6 +319,12 @@ def _current_text(detail: queries.SagaDetail) -> str:
     name = detail.step_name or f"#{detail.current_step}"
     if detail.position_kind == "await_event":
         return f"wait {detail.current_step} {name}"
+    if detail.position_kind == "sub_saga":
+        # Its child is named on the `child` lines below.
+        return (
+            f"child saga {detail.current_step} {name}, {detail.phase.value}, "
+            f"attempt {detail.step_attempt}"
+        )
     kind = "group" if detail.position_kind == "parallel" else "step"
     journey = "" if kind == "group" else f" ({detail.journey or '?'})"
     current = (

@@ -56,7 +56,7 @@ ENGINE_JOURNEY = "saga"
 """The journey named in the step log by rows that belong to no journey: a wait (and the
 signal that ended it), or a whole group given up when the saga expired."""
 
-_SHAPE_FIELDS = ("branches", "waiting_for", "child")
+_SHAPE_FIELDS = ("branches", "waiting_for", "child", "child_attempts")
 
 
 def traceparent(saga_id: uuid.UUID) -> str:

@@ -2,6 +2,10 @@
 coordinator writes (version-checked, log rows and command in one statement), publish the
 command after the commit.
 
+At a child saga's position the decision also reads the child's row
+(:mod:`saga.operator.child_decisions`). A child started again is inserted by the parent's
+write; a child's end, or a request that a child compensate, is an outbox row of the write.
+
 Every row an action writes names the operator in ``saga_step_log.actor`` and says why in
 ``error``. An action also withdraws the saga's commands not yet published (a retry waiting
 out its backoff), so the relay never sends one the action overtook. A command already
@@ -20,12 +24,19 @@ from typing import Any
 import structlog
 
 from saga import metrics
+from saga.coordinator.children import (
+    ChildKey,
+    child_end_notice,
+    child_saga_id,
+    needed_children,
+)
 from saga.coordinator.commands import ConsumedSignal, prepare_write
 from saga.coordinator.signals import consume_kept_signals
 from saga.definition import SagaDefinition
-from saga.errors import SagaNotFound, UnknownDefinition
+from saga.errors import DefinitionError, SagaNotFound, UnknownDefinition
 from saga.machine import InstanceState, Phase, SagaStatus, Transition, command_message_id
-from saga.operator import decisions, shape_decisions
+from saga.operator import child_decisions, decisions, shape_decisions
+from saga.operator.child_decisions import ChildView
 from saga.operator.decisions import Action, ActionRefused, Operator
 from saga.outbox import OutboxPublisher
 from saga.store import definitions as stored_definitions
@@ -33,6 +44,7 @@ from saga.store import saga_log
 from saga.store.database import Database
 from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
+from saga.store.records import OutboxRow
 from saga.store.saga_log import InstanceRow, LogRow, StepPosition
 from saga.transport import Topics
 
@@ -66,6 +78,9 @@ class ActionOutcome:
     """Unpublished commands the action withdrew."""
     status: SagaStatus | None = None
     """The saga's status once the action applied."""
+    notes: tuple[str, ...] = ()
+    """What becomes of the saga's child or parent (started, asked to compensate, left as
+    it is, told of the end)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +94,7 @@ class ActionOutcome:
             "command": self.command,
             "withdrawn": self.withdrawn,
             "status": self.status.value if self.status is not None else None,
+            "notes": list(self.notes),
         }
 
 
@@ -90,6 +106,9 @@ class _Decided:
     transition: Transition
     signals: tuple[ConsumedSignal, ...] = ()
     """Kept signals the transition applied (marked consumed by its write)."""
+    children: Mapping[ChildKey, SagaDefinition] = field(default_factory=dict)
+    """The definitions of the child saga the transition starts."""
+    notes: tuple[str, ...] = ()
 
 
 class SagaActions:
@@ -121,8 +140,10 @@ class SagaActions:
             phase = decisions.current_phase(instance.state, position.phase if position else None)
             definition = await _stored_definition(conn, instance)
             before = _state_text(definition, instance.state, phase)
+            child = await _child_view(conn, instance)
             try:
-                transition = _decide(instance, definition, phase, request)
+                transition = _decide(instance, definition, phase, request, child)
+                children = await _children(conn, instance, transition)
             except ActionRefused as refusal:
                 return _outcome(instance, request, before, refused=str(refusal)), []
             signals: tuple[ConsumedSignal, ...] = ()
@@ -137,9 +158,10 @@ class SagaActions:
                     functools.partial(saga_log.kept_signal, conn),
                 )
             after = _state_text(definition, transition.state, phase)
+            notes = _notes(instance, transition, request, child)
             if dry_run:
-                return _outcome(instance, request, before, after=after), []
-            decided = _Decided(instance, definition, position, transition, signals)
+                return _outcome(instance, request, before, after=after, notes=notes), []
+            decided = _Decided(instance, definition, position, transition, signals, children, notes)
             return await self._write(conn, decided, request, before, after)
 
         outcome, pending = await self.database.run_driver(
@@ -162,7 +184,12 @@ class SagaActions:
         instance, transition = decided.instance, decided.transition
         if decided.definition is not None:
             prepared = prepare_write(
-                instance, decided.definition, transition, self._topics, signals=decided.signals
+                instance,
+                decided.definition,
+                transition,
+                self._topics,
+                signals=decided.signals,
+                children=decided.children,
             )
             rows, outbox, step_timeout = prepared.log, prepared.outbox, prepared.step_timeout
             shape = prepared.shape
@@ -171,8 +198,13 @@ class SagaActions:
             commands = prepared.commands or ((prepared.command,) if prepared.command else ())
         else:
             rows = _rows_without_definition(instance, decided.position, transition)
-            outbox, step_timeout, shape = None, 0.0, None
-            pending, commands = [], ()
+            state = transition.state
+            # A child whose definition is gone still tells its parent it ended.
+            outbox = child_end_notice(
+                instance, state.status, state.context, state.error, self._topics.replies
+            )
+            step_timeout, shape, commands = 0.0, None, ()
+            pending = [] if outbox is None else [_pending(outbox)]
         withdrawn = await saga_log.withdraw_commands(conn, instance.id)
         # A kept signal's row names its sender; every other row, the operator.
         signed = [replace(row, actor=row.actor or request.by.actor) for row in rows]
@@ -204,8 +236,12 @@ class SagaActions:
             after=after,
             applied=True,
             withdrawn=withdrawn,
-            command=", ".join(f"{c.action} #{c.attempt}" for c in commands) or None,
+            command=", ".join(
+                [f"{c.action} #{c.attempt}" for c in commands] + _child_commands(transition)
+            )
+            or None,
             status=transition.state.status,
+            notes=decided.notes,
         )
         return outcome, pending
 
@@ -220,6 +256,7 @@ class SagaActions:
             before=outcome.before,
             after=outcome.after,
             command=outcome.command,
+            notes=list(outcome.notes),
         )
         if outcome.status is not None and outcome.status.finished:
             metrics.count_finished(outcome.definition, outcome.status)
@@ -230,6 +267,7 @@ def _decide(
     definition: SagaDefinition | None,
     phase: Phase,
     request: ActionRequest,
+    child: ChildView | None,
 ) -> Transition:
     state, by = instance.state, request.by
     if request.action is Action.ABORT:
@@ -249,6 +287,7 @@ def _decide(
             step_name=request.step,
             result=request.result,
             payload=instance.payload,
+            child=child,
         )
     if request.action is Action.RETRY:
         return decisions.retry(definition, state, phase, by)
@@ -259,16 +298,81 @@ def _decide(
     return decisions.skip(definition, state, phase, request.step, request.result, by)
 
 
-async def _stored_definition(
-    conn: DriverConnection, instance: InstanceRow
+async def _child_view(conn: DriverConnection, instance: InstanceRow) -> ChildView | None:
+    """The child saga the saga's position waits on (or waited on, when it parked), as
+    its row stands; None away from a child saga's position."""
+    state = instance.state
+    if state.child is None:
+        return None
+    child_id = child_saga_id(instance.id, state.current_step, state.child.attempt)
+    row = await saga_log.load_instance(conn, child_id)
+    if row is None:
+        return ChildView(child_id, None)
+    return ChildView(child_id, row.state.status, row.state.context, row.state.error)
+
+
+async def _children(
+    conn: DriverConnection, instance: InstanceRow, transition: Transition
+) -> dict[ChildKey, SagaDefinition]:
+    """The stored definitions of the child saga ``transition`` starts (and of those its
+    first position starts): refused, before anything is written, if one is missing."""
+    if transition.start_child is None:
+        return {}
+
+    async def get(name: str, version: int) -> SagaDefinition | None:
+        return await _stored_definition_of(conn, name, version)
+
+    try:
+        return await needed_children(transition, instance.payload, get)
+    except DefinitionError as exc:
+        raise ActionRefused(str(exc)) from None
+
+
+def _notes(
+    instance: InstanceRow, transition: Transition, request: ActionRequest, child: ChildView | None
+) -> tuple[str, ...]:
+    start = transition.start_child
+    return child_decisions.notes(
+        instance.state,
+        transition,
+        request.action,
+        child=child,
+        parent_id=None if instance.parent is None else instance.parent.parent_id,
+        new_child_id=None
+        if start is None
+        else child_saga_id(instance.id, start.step_index, start.attempt),
+    )
+
+
+def _child_commands(transition: Transition) -> list[str]:
+    """e.g. ``child test_child_credit v1 #2``, ``compensate child #1``."""
+    found = []
+    if transition.start_child is not None:
+        name, version = transition.start_child.definition
+        found.append(f"child {name} v{version} #{transition.start_child.attempt}")
+    if transition.compensate_child is not None:
+        found.append(f"compensate child #{transition.compensate_child.attempt}")
+    return found
+
+
+def _pending(box: OutboxRow) -> PendingMessage:
+    return PendingMessage(box.message_id, box.topic, box.key, box.payload, dict(box.headers))
+
+
+async def _stored_definition_of(
+    conn: DriverConnection, name: str, version: int
 ) -> SagaDefinition | None:
     try:
-        stored = await stored_definitions.load(
-            conn, instance.definition_name, instance.definition_version
-        )
+        stored = await stored_definitions.load(conn, name, version)
     except UnknownDefinition:
         return None
     return stored.definition
+
+
+async def _stored_definition(
+    conn: DriverConnection, instance: InstanceRow
+) -> SagaDefinition | None:
+    return await _stored_definition_of(conn, instance.definition_name, instance.definition_version)
 
 
 def _state_text(definition: SagaDefinition | None, state: InstanceState, phase: Phase) -> str:
@@ -310,6 +414,7 @@ def _outcome(
     withdrawn: int = 0,
     command: str | None = None,
     status: SagaStatus | None = None,
+    notes: tuple[str, ...] = (),
 ) -> ActionOutcome:
     return ActionOutcome(
         saga_id=instance.id,
@@ -322,4 +427,5 @@ def _outcome(
         applied=applied,
         withdrawn=withdrawn,
         status=status,
+        notes=notes,
     )

@@ -54,6 +54,8 @@ class SagaFilter:
     waiting_for: tuple[str, ...] = ()
     """``--waiting-for EVENT`` (repeatable or a comma list): sagas waiting now for any of
     these signals."""
+    children_of: uuid.UUID | None = None
+    """``--children-of SAGA_ID``: the child sagas that saga started (every attempt)."""
 
     def is_empty(self) -> bool:
         """True when nothing narrows the selection: every saga matches."""
@@ -66,6 +68,7 @@ class SagaFilter:
             and self.stuck_for is None
             and not self.parked
             and not self.waiting_for
+            and self.children_of is None
         )
 
     @property
@@ -120,8 +123,8 @@ class SagaListing:
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--status``, ``--definition``, ``--journey``, ``--since``, ``--until``,
-    ``--stuck-for``, ``--parked`` and ``--waiting-for`` to ``parser``; read them with
-    :func:`filter_from_args`."""
+    ``--stuck-for``, ``--parked``, ``--waiting-for`` and ``--children-of`` to ``parser``;
+    read them with :func:`filter_from_args`."""
     group = parser.add_argument_group("which sagas")
     statuses = ", ".join(s.value for s in SagaStatus)
     group.add_argument(
@@ -173,6 +176,12 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="EVENT",
         help="sagas waiting now for this signal (repeatable or comma-separated)",
     )
+    group.add_argument(
+        "--children-of",
+        dest="filter_children_of",
+        metavar="SAGA_ID",
+        help="the child sagas this saga started (every attempt)",
+    )
 
 
 def filter_from_args(args: argparse.Namespace, *, now: datetime | None = None) -> SagaFilter:
@@ -184,6 +193,7 @@ def filter_from_args(args: argparse.Namespace, *, now: datetime | None = None) -
     until = _moment_or_none(getattr(args, "filter_until", None), "--until", now)
     check_window(since, until)
     stuck = getattr(args, "filter_stuck_for", None)
+    parent = getattr(args, "filter_children_of", None)
     return SagaFilter(
         statuses=parse_statuses(getattr(args, "filter_status", None) or ()),
         definitions=parse_names(getattr(args, "filter_definition", None) or (), "--definition"),
@@ -193,14 +203,16 @@ def filter_from_args(args: argparse.Namespace, *, now: datetime | None = None) -
         stuck_for=None if stuck is None else parse_duration(stuck, "--stuck-for"),
         parked=bool(getattr(args, "filter_parked", False)),
         waiting_for=parse_names(getattr(args, "filter_waiting_for", None) or (), "--waiting-for"),
+        children_of=None if parent is None else parse_saga_id(parent, "--children-of"),
     )
 
 
-def parse_saga_id(text: str) -> uuid.UUID:
+def parse_saga_id(text: str, flag: str | None = None) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError:
-        raise ConfigurationError(f"not a saga id (a UUID): {text!r}") from None
+        named = f"{flag}: " if flag else ""
+        raise ConfigurationError(f"{named}not a saga id (a UUID): {text!r}") from None
 
 
 def parse_count(text: str, flag: str, *, low: int, high: int | None = None) -> int:
@@ -333,6 +345,7 @@ WITH listed AS (
            OR (i.status IN ('running', 'compensating') AND i.step_started_at < now() - $6))
       AND ($9::text[] IS NULL
            OR (i.status = 'waiting' AND i.shape_state ->> 'waiting_for' = ANY($9::text[])))
+      AND ($10::uuid IS NULL OR i.parent_id = $10)
     ORDER BY i.started_at DESC, i.id
     LIMIT $7 OFFSET $8
 )
@@ -360,6 +373,7 @@ async def select_sagas(
         limit,
         offset,
         _array_or_none(f.waiting_for),
+        f.children_of,
     )
     return [SagaListing(**listing_fields(row), waiting_for=row["waiting_for"]) for row in rows]
 

@@ -18,6 +18,8 @@ straight-line saga exactly as before). The rules, by where the saga stands:
   compensation still out again, one more attempt each, and the saga compensates on.
   ``skip`` is refused (which branch?), and so is anything else at a group:
   ``saga abort`` takes the saga over.
+- **At a child saga's position**: :mod:`saga.operator.child_decisions` decides, with the
+  child's row at hand.
 - **At a plain step** of such a definition: ``retry`` and ``compensate`` act as on a
   straight line; ``skip`` moves on as if the participant had answered with the result,
   so the next position (a group, a wait) starts as it would have.
@@ -47,9 +49,10 @@ from saga.machine import (
     compensate_from,
     compensation_cause,
 )
-from saga.operator import decisions
+from saga.operator import child_decisions, decisions
+from saga.operator.child_decisions import ChildView
 from saga.operator.decisions import Action, ActionRefused, Operator
-from saga.shapes import AwaitEvent, Parallel
+from saga.shapes import AwaitEvent, Parallel, SubSaga
 from saga.step import Step
 
 COMPENSATE = Phase.COMPENSATE
@@ -69,8 +72,10 @@ def decide(
     step_name: str | None = None,
     result: Mapping[str, Any] | None = None,
     payload: Mapping[str, Any] | None = None,
+    child: ChildView | None = None,
 ) -> Transition:
-    """``retry``, ``compensate`` or ``skip`` (``abort`` is :func:`decisions.abort`)."""
+    """``retry``, ``compensate`` or ``skip`` (``abort`` is :func:`decisions.abort`);
+    ``child`` is the child saga of the position, when the saga is at a ``SubSaga``."""
     if state.status.finished:
         raise ActionRefused(f"the saga is {state.status.value}; there is nothing to {action}")
     position = definition.positions[state.current_step]
@@ -78,6 +83,18 @@ def decide(
         return _at_wait(definition, state, position, action, by, step_name, result, payload)
     if isinstance(position, Parallel):
         return _at_group(state, position, action, by)
+    if isinstance(position, SubSaga):
+        return child_decisions.decide(
+            definition,
+            state,
+            position,
+            action,
+            by,
+            child,
+            step_name=step_name,
+            result=result,
+            payload=payload,
+        )
     if not isinstance(position, Step):
         raise ActionRefused(
             f"the saga is at {position.name!r}, a {type(position).__name__}; "

@@ -87,6 +87,16 @@ def test_parked_is_the_parked_status() -> None:
     assert read("--parked", "--status", "parked").effective_statuses == (SagaStatus.PARKED,)
 
 
+def test_children_of_takes_a_saga_id_and_names_the_flag_when_it_is_not_one() -> None:
+    parent = "6f0c2b1e-4d3a-4c59-8e7f-1a2b3c4d5e6f"
+    selected = read("--children-of", parent)
+    assert str(selected.children_of) == parent
+    assert not selected.is_empty()
+    with pytest.raises(ConfigurationError) as raised:
+        read("--children-of", "6f0c")
+    assert str(raised.value) == "--children-of: not a saga id (a UUID): '6f0c'"
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
