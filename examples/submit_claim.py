@@ -36,11 +36,12 @@ id at once; whoever wants the outcome waits for it:
     outcome = await coordinator.wait(saga_id)  # completed, compensated or parked
 
 This script prints the definition, then claims a procedure above the threshold that took
-place (it waits; the script prints the ``saga signal`` line an auditor would run and sends
-the same approval through ``Coordinator.signal``; then it completes) and one the patient
-missed (compensated), printing each saga's timeline and the rows it touched. It runs
-against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS when they are set (the database
-migrated), else against an embedded PostgreSQL and broker started for the run:
+place (it waits; the script runs the auditor's ``saga signal ... --json`` as a process of
+its own, pointed at the same database, and prints the command line and its receipt; then
+the claim completes) and one the patient missed (compensated), printing each saga's
+timeline and the rows it touched. It runs against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS
+when they are set (the database migrated), else against an embedded PostgreSQL and broker
+started for the run:
 
     .venv/bin/python examples/submit_claim.py
 

@@ -2,8 +2,9 @@
 a later step: the examples run one each, the demo runs all three. The booking runs as
 version 2 (the slot and the coverage in one parallel group); the claim that succeeds is
 above the review threshold, so it waits for a plan auditor's ``claim_reviewed`` signal,
-which the scenario sends as ``saga signal`` would; the health goal starts its wellness
-credit as a child saga (``grant_wellness_credit``), whose timeline follows its parent's.
+which the scenario sends by running ``saga signal`` as a process of its own, as the
+auditor would; the health goal starts its wellness credit as a child saga
+(``grant_wellness_credit``), whose timeline follows its parent's.
 
 Each scenario builds its own scene (a member, a provider, slots, a goal) with
 :mod:`journeys.world`, starts the sagas through the services that own them, waits for them
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
+import sys
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -27,6 +30,10 @@ from journeys.plan.sagas import CLAIM_REVIEWED, submit_claim
 from saga import Connection, RunningServices, SagaStatus, Say, Scenario, load_timeline
 
 CONSULTATION = "10101012"  # TUSS: consulta em consultório
+AUDITOR = "auditor.marina"
+# Seconds a `saga` command of a scenario may take: it starts a Python process, connects
+# and commits one transaction.
+COMMAND_TIMEOUT = 60.0
 
 
 class ScenarioFailed(AssertionError):
@@ -90,16 +97,65 @@ async def _until_waiting(services: RunningServices, saga_id: uuid.UUID, say: Say
 async def _review(
     services: RunningServices, saga_id: uuid.UUID, decision: dict[str, Any], say: Say
 ) -> None:
-    """The plan auditor's review, sent as the ``saga signal`` command line shown sends it."""
-    actor = "auditor.marina"
-    say(
-        f"the plan auditor runs: saga signal {saga_id} {CLAIM_REVIEWED} "
-        f"--data '{json.dumps(decision)}' --actor {actor}"
+    """The plan auditor's review, sent as an auditor sends it: ``saga signal`` in a process
+    of its own, pointed at the scenario's database (the signal needs nothing else; the
+    broker is there so that the next command goes out at once, not at the relay's sweep)."""
+    argv = [
+        "saga",
+        "signal",
+        str(saga_id),
+        CLAIM_REVIEWED,
+        "--data",
+        json.dumps(decision),
+        "--actor",
+        AUDITOR,
+        "--reason",
+        str(decision.get("reason", "")),
+        "--signal-id",
+        f"review-{saga_id}",
+        "--json",
+    ]
+    say(f"the plan auditor runs: {shlex.join(argv)}")
+    out = await _command(services, argv)
+    for line in out.splitlines():
+        say(f"  {line}")
+    try:
+        outcome = json.loads(out)["outcome"]
+    except (ValueError, TypeError, KeyError):
+        raise ScenarioFailed(f"`saga signal --json` printed no receipt: {out!r}") from None
+    if outcome != "accepted":
+        raise ScenarioFailed(f"saga {saga_id} did not accept the review: {outcome}")
+
+
+async def _command(services: RunningServices, argv: Sequence[str]) -> str:
+    """Run the ``saga`` command ``argv`` as a process of its own, without holding up the
+    services running in this one; its standard output, or :class:`ScenarioFailed`."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        *argv,
+        env=services.process_environment(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    receipt = await services.coordinator.signal(
-        saga_id, CLAIM_REVIEWED, decision, signal_id=f"review-{saga_id}", actor=actor
-    )
-    say(f"signal {receipt.event!r}: {receipt.outcome.value}")
+    try:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            out, err = await process.communicate()
+    except TimeoutError:
+        raise ScenarioFailed(
+            f"`{shlex.join(argv)}` did not finish within {COMMAND_TIMEOUT:g} s"
+        ) from None
+    finally:
+        # Timed out or cancelled: the command must not outlive the scenario.
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        raise ScenarioFailed(
+            f"`{shlex.join(argv)}` exited {process.returncode}: "
+            f"{err.decode(errors='replace').strip() or '(nothing on stderr)'}"
+        )
+    return out.decode()
 
 
 async def _show(services: RunningServices, say: Say, title: str, sql: str, *args: object) -> None:

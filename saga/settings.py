@@ -319,6 +319,23 @@ class Settings(BaseSettings):
         """``LOG_SENSITIVE_FIELDS`` as a tuple of names."""
         return tuple(filter(None, (name.strip() for name in self.log_sensitive_fields.split(","))))
 
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment variables that load them again
+        (``DATABASE_POOL_SIZE=8``, ...), for a process started to work beside this one.
+        Settings that are unset have no variable."""
+        found: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                found[name.upper()] = "true" if value else "false"
+            elif isinstance(value, StrEnum):
+                found[name.upper()] = value.value
+            else:
+                found[name.upper()] = str(value)
+        return found
+
 
 def parse_schedule(text: str) -> dict[str, tuple[float, int | None]]:
     """``"step_timeouts=0.5/200, saga_retention=600"`` → ``{job: (seconds, batch or None)}``;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,9 @@ class RunningServices:
     database: Database
     # The broker every service here talks to: what a service added alongside them uses.
     bootstrap_servers: str
+    # The database the coordinator's saga log is on (the owner's URL; each participant
+    # logs in as its journey's role on the same database).
+    database_url: str
     participants: dict[str, Participant] = field(default_factory=dict)
     # Each journey's own database (its role's pool), with its retry counters.
     journey_databases: dict[str, Database] = field(default_factory=dict)
@@ -63,6 +67,22 @@ class RunningServices:
                         raise RuntimeError(f"{name} failed while starting") from error
                     await asyncio.sleep(0.01)
                 await runtime.consumer.ready.wait()
+
+    def process_environment(self) -> dict[str, str]:
+        """The environment that points a process started beside these services (``saga
+        signal``, ``saga show``, ``saga run participant``) at their database, broker and
+        topics: this process's environment with the coordinator's settings over it."""
+        settings = self.coordinator.settings
+        environment = {
+            name: value
+            for name, value in os.environ.items()
+            # A setting left unset here must not come back from this process's variables.
+            if name.lower() not in type(settings).model_fields
+        }
+        environment.update(settings.environment())
+        environment["DATABASE_URL"] = self.database_url
+        environment["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap_servers
+        return environment
 
     def failed(self) -> list[tuple[str, BaseException]]:
         """Services whose task ended with an error (they should run until stopped)."""
@@ -123,7 +143,10 @@ async def running_services(
         **(coordinator_options or {}),
     )
     services = RunningServices(
-        coordinator=coordinator, database=database, bootstrap_servers=bootstrap_servers
+        coordinator=coordinator,
+        database=database,
+        bootstrap_servers=bootstrap_servers,
+        database_url=database_url,
     )
     services._databases.append(database)
     try:

@@ -16,7 +16,16 @@ participant on its journey's own database role); only the transport is the envir
 one at a time until nothing is left to deliver; then, as the worker and the outbox relay
 would, it times out overdue steps and sends what the relay would sweep; when even that
 finds nothing, it moves the clock to the next moment something comes due (a backoff, a
-deadline, a late message) and goes on, until the saga has ended.
+deadline, a late message) and goes on, until the saga has ended, or waits for a signal.
+
+A saga waiting for a signal settles as waiting: the clock is not moved to the wait's
+timeout, since nothing but the test can say whether the signal comes. Send it with
+:meth:`SagaTestEnvironment.signal` and settle again, or :meth:`~SagaTestEnvironment.advance`
+the clock past the wait's timeout and settle again to see it time out::
+
+    waiting = await env.run(REVIEWED_CLAIM, payload)        # status WAITING
+    await env.signal(waiting.id, "claim_reviewed", {"approved": True}, actor="ana")
+    done = await env.settle(waiting.id)                     # status COMPLETED
 
 A handler that raises an error the test did not plan is raised into the test (with
 ``fail_fast``, the default) instead of turning into an *error* reply and a retry.
@@ -31,9 +40,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from saga.coordinator import Coordinator, SagaSummary
+from saga.coordinator import Coordinator, SagaSummary, SignalReceipt
 from saga.definition import SagaDefinition
 from saga.errors import MessageRejected, SagaError, SagaTimeout, StepRefused
+from saga.machine import SagaStatus
 from saga.outbox import OutboxPublisher, RelaySettings
 from saga.participant import Handler, Participant, StepContext
 from saga.participant.journey import JourneyService
@@ -182,19 +192,30 @@ class SagaTestEnvironment:
         idempotency_key: str | None = None,
         within: float = 3600.0,
     ) -> SagaSummary:
-        """Start a saga and drive it to its end (completed, compensated or parked), moving
-        the test clock as far as needed but no further than ``within`` seconds."""
+        """Start a saga and drive it to its end (completed, compensated or parked) or to a
+        wait for a signal, moving the test clock as far as needed but no further than
+        ``within`` seconds; see :meth:`settle`."""
         saga_id = await self.start(definition, payload, idempotency_key=idempotency_key)
         return await self.settle(saga_id, within=within)
 
     async def settle(self, saga_id: uuid.UUID, *, within: float = 3600.0) -> SagaSummary:
-        """Drive the environment until ``saga_id`` has ended; its summary. Raises
+        """Drive the environment until ``saga_id`` has ended (completed, compensated,
+        parked, aborted) or waits for a signal; its summary. Raises
         :class:`~saga.errors.SagaTimeout` past ``within`` seconds on the test clock and
-        :class:`SagaStuck` when nothing could ever move it."""
+        :class:`SagaStuck` when nothing could ever move it.
+
+        A saga waiting for a signal settles as waiting (status ``WAITING``) without the
+        clock being moved to the wait's timeout: send the signal with :meth:`signal` (or
+        ``coordinator.signal``) and settle again, or :meth:`advance` the clock past the
+        wait's timeout and settle again to see it time out (compensated, or going on
+        without the signal when the wait says ``on_timeout=continue``)."""
         limit = self.clock.now + within
         while True:
             await self.deliver()
             summary = await self.coordinator.status(saga_id)
+            # A wait whose timeout the clock has passed is the worker's to end: sweep once.
+            if summary.status is SagaStatus.WAITING and await self.sweep():
+                continue
             if not summary.status.in_flight:
                 for publisher in self._publishers():
                     await publisher.flush()  # the outboxes then show what was sent
@@ -213,6 +234,28 @@ class SagaTestEnvironment:
                     "on the test clock"
                 )
             await self.advance(wait + _PAST)
+
+    async def signal(
+        self,
+        saga_id: uuid.UUID,
+        event: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        signal_id: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> SignalReceipt:
+        """Send the signal ``event`` to the saga, as ``saga signal`` does
+        (:meth:`Coordinator.signal <saga.coordinator.Coordinator.signal>`; a new
+        ``signal_id`` unless given). What it sends next is delivered by :meth:`settle`."""
+        return await self.coordinator.signal(
+            saga_id,
+            event,
+            payload,
+            signal_id=signal_id if signal_id is not None else str(uuid.uuid4()),
+            actor=actor,
+            reason=reason,
+        )
 
     async def advance(self, seconds: float) -> None:
         """Move the test clock; sends whose backoff is now over go out, and every message

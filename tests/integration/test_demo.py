@@ -63,7 +63,9 @@ def test_demo_runs_on_the_embedded_default_and_cleans_up() -> None:
         assert f"{saga}: completed in" in out
         assert f"{saga}: compensated in" in out
     assert "is waiting for 'claim_reviewed'" in out
+    # The review is sent by `saga signal` as a process of its own, its receipt printed.
     assert "the plan auditor runs: saga signal " in out
-    assert "signal 'claim_reviewed': accepted" in out
+    assert "--actor auditor.marina --reason 'laudo confere'" in out
+    assert '"outcome": "accepted"' in out
     assert "stopped everything the demo started" in out
     assert server_processes() <= before

@@ -3,12 +3,15 @@ with DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS set) and ends its sagas as it says
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import pytest
 
+from saga.store.driver import DriverConnection
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import SagaEnvironment
 
@@ -38,6 +41,21 @@ def run_example(env: SagaEnvironment, example: str) -> subprocess.CompletedProce
     )
 
 
+async def reviews(env: SagaEnvironment) -> list[dict[str, Any]]:
+    """Each review the wait's step-log row records, with the signal that made it."""
+
+    async def fetch(conn: DriverConnection) -> list[dict[str, Any]]:
+        rows = await conn.fetch(
+            "SELECT l.actor, s.reason, s.consumed_at IS NOT NULL AS consumed "
+            "FROM shared.saga_step_log l JOIN shared.saga_signal s "
+            "ON s.saga_instance_id = l.saga_instance_id "
+            "WHERE l.step_name = 'review' AND l.status = 'succeeded'"
+        )
+        return [dict(row) for row in rows]
+
+    return await env.database.run_driver(fetch, transaction=False)
+
+
 # The embedded pass runs the from-scratch example: a new user's first script.
 @pytest.mark.parametrize(
     "example",
@@ -46,18 +64,24 @@ def run_example(env: SagaEnvironment, example: str) -> subprocess.CompletedProce
         for name in sorted(EXAMPLES)
     ],
 )
-def test_the_example_runs_its_saga_to_completion_and_to_compensation(
+async def test_the_example_runs_its_saga_to_completion_and_to_compensation(
     saga_env: SagaEnvironment, example: str
 ) -> None:
     saga, start = EXAMPLES[example]
-    result = run_example(saga_env, example)
+    result = await asyncio.to_thread(run_example, saga_env, example)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{saga}: completed in" in result.stdout
     assert f"{saga}: compensated in" in result.stdout
     assert "reason: " in result.stdout
     if example == "submit_claim":
+        # The review went through `saga signal` in a process of its own: its JSON receipt
+        # is printed, and the wait's step-log row names the auditor it was given.
         assert "the plan auditor runs: saga signal " in result.stdout
-        assert "signal 'claim_reviewed': accepted" in result.stdout
+        assert "--actor auditor.marina --reason 'laudo confere'" in result.stdout
+        assert '"outcome": "accepted"' in result.stdout
+        assert await reviews(saga_env) == [
+            {"actor": "auditor.marina", "reason": "laudo confere", "consumed": True}
+        ]
     if example == "complete_health_goal":
         assert "child saga grant_wellness_credit v1 as 'wellness_credit'" in result.stdout
         assert "grant_wellness_credit v1: completed in" in result.stdout

@@ -101,6 +101,15 @@ async def test_scenarios_complete_and_compensate_and_keep_the_invariants(
     assert text.count(": compensated in") == 4, text
     assert text.count("grant_wellness_credit v1: completed in") == 1, text
     assert text.count("grant_wellness_credit v1: compensated in") == 1, text
+    # The claim's review came from `saga signal`, run on the services' database and topics.
+    assert '"outcome": "accepted"' in text, text
+    reviews = await rows(
+        services,
+        "SELECT l.actor, s.reason FROM shared.saga_step_log l JOIN shared.saga_signal s "
+        "ON s.saga_instance_id = l.saga_instance_id "
+        "WHERE l.step_name = 'review' AND l.status = 'succeeded'",
+    )
+    assert reviews == [{"actor": "auditor.marina", "reason": "laudo confere"}]
     (await check_invariants(services.database)).raise_if_violated()
 
 

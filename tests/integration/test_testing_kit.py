@@ -13,7 +13,8 @@ import pytest
 
 from journeys import world
 from journeys.care.sagas import BOOK_APPOINTMENT
-from saga.definition import SagaDefinition
+from saga.coordinator import SignalOutcome
+from saga.definition import AwaitEvent, OnTimeout, SagaDefinition
 from saga.machine import SagaStatus
 from saga.participant import StepContext
 from saga.participant.journey import JourneyService, discover_journeys
@@ -272,3 +273,85 @@ async def test_a_handler_bug_is_raised_into_the_test(settings: Settings, kit_dat
     async with environment(settings, kit_database, journeys=list(journeys.values())) as env:
         with pytest.raises(KeyError, match="no_such_field"):
             await env.run(BOOK_APPOINTMENT, await booking_payload(env))
+
+
+# -- a saga waiting for a signal ---------------------------------------------------------
+
+APPROVED = "booking_approved"
+APPROVAL_TIMEOUT = 600.0
+
+
+def booking_after_approval(on_timeout: OnTimeout = OnTimeout.COMPENSATE) -> SagaDefinition:
+    """The booking with a wait for ``booking_approved`` after the slot is held."""
+    first, *rest = BOOK_APPOINTMENT.steps
+    approval = AwaitEvent("approval", APPROVED, APPROVAL_TIMEOUT, on_timeout=on_timeout)
+    return SagaDefinition(f"booking_after_approval_{on_timeout.value}", 1, [first, approval, *rest])
+
+
+async def test_a_saga_waiting_for_a_signal_settles_as_waiting(
+    settings: Settings, kit_database: str
+) -> None:
+    definition = booking_after_approval()
+    async with environment(settings, kit_database, definitions=(definition,)) as env:
+        outcome = await env.run(definition, await booking_payload(env))
+        assert outcome.status is SagaStatus.WAITING
+        # The clock was not moved towards the wait's timeout: only the test knows whether
+        # the signal comes.
+        assert env.clock.now == 0.0
+        timeline = await env.timeline(outcome.id)
+        assert attempts(timeline, "approval") == ["waiting"]
+        # Short of the timeout, settling again leaves it waiting.
+        await env.advance(APPROVAL_TIMEOUT - 1)
+        again = await env.settle(outcome.id)
+        assert again.status is SagaStatus.WAITING
+        assert (await effects(env, outcome.id))["appointment"] == ["held"]
+
+
+async def test_a_signal_then_settle_completes(settings: Settings, kit_database: str) -> None:
+    definition = booking_after_approval()
+    async with environment(settings, kit_database, definitions=(definition,)) as env:
+        waiting = await env.run(definition, await booking_payload(env))
+        receipt = await env.signal(
+            waiting.id, APPROVED, {"by": "dr.ana"}, actor="dr.ana", reason="laudo ok"
+        )
+        assert receipt.outcome is SignalOutcome.ACCEPTED
+        outcome = await env.settle(waiting.id)
+        assert outcome.status is SagaStatus.COMPLETED, outcome.error
+        assert outcome.context["approval"] == {"by": "dr.ana"}
+        [row] = await env.query(
+            "SELECT actor FROM shared.saga_step_log WHERE saga_instance_id = $1 "
+            "AND step_name = 'approval' AND status = 'succeeded'",
+            waiting.id,
+        )
+        assert row == {"actor": "dr.ana"}
+        assert (await effects(env, waiting.id))["appointment"] == ["confirmed"]
+
+
+async def test_past_the_wait_timeout_settle_compensates(
+    settings: Settings, kit_database: str
+) -> None:
+    definition = booking_after_approval()
+    async with environment(settings, kit_database, definitions=(definition,)) as env:
+        waiting = await env.run(definition, await booking_payload(env))
+        await env.advance(APPROVAL_TIMEOUT + 1)
+        outcome = await env.settle(waiting.id)
+        assert outcome.status is SagaStatus.COMPENSATED
+        assert f"wait 'approval': no '{APPROVED}' signal within" in (outcome.error or "")
+        assert await effects(env, waiting.id) == {
+            "appointment": ["released"],
+            "authorization": [],
+            "points": [],
+        }
+
+
+async def test_past_the_wait_timeout_settle_goes_on_when_the_wait_says_continue(
+    settings: Settings, kit_database: str
+) -> None:
+    definition = booking_after_approval(OnTimeout.CONTINUE)
+    async with environment(settings, kit_database, definitions=(definition,)) as env:
+        waiting = await env.run(definition, await booking_payload(env))
+        await env.advance(APPROVAL_TIMEOUT + 1)
+        outcome = await env.settle(waiting.id)
+        assert outcome.status is SagaStatus.COMPLETED, outcome.error
+        assert "approval" not in outcome.context
+        assert (await effects(env, waiting.id))["appointment"] == ["confirmed"]

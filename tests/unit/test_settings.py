@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from saga.errors import SettingsError
-from saga.settings import AppEnv, LogFormat, load_settings, to_async_url
+from saga.settings import AppEnv, LogFormat, Settings, load_settings, to_async_url
 
 SETTING_VARS = (
     "APP_ENV",
@@ -161,3 +161,28 @@ def test_settings_are_immutable(tmp_path: Path) -> None:
     settings = load_settings(env_dir=tmp_path)
     with pytest.raises(ValueError, match="frozen"):
         settings.database_pool_size = 3  # type: ignore[misc]
+
+
+def test_environment_loads_the_same_settings_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(
+        app_env="test",
+        database_url="postgresql://postgres@/austa?host=/tmp/pg",
+        database_log_queries=False,
+        kafka_bootstrap_servers="127.0.0.1:9092",
+        kafka_topic_prefix="scene.1",
+        retention_saga_mode="delete",
+        outbox_republish_after_seconds=2.5,
+        log_format="json",
+        claim_review_threshold_cents=123,
+    )
+    environment = settings.environment()
+    assert environment["DATABASE_LOG_QUERIES"] == "false"
+    assert environment["LOG_FORMAT"] == "json"
+    assert "METRICS_PORT" not in environment  # unset stays unset
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(env_dir=tmp_path) == settings
