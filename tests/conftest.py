@@ -48,7 +48,23 @@ class _LoopErrors(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        message = record.getMessage()
+        if not _asyncpg_cancelled_tls_probe(message):
+            self.messages.append(message)
+
+
+def _asyncpg_cancelled_tls_probe(message: str) -> bool:
+    """asyncpg's own future for the SSL probe of a connection attempt (sslmode prefer),
+    left unretrieved when the attempt is cancelled by its connect timeout: a known asyncpg
+    bug (MagicStack/asyncpg#1211, #1310). The timeout itself reaches the engine, which
+    retries the unit (``DatabaseUnavailable``); only this log line is left, on a loaded
+    machine. Nothing of ours makes a bare future with that error."""
+    return (
+        message.startswith("Future exception was never retrieved")
+        and "future: <Future finished exception=ConnectionError("
+        "'unexpected connection_lost() call')>"
+        in message
+    )
 
 
 @pytest.fixture(autouse=True)
