@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from saga import SagaSummary
 from saga.coordinator.commands import prepare_write
 from saga.definition import SagaDefinition
 from saga.errors import DefinitionError
@@ -414,6 +415,25 @@ class Losing(Producer):
             await super().send(message)
 
 
+async def run_losing(
+    env: SagaEnvironment, name: str, payload: dict[str, Any], lost: str
+) -> tuple[uuid.UUID, SagaSummary]:
+    """Run a parent whose coordinator's broker loses the first message of kind ``lost``,
+    with the timeout worker (and so the parent's looks at its child) running."""
+    await create_effect_tables(env.database)
+    Losing.lost, Losing.dropped = {lost: 1}, []
+    worker = worker_for(env, STEP_TIMEOUTS, schedule="step_timeouts=0.1")
+    async with (
+        cluster(env.settings, env.database, env.bootstrap) as running_cluster,
+        running(worker),
+    ):
+        coordinator = running_cluster.coordinators[0]
+        coordinator.runtime.producer.__class__ = Losing
+        await coordinator.register(CHILD)
+        saga_id = await coordinator.start(parent(name, check_every=0.5), payload)
+        return saga_id, await coordinator.wait(saga_id, timeout=30)
+
+
 @pytest.mark.parametrize(
     ("payload", "parent_status", "child_status"),
     [
@@ -429,19 +449,7 @@ async def test_a_childs_end_the_broker_loses_is_found_when_the_parent_looks(
     child_status: str,
 ) -> None:
     env = saga_env
-    definition = parent(f"child_end_lost_{child_status}", check_every=0.5)
-    await create_effect_tables(env.database)
-    Losing.lost, Losing.dropped = {"child_end": 1}, []
-    worker = worker_for(env, STEP_TIMEOUTS, schedule="step_timeouts=0.1")
-    async with (
-        cluster(env.settings, env.database, env.bootstrap) as running_cluster,
-        running(worker),
-    ):
-        coordinator = running_cluster.coordinators[0]
-        coordinator.runtime.producer.__class__ = Losing
-        await coordinator.register(CHILD)
-        saga_id = await coordinator.start(definition, payload)
-        summary = await coordinator.wait(saga_id, timeout=30)
+    saga_id, summary = await run_losing(env, f"child_end_lost_{child_status}", payload, "child_end")
 
     assert Losing.dropped == ["child_end"]
     assert summary.status is parent_status
@@ -459,19 +467,8 @@ async def test_a_request_to_compensate_the_broker_loses_is_sent_again(
     saga_env: SagaEnvironment,
 ) -> None:
     env = saga_env
-    definition = parent("child_undo_lost", check_every=0.5)
-    await create_effect_tables(env.database)
-    Losing.lost, Losing.dropped = {"compensate_child": 1}, []
-    worker = worker_for(env, STEP_TIMEOUTS, schedule="step_timeouts=0.1")
-    async with (
-        cluster(env.settings, env.database, env.bootstrap) as running_cluster,
-        running(worker),
-    ):
-        coordinator = running_cluster.coordinators[0]
-        coordinator.runtime.producer.__class__ = Losing
-        await coordinator.register(CHILD)
-        saga_id = await coordinator.start(definition, parent_payload(refuse="confirm"))
-        summary = await coordinator.wait(saga_id, timeout=30)
+    payload = parent_payload(refuse="confirm")
+    saga_id, summary = await run_losing(env, "child_undo_lost", payload, "compensate_child")
 
     assert Losing.dropped == ["compensate_child"]
     assert summary.status is SagaStatus.COMPENSATED
