@@ -285,7 +285,10 @@ def test_show_prints_the_state_and_one_line_per_attempt_as_a_process(
 
     attempts = [line for line in out.splitlines() if line.startswith("  +")]
     expected = expected_timeline(log_rows, saga_id)
-    assert [(r["step_name"], r["action"], r["attempt"], r["status"]) for r in expected] == [
+    # A loaded machine can resend a command whose reply was slow; the late duplicate reply
+    # is logged as 'ignored' and shown like any row, but it is not part of the saga's path.
+    path = [r for r in expected if r["status"] != "ignored"]
+    assert [(r["step_name"], r["action"], r["attempt"], r["status"]) for r in path] == [
         ("reserve", "execute", 1, "succeeded"),
         ("authorize", "execute", 1, "succeeded"),
         ("award", "execute", 1, "succeeded"),
@@ -303,10 +306,16 @@ def test_show_prints_the_state_and_one_line_per_attempt_as_a_process(
         ), line
         if row["error"]:
             assert line.endswith(row["error"])
-    assert "revoke broke on attempt 2" in attempts[5]
+    [second_revoke] = [
+        line for line, row in zip(attempts, expected, strict=True)
+        if (row["action"], row["attempt"]) == ("compensate", 2)
+    ]
+    assert "revoke broke on attempt 2" in second_revoke
     # Each answered attempt carries the request its dispatch recorded.
     assert out.count('\n             request  {"action": ') == len(expected)
-    assert out.count("\n             response ") == 3  # the three steps that succeeded
+    answered_with_data = [r for r in expected if r["response"] is not None]
+    assert len([r for r in answered_with_data if r["status"] != "ignored"]) == 3  # three succeeded
+    assert out.count("\n             response ") == len(answered_with_data)
 
 
 def test_show_json_is_the_whole_saga_with_a_timeline_per_attempt(
