@@ -128,6 +128,9 @@ class InvariantReport:
             raise InvariantViolation(self.describe())
 
 
+CHECK_TIMEOUT_MS = 10 * 60 * 1000
+
+
 async def check_invariants(
     database: Database,
     *,
@@ -154,7 +157,12 @@ async def check_invariants(
         )
 
     return await database.run_driver(
-        unit, isolation=IsolationLevel.REPEATABLE_READ, name="check_invariants"
+        unit,
+        isolation=IsolationLevel.REPEATABLE_READ,
+        # A check over a long run's whole log reads every saga's effects: minutes, not the
+        # few seconds a service's statement is allowed.
+        statement_timeout_ms=CHECK_TIMEOUT_MS,
+        name="check_invariants",
     )
 
 
@@ -421,14 +429,16 @@ complete_health_goal AS (
     CROSS JOIN LATERAL (
         SELECT count(*) AS applied, string_agg(id::text, ', ') AS applied_ids,
                min(source_goal_id::text)::uuid AS source_goal_id
-        FROM plan_journey.plan_wellness_credit
-        WHERE status = 'applied' AND deleted_at IS NULL AND saga_id IN (
+        FROM (
             -- v1 applies the credit itself; v2's child grant_wellness_credit does: the
-            -- credit's effects are the child's, and the parent answers for them.
-            SELECT s.id
+            -- credit's effects are the child's, and the parent answers for them. A join
+            -- (not IN) keeps both lookups on the saga_id index at any scale.
+            SELECT s.id AS saga_id
             UNION ALL
             SELECT c.id FROM shared.saga_instance c WHERE c.parent_id = s.id
-        )
+        ) owner
+        JOIN plan_journey.plan_wellness_credit ON plan_wellness_credit.saga_id = owner.saga_id
+        WHERE status = 'applied' AND deleted_at IS NULL
     ) w
     {LEDGER}
     WHERE s.definition_name = 'complete_health_goal'
