@@ -161,6 +161,12 @@ DB_SLOW_QUERIES = Counter(
     "saga_db_slow_queries",
     "Single statements slower than DATABASE_SLOW_QUERY_THRESHOLD (each is logged as slow_query)",
 )
+GROUP_COMMIT_WRITES = Histogram(
+    "saga_db_group_commit_writes",
+    "Writes committed together by one group commit (1: the write was alone), by unit",
+    ["unit"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 STEP_DB_RETRIES = Gauge(
     "saga_step_db_retries_recent",
     "Serialization and deadlock retries per step over the retry monitor's window",

@@ -36,6 +36,7 @@ from saga.store.records import (
 )
 
 __all__ = [
+    "LOG_COLUMNS",
     "InstanceRow",
     "LogRow",
     "OutboxRow",
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 
-_LOG_COLUMNS = """
+LOG_COLUMNS = """
     saga_instance_id, step_index, step_name, journey, action, status, attempt,
     message_id, request, response, error, started_at, finished_at,
     serialization_retries, deadlock_retries, actor, branch
@@ -74,7 +75,7 @@ _NOW = "(now() + make_interval(secs => $SKEW))"
 # The log rows arrive as parallel arrays; a dispatched row is open (no finished_at) and
 # starts when its command becomes available, every other row is an outcome ending now.
 _LOG_FROM_ARRAYS = f"""
-    INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
+    INSERT INTO shared.saga_step_log ({LOG_COLUMNS})
     SELECT i.id, e.step_index, e.step_name, e.journey, e.action, e.status, e.attempt,
            e.message_id, e.request::jsonb, e.response::jsonb, e.error,
            COALESCE(e.started_at, {_NOW} + make_interval(secs => $DELAY)),
@@ -411,7 +412,7 @@ async def record_ignored(
     """Note a stale or duplicate reply in the log without touching the instance."""
     await conn.execute(
         f"""
-        INSERT INTO shared.saga_step_log ({_LOG_COLUMNS})
+        INSERT INTO shared.saga_step_log ({LOG_COLUMNS})
         VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9,
                 now() + make_interval(secs => $10), now() + make_interval(secs => $10),
                 0, 0, NULL, $11)

@@ -1,0 +1,266 @@
+"""The coordinator's transitions, group-committed on the real PostgreSQL and broker: many
+sagas' transitions share one statement and one commit, yet each keeps every rule of a
+transition written alone (the version check, all or nothing, its log rows and command),
+and a crash between the commit and the publishes loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+import pytest
+
+from saga.errors import UniqueViolation
+from saga.machine import Outcome, SagaStatus
+from saga.settings import Settings
+from saga.store import Database
+from saga.store.outbox import PendingMessage
+from saga.store.postgres_log import PostgresSagaLog
+from saga.store.records import InstanceRow, StoredDefinition
+from saga.testing.clock import TestClock
+from tests.integration.conftest import SagaEnvironment
+from tests.integration.sagas import (
+    ALL_DONE,
+    BOOKING,
+    cluster,
+    create_effect_tables,
+    executions,
+)
+from tests.integration.test_saga_log_contract import answer, load, start, trip
+
+pytestmark = pytest.mark.integration
+
+SAGAS = 24
+
+
+@pytest.fixture
+async def saga_log(settings: Settings, kit_database: str) -> AsyncIterator[PostgresSagaLog]:
+    database = Database.from_settings(
+        settings, url=kit_database, application_name="tests", clock=TestClock()
+    )
+    try:
+        yield PostgresSagaLog(database)
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+async def stored(saga_log: PostgresSagaLog) -> StoredDefinition:
+    return await saga_log.register_definition(trip())
+
+
+async def started(saga_log: PostgresSagaLog, stored: StoredDefinition, n: int) -> list[InstanceRow]:
+    ids = [await start(saga_log, stored, payload={"n": i}) for i in range(n)]
+    return [await load(saga_log, saga_id) for saga_id in ids]
+
+
+async def write_answers(
+    saga_log: PostgresSagaLog,
+    stored: StoredDefinition,
+    instances: Sequence[InstanceRow],
+    outcome: Outcome = Outcome.SUCCEEDED,
+) -> list[InstanceRow | BaseException | None]:
+    """Each instance's answer written at once, as the coordinator's concurrent handlers do."""
+
+    async def one(instance: InstanceRow) -> InstanceRow | None:
+        prepared, state = answer(stored.definition, instance, outcome)
+        return await saga_log.write_transition(
+            instance,
+            state,
+            log=prepared.log,
+            outbox=prepared.outbox,
+            step_timeout=prepared.step_timeout,
+        )
+
+    return await asyncio.gather(*(one(i) for i in instances), return_exceptions=True)
+
+
+async def rows(saga_log: PostgresSagaLog, sql: str, saga_id: uuid.UUID) -> list[tuple[object, ...]]:
+    found = await saga_log.database.run_driver(
+        lambda conn: conn.fetch(sql, saga_id), transaction=False
+    )
+    return [tuple(r.values()) for r in found]
+
+
+async def step_log(saga_log: PostgresSagaLog, saga_id: uuid.UUID) -> list[tuple[object, ...]]:
+    return await rows(
+        saga_log,
+        "SELECT step_index, action, status, attempt FROM shared.saga_step_log "
+        "WHERE saga_instance_id = $1 ORDER BY created_at, started_at, step_index",
+        saga_id,
+    )
+
+
+async def commands(saga_log: PostgresSagaLog, saga_id: uuid.UUID) -> int:
+    [(count,)] = await rows(
+        saga_log, "SELECT count(*) FROM shared.saga_outbox WHERE saga_instance_id = $1", saga_id
+    )
+    assert isinstance(count, int)
+    return count
+
+
+async def test_concurrent_transitions_share_commits_and_each_writes_its_own_rows(
+    saga_log: PostgresSagaLog, stored: StoredDefinition
+) -> None:
+    instances = await started(saga_log, stored, SAGAS)
+    batches = saga_log.transitions.batches
+
+    written = await write_answers(saga_log, stored, instances)
+
+    # The first write goes alone; the others queue behind it and share the next commits.
+    assert saga_log.transitions.batches - batches < SAGAS / 2
+    for instance, stored_row in zip(instances, written, strict=True):
+        assert isinstance(stored_row, InstanceRow), stored_row
+        assert stored_row.version == instance.version + 1
+        assert await load(saga_log, instance.id) == stored_row
+        assert stored_row.state.current_step == 1
+        assert await step_log(saga_log, instance.id) == [
+            (0, "execute", "dispatched", 1),
+            (0, "execute", "succeeded", 1),
+            (1, "execute", "dispatched", 1),
+        ]
+        assert await commands(saga_log, instance.id) == 2
+
+
+async def test_a_write_on_a_stale_version_loses_alone_and_the_rest_of_its_batch_commits(
+    saga_log: PostgresSagaLog, stored: StoredDefinition
+) -> None:
+    instances = await started(saga_log, stored, SAGAS)
+    # Another process moves one saga first; this process still holds the old version.
+    raced = instances[SAGAS // 2]
+    [moved] = await write_answers(saga_log, stored, [raced])
+    assert isinstance(moved, InstanceRow)
+    log_before = await step_log(saga_log, raced.id)
+
+    written = await write_answers(saga_log, stored, instances, Outcome.ERROR)
+
+    for instance, stored_row in zip(instances, written, strict=True):
+        if instance is raced:
+            assert stored_row is None
+            assert await load(saga_log, raced.id) == moved
+            assert await step_log(saga_log, raced.id) == log_before
+            assert await commands(saga_log, raced.id) == 2
+        else:
+            assert isinstance(stored_row, InstanceRow), stored_row
+            assert stored_row.state.step_attempt == 2  # the error retries the step
+            assert await commands(saga_log, instance.id) == 2
+
+
+async def test_a_write_the_database_refuses_fails_alone_and_writes_nothing_of_its_own(
+    saga_log: PostgresSagaLog, stored: StoredDefinition
+) -> None:
+    instances = await started(saga_log, stored, SAGAS)
+    refused = instances[3]
+
+    async def one(instance: InstanceRow) -> InstanceRow | None:
+        prepared, state = answer(stored.definition, instance)
+        assert prepared.outbox is not None
+        outbox = prepared.outbox
+        if instance is refused:
+            # A command whose id is taken by the saga's first command.
+            [(taken,)] = await rows(
+                saga_log,
+                "SELECT message_id FROM shared.saga_outbox WHERE saga_instance_id = $1",
+                refused.id,
+            )
+            outbox = replace(outbox, message_id=uuid.UUID(str(taken)))
+        return await saga_log.write_transition(
+            instance, state, log=prepared.log, outbox=outbox, step_timeout=prepared.step_timeout
+        )
+
+    # Every write waits behind a first one, so the refused write shares a batch.
+    written = await asyncio.gather(*(one(i) for i in instances), return_exceptions=True)
+
+    assert saga_log.transitions.batches < 2 * SAGAS
+    for instance, stored_row in zip(instances, written, strict=True):
+        if instance is refused:
+            assert isinstance(stored_row, UniqueViolation), stored_row
+            assert await load(saga_log, refused.id) == refused
+            assert await step_log(saga_log, refused.id) == [(0, "execute", "dispatched", 1)]
+            assert await commands(saga_log, refused.id) == 1
+        else:
+            assert isinstance(stored_row, InstanceRow), stored_row
+            assert await commands(saga_log, instance.id) == 2
+
+
+async def test_two_transitions_of_one_saga_never_share_a_statement_and_one_of_them_wins(
+    saga_log: PostgresSagaLog, stored: StoredDefinition
+) -> None:
+    instances = await started(saga_log, stored, SAGAS)
+    twice = instances[0]
+    # A duplicate decision on the same version, in the same burst as the others.
+    written = await write_answers(saga_log, stored, [twice, *instances])
+
+    first, again = written[0], written[1]
+    assert [isinstance(w, InstanceRow) for w in (first, again)].count(True) == 1
+    assert None in (first, again)
+    assert await step_log(saga_log, twice.id) == [
+        (0, "execute", "dispatched", 1),
+        (0, "execute", "succeeded", 1),
+        (1, "execute", "dispatched", 1),
+    ]
+    assert all(isinstance(w, InstanceRow) for w in written[2:])
+
+
+async def test_concurrent_starts_share_commits_and_a_key_used_before_returns_its_saga(
+    saga_log: PostgresSagaLog, stored: StoredDefinition
+) -> None:
+    first = await start(saga_log, stored, key="used-before")
+    batches = saga_log.starts.batches
+    keys = [f"fresh-{n}" for n in range(SAGAS)] + ["used-before", "used-before", "new", "new"]
+
+    ids = await asyncio.gather(*(start(saga_log, stored, key=key) for key in keys))
+
+    assert saga_log.starts.batches - batches < len(keys) / 2
+    assert ids[SAGAS] == ids[SAGAS + 1] == first
+    assert ids[SAGAS + 2] == ids[SAGAS + 3]
+    assert len(set(ids)) == SAGAS + 2
+    [(count,)] = await rows(
+        saga_log,
+        "SELECT count(*) FROM shared.saga_instance WHERE saga_definition_id = $1",
+        stored.id,
+    )
+    assert count == SAGAS + 2
+    for saga_id in set(ids):
+        assert await step_log(saga_log, saga_id) == [(0, "execute", "dispatched", 1)]
+        assert await commands(saga_log, saga_id) == 1
+
+
+async def test_a_crash_between_a_group_commit_and_its_publishes_loses_no_command(
+    saga_env: SagaEnvironment,
+) -> None:
+    """The commands of committed batches are dropped before the broker sees them, as if
+    the coordinator died right after the commit; the relay sends them, and every saga
+    ends with each of its effects applied once."""
+    env = saga_env
+    await create_effect_tables(env.database)
+    async with cluster(env.settings, env.database, env.bootstrap) as running:
+        coordinator = running.coordinators[0]
+        publisher = coordinator.runtime.publisher
+        publish = publisher.publish
+        dropped: list[uuid.UUID] = []
+
+        async def crash_before_publishing(messages: Sequence[PendingMessage]) -> None:
+            if len(dropped) < 3 * SAGAS // 2:
+                dropped.extend(m.message_id for m in messages)
+                return
+            await publish(messages)
+
+        payloads = [{"n": n} if n % 4 else {"refuse": "award"} for n in range(SAGAS)]
+        ids = await asyncio.gather(*(coordinator.start(BOOKING, p) for p in payloads))
+        publisher.publish = crash_before_publishing  # type: ignore[method-assign]
+        summaries = await asyncio.gather(*(coordinator.wait(s, timeout=60) for s in ids))
+
+    transitions = coordinator.saga_log.transitions  # type: ignore[attr-defined]
+    assert transitions.batches < transitions.writes, "no transitions shared a commit"
+    assert len(dropped) >= 3 * SAGAS // 2
+    # A relay sweep that came while the drops went on was dropped too, and swept again.
+    assert publisher.relayed >= len(set(dropped))
+    for payload, saga_id, summary in zip(payloads, ids, summaries, strict=True):
+        if "refuse" in payload:
+            assert summary.status is SagaStatus.COMPENSATED
+        else:
+            assert summary.status is SagaStatus.COMPLETED
+            assert await executions(env.database, saga_id) == ALL_DONE
