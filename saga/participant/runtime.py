@@ -1,9 +1,12 @@
 """The participant runtime: a journey service's side of the protocol.
 
-For each command on the journey's topic it runs ONE transaction, at the step's isolation
+For each command on the journey's topic it runs ONE unit of work, at the step's isolation
 level with the step's timeout as the statement timeout, that checks the inbox, runs the
 handler and records the inbox row and the reply's outbox row; after the commit it
 publishes the reply. A repeated command is answered from the inbox and never runs twice.
+Commands handled at the same moment share a transaction and its commit, each in a
+savepoint of its own (:meth:`~saga.store.database.Database.run_shared`), except
+Serializable ones, which keep a transaction each.
 
 How each kind of end is answered:
 
@@ -180,8 +183,11 @@ class CommandProcessor:
         # they are counted per step for alerting.
         retries: Counter[str] = Counter()
         started = time.perf_counter()
+        # A Serializable command keeps a transaction of its own: a conflict would cost
+        # every command that shared it. The others share theirs, each in a savepoint.
+        run = self._database.run_driver if checked else self._database.run_shared
         try:
-            reply, fresh = await self._database.run_driver(
+            reply, fresh = await run(
                 lambda conn: self._run(conn, command, handler, checked=checked, retries=retries),
                 isolation=command.isolation,
                 statement_timeout_ms=command.timeout_ms,
@@ -324,7 +330,7 @@ class CommandProcessor:
             return await self._record(conn, command, Outcome.FAILED, reason=reason, retries=retries)
 
         try:
-            return await self._database.run_driver(
+            return await self._database.run_shared(
                 unit, retry=self._retry, name=f"{self.journey}.refusal", tally=retries
             )
         except UniqueViolation:

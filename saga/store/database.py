@@ -51,9 +51,10 @@ from saga.errors import (
 )
 from saga.retry import RetryPolicy
 from saga.settings import Settings
-from saga.store.driver import DriverConnection
+from saga.store.driver import DriverConnection, set_local_timeout
 from saga.store.engine import QueryRecorder, create_engine
 from saga.store.errors import database_errors
+from saga.store.shared_transactions import SharedTransactions
 
 T = TypeVar("T")
 UnitOfWork = Callable[[AsyncConnection], Awaitable[T]]
@@ -107,6 +108,7 @@ class Database:
         self.slow_unit_ms = slow_unit_ms
         # Units between asking the pool for a connection and getting one.
         self.waiting = 0
+        self._shared: dict[IsolationLevel, SharedTransactions] = {}
         metrics.POOLS.track(self)
 
     @classmethod
@@ -178,7 +180,7 @@ class Database:
                 )
                 async with conn.begin():
                     if statement_timeout_ms is not None:
-                        await conn.execute(text(_set_local_timeout(statement_timeout_ms)))
+                        await conn.execute(text(set_local_timeout(statement_timeout_ms)))
                     return await unit(conn)
 
         return await self._with_retries(once, retry or self.retry, name or _name_of(unit))
@@ -210,28 +212,77 @@ class Database:
             )
 
         async def once() -> T:
-            async with self._connection() as conn:
-                raw = cast(asyncpg.Connection, (await conn.get_raw_connection()).driver_connection)
-                try:
-                    if not transaction:
-                        return await unit(DriverConnection(raw, self.queries))
-                    async with _driver_transaction(raw, isolation, statement_timeout_ms):
-                        return await unit(DriverConnection(raw, self.queries))
-                except Exception as exc:
-                    if not raw.is_closed():
-                        raise
-                    # SQLAlchemy saw none of this connection's statements, so it cannot
-                    # know it died: take it out of the pool before it is handed out again.
-                    await conn.invalidate()
-                    if isinstance(exc, DatabaseError | asyncpg.PostgresError) and exc.sqlstate:
-                        raise  # the server said why (e.g. 57P01): translated as such
-                    # Otherwise the driver reports the loss as a misuse or protocol error
-                    # that hides it; the connection's state tells what happened.
-                    raise DatabaseUnavailable(f"connection lost: {exc}") from exc
+            return await self.attempt_driver(
+                unit,
+                isolation=isolation,
+                statement_timeout_ms=statement_timeout_ms,
+                transaction=transaction,
+            )
 
         return await self._with_retries(
             once, retry or self.retry, name or _name_of(unit), tally=tally
         )
+
+    async def run_shared(
+        self,
+        unit: DriverUnitOfWork[T],
+        *,
+        isolation: IsolationLevel = IsolationLevel.READ_COMMITTED,
+        statement_timeout_ms: int | None = None,
+        retry: RetryPolicy | None = None,
+        name: str | None = None,
+        tally: Counter[str] | None = None,
+    ) -> T:
+        """Like :meth:`run_driver`, but the unit may share one transaction and one commit
+        with the units other callers submit meanwhile at the same isolation level, each in
+        a savepoint of its own (:class:`~saga.store.shared_transactions.SharedTransactions`).
+
+        A unit that raises has its savepoint rolled back, so nothing of it stays, and the
+        others commit; what it raised reaches only its caller. A commit that fails fails
+        every unit of the transaction, and each is retried like any. The unit sees the
+        writes of the units before it in the transaction, as it would had they committed
+        first. Serializable units are refused: one's conflict would cost the whole group.
+        """
+        if isolation is IsolationLevel.SERIALIZABLE:
+            raise UsageError("run_shared: a Serializable unit needs its own transaction")
+        shared = self._shared.get(isolation)
+        if shared is None:
+            shared = self._shared[isolation] = SharedTransactions(self, isolation)
+
+        async def once() -> T:
+            return await shared.run(unit, statement_timeout_ms)
+
+        return await self._with_retries(
+            once, retry or self.retry, name or _name_of(unit), tally=tally
+        )
+
+    async def attempt_driver(
+        self,
+        unit: DriverUnitOfWork[T],
+        *,
+        isolation: IsolationLevel,
+        statement_timeout_ms: int | None,
+        transaction: bool,
+    ) -> T:
+        """Run ``unit`` once on a pooled asyncpg connection, in a transaction or not."""
+        async with self._connection() as conn:
+            raw = cast(asyncpg.Connection, (await conn.get_raw_connection()).driver_connection)
+            try:
+                if not transaction:
+                    return await unit(DriverConnection(raw, self.queries))
+                async with _driver_transaction(raw, isolation, statement_timeout_ms):
+                    return await unit(DriverConnection(raw, self.queries))
+            except Exception as exc:
+                if not raw.is_closed():
+                    raise
+                # SQLAlchemy saw none of this connection's statements, so it cannot
+                # know it died: take it out of the pool before it is handed out again.
+                await conn.invalidate()
+                if isinstance(exc, DatabaseError | asyncpg.PostgresError) and exc.sqlstate:
+                    raise  # the server said why (e.g. 57P01): translated as such
+                # Otherwise the driver reports the loss as a misuse or protocol error
+                # that hides it; the connection's state tells what happened.
+                raise DatabaseUnavailable(f"connection lost: {exc}") from exc
 
     async def _with_retries(
         self,
@@ -312,7 +363,7 @@ async def _driver_transaction(
     hold several statements), ``COMMIT`` or ``ROLLBACK`` at the end."""
     opening = f"BEGIN ISOLATION LEVEL {isolation.value}"
     if statement_timeout_ms is not None:
-        opening += f"; {_set_local_timeout(statement_timeout_ms)}"
+        opening += f"; {set_local_timeout(statement_timeout_ms)}"
     if isolation is IsolationLevel.SERIALIZABLE:
         # A sequential scan takes a predicate lock on the whole relation, so every other
         # Serializable transaction touching the table conflicts with it; small or fresh
@@ -336,8 +387,3 @@ async def _driver_transaction(
 
 def _name_of(unit: object) -> str:
     return str(getattr(unit, "__qualname__", "unit"))
-
-
-def _set_local_timeout(milliseconds: int) -> str:
-    # SET takes no bind parameters; int() keeps the value a number.
-    return f"SET LOCAL statement_timeout = {int(milliseconds)}"

@@ -79,3 +79,8 @@ def document(value: Any) -> Any:
 def rows_affected(status: str) -> int:
     """The row count of a command status such as ``DELETE 12`` or ``INSERT 0 3``."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+def set_local_timeout(milliseconds: int) -> str:
+    # SET takes no bind parameters; int() keeps the value a number.
+    return f"SET LOCAL statement_timeout = {int(milliseconds)}"

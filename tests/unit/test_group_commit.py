@@ -80,7 +80,27 @@ async def test_a_batch_holds_at_most_max_batch_writes() -> None:
     await asyncio.sleep(0)
     recorder.release.set()
     assert [await task for task in tasks] == [n * 2 for n in range(10)]
-    assert [len(batch) for batch in recorder.batches] == [4, 4, 2]
+    # The first write found the flusher free and went alone.
+    assert [len(batch) for batch in recorder.batches] == [1, 4, 4, 1]
+
+
+async def test_each_free_flusher_takes_a_write_alone_before_writes_wait_for_company() -> None:
+    recorder = Recorder()
+    group: GroupCommit[tuple[str, int], int] = GroupCommit(recorder.flush, flushers=2)
+    recorder.release.clear()
+    tasks = [asyncio.create_task(group.submit((f"k{n}", n))) for n in range(5)]
+    for _ in range(2):  # the submits start the flushers, which then start flushing
+        await asyncio.sleep(0)
+    # Two flushers busy, each with one write; the other three wait together.
+    assert recorder.batches == [[("k0", 0)], [("k1", 1)]]
+    recorder.release.set()
+    assert [await task for task in tasks] == [0, 2, 4, 6, 8]
+    assert sorted(map(len, recorder.batches)) == [1, 1, 3]
+
+
+def test_writes_with_a_key_need_one_flusher() -> None:
+    with pytest.raises(ConfigurationError, match="writes with a key need one flusher"):
+        GroupCommit(Recorder().flush, key=lambda write: write, flushers=2)
 
 
 async def test_a_write_that_fails_alone_fails_only_its_own_caller() -> None:

@@ -1,4 +1,4 @@
-"""drop saga context index: no query reads the context by its contents
+"""remove saga context index: no query reads the context by its contents
 
 Revision ID: 20261202190000
 Revises: 20261202110000

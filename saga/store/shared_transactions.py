@@ -1,0 +1,126 @@
+"""Units of work that share one transaction, each in a savepoint: a participant's commands
+that arrive together commit together (:meth:`saga.store.database.Database.run_shared`).
+
+A command's transaction is a few short statements (the inbox check, the step's write, the
+inbox row and the reply) between a ``BEGIN`` and a ``COMMIT``; under load the commit and
+its round trips cost more than the statements. Here the units in hand at one moment run
+one after another on one connection, each between ``SAVEPOINT`` and ``RELEASE``, and one
+``COMMIT`` ends them all. A unit that raises is rolled back to its savepoint, leaving
+nothing, and only its caller hears of it. Nobody hears of success before the commit.
+
+A few transactions run side by side (``flushers``), so one slow unit holds back only the
+units that share its transaction, and a lone unit never waits for company.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+import structlog
+
+from saga.definition import IsolationLevel
+from saga.errors import SagaError
+from saga.store.driver import DriverConnection, set_local_timeout
+from saga.store.group_commit import GroupCommit
+
+if TYPE_CHECKING:
+    from saga.store.database import Database, DriverUnitOfWork
+
+__all__ = ["SharedTransactions"]
+
+T = TypeVar("T")
+
+log = structlog.get_logger("saga.store")
+
+# Transactions run at once per isolation level: enough that a slow unit (a lock wait, a
+# step that sleeps) does not stall the others, few enough that units find company.
+FLUSHERS = 4
+# The most units one transaction takes: its locks are held until the last one is done.
+MAX_UNITS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    run: DriverUnitOfWork[Any]
+    statement_timeout_ms: int | None
+
+
+class SharedTransactions:
+    """The units of one isolation level on one database, grouped into transactions."""
+
+    def __init__(self, database: Database, isolation: IsolationLevel) -> None:
+        self._database = database
+        self._isolation = isolation
+        self._group: GroupCommit[_Unit, Any] = GroupCommit(
+            self._run_together, max_batch=MAX_UNITS, flushers=FLUSHERS
+        )
+
+    @property
+    def transactions(self) -> int:
+        return self._group.batches
+
+    @property
+    def units(self) -> int:
+        return self._group.writes
+
+    async def run(self, unit: DriverUnitOfWork[T], statement_timeout_ms: int | None) -> T:
+        """Run ``unit`` once in the next shared transaction; its result after the commit."""
+        result: T = await self._group.submit(_Unit(unit, statement_timeout_ms))
+        return result
+
+    async def _run_together(self, units: Sequence[_Unit]) -> list[Any]:
+        async def together(conn: DriverConnection) -> list[Any]:
+            outcomes: list[Any] = []
+            for unit in units:
+                await conn.execute(f"SAVEPOINT unit; {_timeout(unit.statement_timeout_ms)}")
+                try:
+                    outcomes.append(await unit.run(conn))
+                except Exception as exc:
+                    # If the connection is gone this raises too, and the whole
+                    # transaction fails: nothing of it committed.
+                    await conn.execute("ROLLBACK TO SAVEPOINT unit")
+                    outcomes.append(exc)
+                else:
+                    await conn.execute("RELEASE SAVEPOINT unit")
+            return outcomes
+
+        try:
+            return await self._database.attempt_driver(
+                together, isolation=self._isolation, statement_timeout_ms=None, transaction=True
+            )
+        except Exception as exc:
+            if len(units) == 1 or _fails_alone_too(exc):
+                raise  # each caller retries its own unit, or hears why it cannot
+            # The commit itself was refused (a deferred constraint) for one unit's sake,
+            # and nothing committed: each unit alone now, so only that one fails.
+            log.warning("shared_transaction_split", units=len(units), error=str(exc))
+        return [await self._alone(unit) for unit in units]
+
+    async def _alone(self, unit: _Unit) -> Any:
+        try:
+            return await self._database.attempt_driver(
+                unit.run,
+                isolation=self._isolation,
+                statement_timeout_ms=unit.statement_timeout_ms,
+                transaction=True,
+            )
+        except Exception as exc:
+            return exc
+
+
+def _fails_alone_too(exc: Exception) -> bool:
+    """A lost connection, an exhausted pool or a conflict: every unit would meet it alone
+    as well, and each caller's retry policy deals with it."""
+    if isinstance(exc, SagaError):
+        return exc.retriable
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in ("40001", "40P01")
+
+
+def _timeout(milliseconds: int | None) -> str:
+    # A unit's SET LOCAL outlives its savepoint's release: every unit sets its own.
+    if milliseconds is None:
+        return "SET LOCAL statement_timeout TO DEFAULT"
+    return set_local_timeout(milliseconds)
