@@ -14,7 +14,6 @@ import json
 import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
 from saga.machine import InstanceState
@@ -22,7 +21,13 @@ from saga.store.driver import DriverConnection
 from saga.store.records import InstanceRow, LogRow, OutboxRow
 from saga.store.saga_log import LOG_COLUMNS
 
-__all__ = ["StartWrite", "TransitionWrite", "insert_starts", "write_transitions"]
+__all__ = [
+    "SagaHeld",
+    "StartWrite",
+    "TransitionWrite",
+    "insert_starts",
+    "write_transitions",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,13 @@ WITH moved AS (
         AS t(id, version, status, current_step, step_attempt, context, error, starts,
              timeout, delay)
 ),
+free AS (
+    -- A row another transaction holds (a worker's claim, an operator's action) is not
+    -- waited for here: the whole batch would wait with it. Its write goes alone.
+    SELECT s.id FROM shared.saga_instance s
+    WHERE s.id = ANY($2::uuid[])
+    FOR UPDATE SKIP LOCKED
+),
 updated AS (
     UPDATE shared.saga_instance s SET
         status = t.status, current_step = t.current_step, step_attempt = t.step_attempt,
@@ -103,12 +115,14 @@ updated AS (
         finished_at = CASE WHEN t.status IN ('completed', 'compensated', 'aborted')
             THEN {_NOW} END
     FROM moved t
-    WHERE s.id = t.id AND s.version = t.version
+    WHERE s.id = t.id AND s.version = t.version AND s.id IN (SELECT id FROM free)
     RETURNING s.id, s.step_started_at
 ),
 log AS ({_log_rows(12, "updated")}),
 box AS ({_commands(29, "updated")})
-SELECT id, step_started_at FROM updated
+SELECT id, step_started_at, false AS held FROM updated
+UNION ALL
+SELECT id, NULL, true FROM moved WHERE id NOT IN (SELECT id FROM free)
 """
 
 _STARTS = f"""
@@ -136,10 +150,11 @@ SELECT id FROM inserted
 
 async def write_transitions(
     conn: DriverConnection, writes: Sequence[TransitionWrite], *, skew: float = 0.0
-) -> list[InstanceRow | None]:
+) -> list[InstanceRow | SagaHeld | None]:
     """Persist every write's transition in one statement; per write, the instance as now
-    stored, or None when another process moved that instance first. At most one write
-    per saga (the statement updates each row once)."""
+    stored, None when another process moved that instance first, or :class:`SagaHeld`
+    when another transaction holds its row (nothing of it was written). At most one
+    write per saga (the statement updates each row once)."""
     _check_distinct([w.instance.id for w in writes], "transitions of one saga")
     rows = await conn.fetch(
         _TRANSITIONS,
@@ -148,9 +163,12 @@ async def write_transitions(
         *_log_args([(w.instance.id, w.delay, w.log) for w in writes]),
         *_outbox_args([(w.instance.id, w.outbox) for w in writes]),
     )
-    stored: dict[uuid.UUID, datetime | None] = {r["id"]: r["step_started_at"] for r in rows}
+    stored = {r["id"]: r["step_started_at"] for r in rows if not r["held"]}
+    held = {r["id"] for r in rows if r["held"]}
     return [
-        replace(
+        SagaHeld(w.instance.id)
+        if w.instance.id in held
+        else replace(
             w.instance,
             state=w.state,
             version=w.instance.version + 1,
@@ -160,6 +178,15 @@ async def write_transitions(
         else None
         for w in writes
     ]
+
+
+class SagaHeld(Exception):
+    """Another transaction holds the saga's row: its transition was left out of the
+    batch, to be written alone (waiting for the row as a lone write does)."""
+
+    def __init__(self, saga_id: uuid.UUID) -> None:
+        super().__init__(f"saga {saga_id} is held by another transaction")
+        self.saga_id = saga_id
 
 
 @dataclass(frozen=True, slots=True)

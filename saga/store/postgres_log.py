@@ -24,6 +24,7 @@ from saga.errors import SagaError, UsageError
 from saga.machine import InstanceState
 from saga.store import definitions, saga_log
 from saga.store.batched_writes import (
+    SagaHeld,
     StartWrite,
     TransitionWrite,
     insert_starts,
@@ -147,16 +148,26 @@ class PostgresSagaLog:
         step_timeout: float,
     ) -> InstanceRow | None:
         """Group-committed (:mod:`saga.store.group_commit`): the transitions other handlers
-        write meanwhile go in the same statement and commit."""
-        return await self.transitions.submit(
-            TransitionWrite(instance, state, log, outbox, step_timeout)
-        )
+        write meanwhile go in the same statement and commit. One whose saga another
+        transaction holds is written alone, so only it waits for the row."""
+        write = TransitionWrite(instance, state, log, outbox, step_timeout)
+        try:
+            return await self.transitions.submit(write)
+        except SagaHeld:
+            return await self._write_one(write)
 
     async def _write_transitions(
         self, writes: Sequence[TransitionWrite]
     ) -> list[InstanceRow | BaseException | None]:
+        # Even a lone transition goes by the batch's statement, which skips a row another
+        # transaction holds instead of waiting for it: the flusher must never wait on a
+        # lock, or every transition behind it would (the held one is written alone).
         return await self._grouped(
-            "coordinator.transition", writes, write_transitions, self._write_one
+            "coordinator.transition",
+            writes,
+            write_transitions,
+            self._write_one,
+            lone_write_alone=False,
         )
 
     async def _grouped(
@@ -165,13 +176,15 @@ class PostgresSagaLog:
         writes: Sequence[W],
         together: Callable[..., Awaitable[list[R]]],
         alone: Callable[[W], Awaitable[R]],
+        *,
+        lone_write_alone: bool = True,
     ) -> list[R | BaseException]:
         """One group commit's writes: alone by the statement of one (a quiet moment's
-        write costs what it always did), else ``together`` in one statement. If the
-        database refuses that statement for one write's sake, each is written alone, so
-        the refusal reaches only that write's caller."""
+        write costs what it always did) if ``lone_write_alone``, else ``together`` in one
+        statement. If the database refuses that statement for one write's sake, each is
+        written alone, so the refusal reaches only that write's caller."""
         metrics.GROUP_COMMIT_WRITES.labels(unit).observe(len(writes))
-        if len(writes) == 1:
+        if len(writes) == 1 and lone_write_alone:
             return [await alone(writes[0])]
         skew = self.database.clock.skew
         try:

@@ -9,7 +9,10 @@ one after another on one connection, each between ``SAVEPOINT`` and ``RELEASE``,
 nothing, and only its caller hears of it. Nobody hears of success before the commit.
 
 A few transactions run side by side (``flushers``), so one slow unit holds back only the
-units that share its transaction, and a lone unit never waits for company.
+units that share its transaction, and a lone unit never waits for company. A unit may
+wait for a lock only briefly (``LOCK_WAIT_MS``): one that would wait longer (a slot
+another saga is booking) is rolled back to its savepoint and runs alone afterwards, so a
+lock held elsewhere never stalls a whole group.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import structlog
 from saga.definition import IsolationLevel
 from saga.errors import SagaError
 from saga.store.driver import DriverConnection, set_local_timeout
+from saga.store.errors import sqlstate_of
 from saga.store.group_commit import GroupCommit
 
 if TYPE_CHECKING:
@@ -40,6 +44,13 @@ log = structlog.get_logger("saga.store")
 FLUSHERS = 4
 # The most units one transaction takes: its locks are held until the last one is done.
 MAX_UNITS = 64
+# How long a unit in a shared transaction may wait for a lock (milliseconds). Longer, and
+# it would hold back every unit after it: it leaves the group and runs alone.
+LOCK_WAIT_MS = 50
+
+
+class _WouldWait(Exception):
+    """A unit gave up a lock wait in a shared transaction: its caller runs it alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,7 @@ class SharedTransactions:
         self._group: GroupCommit[_Unit, Any] = GroupCommit(
             self._run_together, max_batch=MAX_UNITS, flushers=FLUSHERS
         )
+        self.ran_alone = 0
 
     @property
     def transactions(self) -> int:
@@ -67,22 +79,36 @@ class SharedTransactions:
         return self._group.writes
 
     async def run(self, unit: DriverUnitOfWork[T], statement_timeout_ms: int | None) -> T:
-        """Run ``unit`` once in the next shared transaction; its result after the commit."""
-        result: T = await self._group.submit(_Unit(unit, statement_timeout_ms))
+        """Run ``unit`` once in the next shared transaction; its result after the commit.
+        A unit that would wait for a lock runs alone instead, in a transaction of its
+        own, where it waits without holding back anyone else's."""
+        try:
+            result: T = await self._group.submit(_Unit(unit, statement_timeout_ms))
+        except _WouldWait:
+            self.ran_alone += 1
+            return await self._database.attempt_driver(
+                unit,
+                isolation=self._isolation,
+                statement_timeout_ms=statement_timeout_ms,
+                transaction=True,
+            )
         return result
 
     async def _run_together(self, units: Sequence[_Unit]) -> list[Any]:
         async def together(conn: DriverConnection) -> list[Any]:
             outcomes: list[Any] = []
             for unit in units:
-                await conn.execute(f"SAVEPOINT unit; {_timeout(unit.statement_timeout_ms)}")
+                await conn.execute(
+                    f"SAVEPOINT unit; {_timeout(unit.statement_timeout_ms)}; "
+                    f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}"
+                )
                 try:
                     outcomes.append(await unit.run(conn))
                 except Exception as exc:
                     # If the connection is gone this raises too, and the whole
                     # transaction fails: nothing of it committed.
                     await conn.execute("ROLLBACK TO SAVEPOINT unit")
-                    outcomes.append(exc)
+                    outcomes.append(_WouldWait() if sqlstate_of(exc) == "55P03" else exc)
                 else:
                     await conn.execute("RELEASE SAVEPOINT unit")
             return outcomes

@@ -16,6 +16,7 @@ from saga.errors import UniqueViolation
 from saga.machine import Outcome, SagaStatus
 from saga.settings import Settings
 from saga.store import Database
+from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
 from saga.store.postgres_log import PostgresSagaLog
 from saga.store.records import InstanceRow, StoredDefinition
@@ -264,3 +265,56 @@ async def test_a_crash_between_a_group_commit_and_its_publishes_loses_no_command
         else:
             assert summary.status is SagaStatus.COMPLETED
             assert await executions(env.database, saga_id) == ALL_DONE
+
+
+async def test_a_saga_another_transaction_holds_is_written_alone_and_stalls_no_one(
+    saga_log: PostgresSagaLog, stored: StoredDefinition, settings: Settings, kit_database: str
+) -> None:
+    instances = await started(saga_log, stored, SAGAS)
+    held = instances[0]
+    release = asyncio.Event()
+    locked = asyncio.Event()
+    # The holder and the test's reads have a pool of their own: the engine's is busy.
+    other = Database.from_settings(settings, url=kit_database, application_name="holder")
+
+    async def hold(conn: DriverConnection) -> None:
+        # As a worker's claim or an operator's action holds a saga while it decides.
+        await conn.execute("SELECT 1 FROM shared.saga_instance WHERE id = $1 FOR UPDATE", held.id)
+        locked.set()
+        await release.wait()
+
+    async def versions() -> dict[uuid.UUID, int]:
+        rows = await other.run_driver(
+            lambda conn: conn.fetch(
+                "SELECT id, version FROM shared.saga_instance WHERE id = ANY($1::uuid[])",
+                [i.id for i in instances],
+            ),
+            transaction=False,
+        )
+        return {r["id"]: r["version"] for r in rows}
+
+    try:
+        holder = asyncio.create_task(other.run_driver(hold))
+        await locked.wait()
+        writes = asyncio.create_task(write_answers(saga_log, stored, instances))
+        # Every other saga is written while the held one waits for its row.
+        async with asyncio.timeout(4):
+            while True:
+                found = await versions()
+                if all(found[i.id] == i.version + 1 for i in instances[1:]):
+                    break
+                await asyncio.sleep(0.05)
+        assert not writes.done()
+        assert found[held.id] == held.version
+        release.set()
+        await holder
+    finally:
+        release.set()
+        await other.dispose()
+    written = await writes
+    assert all(isinstance(w, InstanceRow) for w in written), written
+    assert await step_log(saga_log, held.id) == [
+        (0, "execute", "dispatched", 1),
+        (0, "execute", "succeeded", 1),
+        (1, "execute", "dispatched", 1),
+    ]

@@ -284,3 +284,31 @@ async def test_a_participants_batch_with_refusals_and_serializable_conflicts_kee
     assert env.database.retries.by_sqlstate["40001"] > conflicts_before
     shared_units = env.database._shared[IsolationLevel.READ_COMMITTED]
     assert shared_units.transactions < shared_units.units, "no commands shared a transaction"
+
+
+async def test_a_unit_that_would_wait_for_a_lock_runs_alone_and_stalls_no_one(
+    database: Database,
+) -> None:
+    await database.run_shared(insert(1000))
+    release = asyncio.Event()
+    locked = asyncio.Event()
+
+    async def hold(conn: DriverConnection) -> None:
+        await conn.execute("SELECT 1 FROM public.shared_effect WHERE n = 1000 FOR UPDATE")
+        locked.set()
+        await release.wait()
+
+    async def touch(conn: DriverConnection) -> str:
+        return await conn.execute("UPDATE public.shared_effect SET at = now() WHERE n = 1000")
+
+    holder = asyncio.create_task(database.run_driver(hold))
+    await locked.wait()
+    blocked = asyncio.create_task(database.run_shared(touch))
+    others = [asyncio.create_task(database.run_shared(insert(n))) for n in range(UNITS)]
+    async with asyncio.timeout(10):
+        assert [await task for task in others] == list(range(UNITS))
+    assert not blocked.done()
+    release.set()
+    await holder
+    assert await blocked == "UPDATE 1"
+    assert shared(database).ran_alone == 1
