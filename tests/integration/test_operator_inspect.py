@@ -307,7 +307,8 @@ def test_show_prints_the_state_and_one_line_per_attempt_as_a_process(
         if row["error"]:
             assert line.endswith(row["error"])
     [second_revoke] = [
-        line for line, row in zip(attempts, expected, strict=True)
+        line
+        for line, row in zip(attempts, expected, strict=True)
         if (row["action"], row["attempt"]) == ("compensate", 2)
     ]
     assert "revoke broke on attempt 2" in second_revoke
