@@ -128,6 +128,13 @@ class Settings(BaseSettings):
         description="letters, digits, '.', '_' or '-'",
     )
     kafka_topic_partitions: int = Field(default=8, ge=1, le=1024, description="an integer 1..1024")
+    participant_shared_transactions: bool = Field(
+        default=False,
+        description=(
+            "true or false: a participant's Read Committed and Repeatable Read commands in "
+            "hand together share one transaction, each in a savepoint"
+        ),
+    )
     kafka_fetch_max_wait_ms: int = Field(
         default=10, ge=1, le=60000, description="an integer 1..60000 (milliseconds)"
     )

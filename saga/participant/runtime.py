@@ -4,9 +4,10 @@ For each command on the journey's topic it runs ONE unit of work, at the step's 
 level with the step's timeout as the statement timeout, that checks the inbox, runs the
 handler and records the inbox row and the reply's outbox row; after the commit it
 publishes the reply. A repeated command is answered from the inbox and never runs twice.
-Commands handled at the same moment share a transaction and its commit, each in a
-savepoint of its own (:meth:`~saga.store.database.Database.run_shared`), except
-Serializable ones, which keep a transaction each.
+With ``PARTICIPANT_SHARED_TRANSACTIONS`` on, commands handled at the same moment share a
+transaction and its commit, each in a savepoint of its own
+(:meth:`~saga.store.database.Database.run_shared`), except Serializable ones, which keep
+a transaction each.
 
 How each kind of end is answered:
 
@@ -125,8 +126,10 @@ class CommandProcessor:
         publisher: OutboxPublisher,
         handlers: Mapping[str, Handler],
         retry: RetryPolicy,
+        shared_transactions: bool = False,
     ) -> None:
         self.journey = journey
+        self._shared = shared_transactions
         self.tables = tables
         self._database = database
         self._producer = producer
@@ -184,8 +187,10 @@ class CommandProcessor:
         retries: Counter[str] = Counter()
         started = time.perf_counter()
         # A Serializable command keeps a transaction of its own: a conflict would cost
-        # every command that shared it. The others share theirs, each in a savepoint.
-        run = self._database.run_driver if checked else self._database.run_shared
+        # every command that shared it. With shared transactions on, the others share
+        # theirs, each in a savepoint.
+        shared = self._shared and not checked
+        run = self._database.run_shared if shared else self._database.run_driver
         try:
             reply, fresh = await run(
                 lambda conn: self._run(conn, command, handler, checked=checked, retries=retries),
@@ -329,10 +334,9 @@ class CommandProcessor:
                 return self._reply_from(command, stored), None
             return await self._record(conn, command, Outcome.FAILED, reason=reason, retries=retries)
 
+        run = self._database.run_shared if self._shared else self._database.run_driver
         try:
-            return await self._database.run_shared(
-                unit, retry=self._retry, name=f"{self.journey}.refusal", tally=retries
-            )
+            return await run(unit, retry=self._retry, name=f"{self.journey}.refusal", tally=retries)
         except UniqueViolation:
             # A duplicate delivery recorded its answer first: that answer stands.
             return await self._database.run_driver(unit, name=f"{self.journey}.refusal")

@@ -75,6 +75,7 @@ class Participant:
             publisher=self._runtime.publisher,
             handlers=self._handlers,
             retry=retry or retry_policy_from(settings),
+            shared_transactions=settings.participant_shared_transactions,
         )
 
     def register(self, action: str, handler: Handler) -> None:

@@ -213,7 +213,7 @@ async def test_a_participants_batch_with_refusals_and_serializable_conflicts_kee
     participant = Participant(
         "care",
         schema="care_journey",
-        settings=env.settings,
+        settings=env.settings.model_copy(update={"participant_shared_transactions": True}),
         database=env.database,
         bootstrap_servers=env.bootstrap,
         # Every saga's Serializable step bumps one row: conflicts are the point, and

@@ -9,6 +9,7 @@ from saga.settings import AppEnv, LogFormat, Settings, load_settings, to_async_u
 
 SETTING_VARS = (
     "APP_ENV",
+    "PARTICIPANT_SHARED_TRANSACTIONS",
     "DATABASE_URL",
     "DATABASE_POOL_SIZE",
     "DATABASE_CONNECTION_TIMEOUT",
@@ -37,6 +38,17 @@ def test_defaults_without_files(tmp_path: Path) -> None:
     assert settings.database_pool_size == 5
     assert settings.logs_queries is True
     assert settings.effective_log_format is LogFormat.CONSOLE
+
+
+def test_participants_share_transactions_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings(env_dir=tmp_path).participant_shared_transactions is False
+    monkeypatch.setenv("PARTICIPANT_SHARED_TRANSACTIONS", "true")
+    assert load_settings(env_dir=tmp_path).participant_shared_transactions is True
+    monkeypatch.setenv("PARTICIPANT_SHARED_TRANSACTIONS", "sometimes")
+    with pytest.raises(SettingsError, match="PARTICIPANT_SHARED_TRANSACTIONS"):
+        load_settings(env_dir=tmp_path)
 
 
 def test_env_file_for_app_env_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
