@@ -238,10 +238,12 @@ class Database:
         a savepoint of its own (:class:`~saga.store.shared_transactions.SharedTransactions`).
 
         A unit that raises has its savepoint rolled back, so nothing of it stays, and the
-        others commit; what it raised reaches only its caller. A commit that fails fails
-        every unit of the transaction, and each is retried like any. The unit sees the
-        writes of the units before it in the transaction, as it would had they committed
-        first. Serializable units are refused: one's conflict would cost the whole group.
+        others commit; what it raised reaches only its caller. A unit that would wait for
+        a lock over ``LOCK_WAIT_MS`` leaves the group and runs alone. A commit lost to a
+        conflict or a broken connection fails every unit, each retried like any; one
+        refused for one unit's sake is redone unit by unit. The unit sees the writes of
+        the units before it in the transaction, as it would had they committed first.
+        Serializable units are refused: one's conflict would cost the whole group.
         """
         if isolation is IsolationLevel.SERIALIZABLE:
             raise UsageError("run_shared: a Serializable unit needs its own transaction")
