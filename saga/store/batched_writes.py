@@ -19,7 +19,7 @@ from typing import Any
 from saga.machine import InstanceState
 from saga.store.driver import DriverConnection
 from saga.store.records import InstanceRow, LogRow, OutboxRow
-from saga.store.saga_log import LOG_COLUMNS
+from saga.store.saga_log import LOG_COLUMNS, log_arrays, started_with_key
 
 __all__ = [
     "SagaHeld",
@@ -235,19 +235,12 @@ async def insert_starts(
         *_outbox_args([(s.saga_id, s.outbox) for s in starts]),
     )
     inserted = {r["id"] for r in rows}
-    ids = []
-    for start in starts:
-        if start.saga_id in inserted:
-            ids.append(start.saga_id)
-            continue
-        first = await conn.fetchval(
-            "SELECT id FROM shared.saga_instance WHERE definition_name = $1 "
-            "AND idempotency_key = $2",
-            start.definition_name,
-            start.idempotency_key,
-        )
-        ids.append(uuid.UUID(str(first)))
-    return ids
+    return [
+        start.saga_id
+        if start.saga_id in inserted
+        else await started_with_key(conn, start.definition_name, start.idempotency_key)
+        for start in starts
+    ]
 
 
 def _check_distinct(keys: Sequence[Hashable], what: str) -> None:
@@ -274,25 +267,11 @@ def _log_args(
     sagas: Sequence[tuple[uuid.UUID, float, Sequence[LogRow]]],
 ) -> list[list[Any]]:
     """The log rows of each (saga, delay of its command, rows), as the arrays of
-    :func:`_log_rows`."""
+    :func:`_log_rows`: the saga's id, the rows' own arrays, the delay."""
     rows = [(saga_id, delay, r) for saga_id, delay, log in sagas for r in log]
     return [
         [saga_id for saga_id, _, _ in rows],
-        [r.entry.step_index for _, _, r in rows],
-        [r.step_name for _, _, r in rows],
-        [r.journey for _, _, r in rows],
-        [r.entry.phase.value for _, _, r in rows],
-        [r.entry.status.value for _, _, r in rows],
-        [r.entry.attempt for _, _, r in rows],
-        [r.message_id for _, _, r in rows],
-        [_json_or_none(r.request) for _, _, r in rows],
-        [_json_or_none(r.entry.response) for _, _, r in rows],
-        [r.entry.error for _, _, r in rows],
-        [r.started_at for _, _, r in rows],
-        [r.serialization_retries for _, _, r in rows],
-        [r.deadlock_retries for _, _, r in rows],
-        [r.actor for _, _, r in rows],
-        [r.entry.branch for _, _, r in rows],
+        *log_arrays([r for _, _, r in rows]),
         [delay for _, delay, _ in rows],
     ]
 
@@ -309,7 +288,3 @@ def _outbox_args(sagas: Sequence[tuple[uuid.UUID, OutboxRow | None]]) -> list[li
         [json.dumps(dict(o.headers)) for _, o in sent],
         [o.delay for _, o in sent],
     ]
-
-
-def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
-    return None if value is None else json.dumps(dict(value))

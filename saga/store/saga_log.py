@@ -45,6 +45,8 @@ __all__ = [
     "claim_expired_sagas",
     "claim_overdue_steps",
     "insert_start",
+    "log_arrays",
+    "started_with_key",
     "load_instance",
     "lock_instance",
     "record_ignored",
@@ -111,7 +113,9 @@ _LOG_PARAMS = [f"LOG{n}" for n in range(1, 16)]
 _SHARED_PARAMS = ["DELAY", *_LOG_PARAMS, *(f"OB{n}" for n in range(1, 6)), "SKEW"]
 
 
-def _log_args(log: Sequence[LogRow]) -> list[Any]:
+def log_arrays(log: Sequence[LogRow]) -> list[list[Any]]:
+    """The log rows as the parallel arrays the log inserts unnest, column by column
+    (``LOG_COLUMNS`` without the saga, the times and ``finished_at``)."""
     return [
         [r.entry.step_index for r in log],
         [r.step_name for r in log],
@@ -136,7 +140,7 @@ def _shared_args(
 ) -> list[Any]:
     return [
         delay,
-        *_log_args(log),
+        *log_arrays(log),
         outbox.message_id if outbox else None,
         outbox.topic if outbox else None,
         outbox.key if outbox else None,
@@ -201,6 +205,13 @@ async def insert_start(
     )
     if inserted is not None:
         return uuid.UUID(str(inserted))
+    return await started_with_key(conn, definition_name, idempotency_key)
+
+
+async def started_with_key(
+    conn: DriverConnection, definition_name: str, idempotency_key: str | None
+) -> uuid.UUID:
+    """The saga of ``definition_name`` that an earlier start with this key inserted."""
     existing = await conn.fetchval(
         "SELECT id FROM shared.saga_instance WHERE definition_name = $1 AND idempotency_key = $2",
         definition_name,
@@ -531,7 +542,7 @@ def _shaped_args(
         shape.deadline_in,
         # The dispatched rows of one transition share one delay (one retry's backoff).
         max((box.delay for box in outbox), default=0.0),
-        *_log_args(log),
+        *log_arrays(log),
         [box.message_id for box in outbox],
         [box.topic for box in outbox],
         [box.key for box in outbox],

@@ -27,7 +27,7 @@ import structlog
 from saga.definition import IsolationLevel
 from saga.errors import SagaError
 from saga.store.driver import DriverConnection, set_local_timeout
-from saga.store.errors import sqlstate_of
+from saga.store.errors import sqlstate_of, translate
 from saga.store.group_commit import GroupCommit
 
 if TYPE_CHECKING:
@@ -139,10 +139,11 @@ class SharedTransactions:
 
 def _fails_alone_too(exc: Exception) -> bool:
     """A lost connection, an exhausted pool or a conflict: every unit would meet it alone
-    as well, and each caller's retry policy deals with it."""
-    if isinstance(exc, SagaError):
-        return exc.retriable
-    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in ("40001", "40P01")
+    as well, and each caller's retry policy deals with it. (The commit's own error comes
+    from the driver untranslated.)"""
+    if isinstance(exc, asyncpg.PostgresError):
+        exc = translate(exc)
+    return isinstance(exc, SagaError) and exc.retriable
 
 
 def _timeout(milliseconds: int | None) -> str:
