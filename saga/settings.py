@@ -138,6 +138,15 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         default=10, ge=1, le=60000, description="an integer 1..60000 (milliseconds)"
     )
+    kafka_idle_poll_ms: int = Field(
+        default=500,
+        ge=0,
+        le=60000,
+        description=(
+            "an integer 0..60000 (milliseconds): the longest an idle consumer goes between "
+            "fetches; 0 fetches every fetch wait, idle or not"
+        ),
+    )
     kafka_session_timeout_ms: int = Field(
         default=6000,
         ge=1000,

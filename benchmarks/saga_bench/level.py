@@ -23,7 +23,7 @@ from benchmarks.saga_bench.database import (
     level_database,
 )
 from benchmarks.saga_bench.loop import Watcher, closed_loop, warm_up
-from benchmarks.saga_bench.measure import CpuSnapshot, Measured, summarize
+from benchmarks.saga_bench.measure import CpuSnapshot, Measured, idle_cpu_percent, summarize
 from benchmarks.saga_bench.options import Options, poll_interval, pool_for
 from benchmarks.saga_bench.processes import (
     Services,
@@ -166,6 +166,14 @@ async def drive(
         )
         measured.own_statements += own + 1
         measured.polls_total = watcher.polls
+        if level == 1 and options.idle_seconds > 0:
+            watching.cancel()  # its polls are the benchmark's, not the stack's
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            quiet = {name: pid for name, pid in measured.pids.items() if name != "driver"}
+            measured.idle_cpu_percent = await idle_cpu_percent(
+                quiet, postmaster, options.idle_seconds
+            )
         return measured
     finally:
         watching.cancel()
@@ -249,6 +257,7 @@ def run_level(
             expected_compensated=workload.expected_compensated(len(measured.ids)),
         )
         result.invariants = verdict.invariants
+        result.idle_cpu_percent = measured.idle_cpu_percent
         result.poll_ms = poll_interval(level, options) * 1000
         return result
     raise AssertionError("unreachable")  # ExitStack does not swallow exceptions

@@ -3,6 +3,7 @@ messages per saga, and where the CPU went."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,30 @@ class Measured:
     pids: dict[str, int | None]
     own_statements: int
     """Statements of the benchmark's own look-ups, besides the polls."""
+    idle_cpu_percent: dict[str, float] | None = None
+
+
+# Seconds of quiet before the idle stack is measured: long enough for every consumer to
+# have gone to its longest fetch wait (saga.transport.consumer).
+IDLE_SETTLE_SECONDS = 5.0
+
+
+async def idle_cpu_percent(
+    pids: Mapping[str, int | None], postmaster: int | None, seconds: float
+) -> dict[str, float]:
+    """Percent of one core each process, and the whole PostgreSQL server, used over
+    ``seconds`` while no saga runs (after IDLE_SETTLE_SECONDS of quiet), and their total."""
+    await asyncio.sleep(IDLE_SETTLE_SECONDS)
+    before = CpuSnapshot.take(pids, postmaster)
+    await asyncio.sleep(seconds)
+    after = CpuSnapshot.take(pids, postmaster)
+    used: dict[str, float] = {}
+    for name, start in before.processes.items():
+        end = after.processes.get(name)
+        if start is not None and end is not None:
+            used[name] = round(100 * (end - start) / seconds, 2)
+    used["total"] = round(sum(used.values()), 2)
+    return used
 
 
 def latency_ms(row: asyncpg.Record) -> float:

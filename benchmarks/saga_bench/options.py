@@ -31,6 +31,8 @@ class Options:
     quiet_wait: float = 300.0
     workload: str = "synthetic"
     with_worker: bool = False
+    idle_seconds: float = 10.0
+    """After level 1's run, the CPU of the quiet stack is measured over this long."""
 
 
 def poll_interval(level: int, options: Options) -> float:
@@ -115,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet-wait", type=float, default=300.0, help="seconds to wait for that at most"
     )
     parser.add_argument(
+        "--idle",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="after level 1, measure the quiet stack's CPU over this long (0: not at all)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -147,5 +156,6 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[Options, Path]:
         quiet_wait=args.quiet_wait,
         workload=args.workload,
         with_worker=args.with_worker,
+        idle_seconds=args.idle,
     )
     return options, json_path

@@ -92,6 +92,10 @@ def print_tables(results: Sequence[LevelResult]) -> None:
     for r in results:
         clients = ", ".join(f"{c} {v}" for c, v in r.postgres_cpu_by_client.items())
         print(f"{r.level:>5} {clients}")
+    for r in results:
+        if r.idle_cpu_percent is not None:
+            used = ", ".join(f"{name} {pct}" for name, pct in r.idle_cpu_percent.items())
+            print(f"\nQuiet stack after level {r.level}, % of one core: {used}")
     if any(r.invariants is not None for r in results):
         print_kinds(results)
     for r in results:

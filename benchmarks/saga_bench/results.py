@@ -102,3 +102,6 @@ class LevelResult:
     kinds: list[KindFigures] = field(default_factory=list)
     invariants: InvariantFigures | None = None
     """Only for workloads that check the journeys' invariants."""
+    idle_cpu_percent: dict[str, float] | None = None
+    """Level 1 only: percent of one core each service, the broker and the PostgreSQL
+    server used while no saga ran (the driver left out), and their total."""

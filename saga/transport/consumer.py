@@ -43,6 +43,12 @@ _DEFAULT_FETCH_BYTES = 1024 * 1024
 _LAG_REFRESH_SECONDS = 1.0
 # A position not known yet would be fetched from the broker: not worth stalling the poll.
 _POSITION_WAIT_SECONDS = 0.05
+# A consumer counts as idle after this long without a record: traffic with shorter gaps
+# (one saga after another) keeps the configured fetch wait.
+_IDLE_AFTER_SECONDS = 1.0
+# An idle consumer's fetches wait this fraction of the time it has been idle (at most
+# idle_poll_ms), so a short quiet costs a short wait.
+_IDLE_FRACTION = 0.25
 # A commit takes milliseconds; one that takes this long is stuck on a broker error that
 # aiokafka retries forever. The offsets are left for a later batch's commit to cover.
 _COMMIT_TIMEOUT_SECONDS = 5.0
@@ -69,6 +75,7 @@ class BatchConsumer:
         client_id: str,
         fetch_max_wait_ms: int,
         max_message_bytes: int,
+        idle_poll_ms: int = 0,
         max_concurrency: int = 64,
         max_batch: int = 500,
         session_timeout_ms: int = 6000,
@@ -97,6 +104,7 @@ class BatchConsumer:
         self.group_id = group_id
         self.client_id = client_id
         self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._idle_poll_ms = idle_poll_ms
         self._max_message_bytes = max_message_bytes
         self._max_batch = max_batch
         self._session_timeout_ms = session_timeout_ms
@@ -112,6 +120,8 @@ class BatchConsumer:
         self._hooked = 0
         self.lag = _Lag(group_id)
         self.rebalances = 0
+        # Times this member went from its configured fetch wait to a longer, idle one.
+        self.drowsy = 0
 
     @property
     def processed(self) -> int:
@@ -188,6 +198,7 @@ class BatchConsumer:
     async def _consume(self, consumer: Any) -> None:
         dispatch = self._dispatch
         delay = dispatch.retry_delay
+        last_record = time.monotonic()
         while not dispatch.stopping.is_set():
             try:
                 batch = await consumer.getmany(
@@ -214,8 +225,33 @@ class BatchConsumer:
                 # committed, only once the hook has run.
                 await self._after_rebalance()
             if batch:
+                last_record = time.monotonic()
+                self._drowse(consumer, 0.0)
                 await self._run_batch(consumer, batch, assignments)
+            else:
+                self._drowse(consumer, time.monotonic() - last_record)
             await self.lag.refresh(consumer)
+
+    def _drowse(self, consumer: Any, idle: float) -> None:
+        """Fetch less often the longer nothing comes: after _IDLE_AFTER_SECONDS without a
+        record, each fetch waits at the broker a fraction of the idle time, at most
+        idle_poll_ms; the first record back restores the configured wait.
+
+        aiokafka fetches in the background whether or not anyone polls, one fetch per
+        fetch wait, so an idle stack otherwise spends its CPU on empty fetches. On Kafka a
+        long poll ends when data arrives, so the longer wait costs no latency; on Tansu,
+        whose long polls run their full wait, the first record after a quiet waits up to
+        idle_poll_ms. aiokafka has no public way to change the wait of a running
+        consumer: its fetcher reads this attribute for every fetch it builds."""
+        wait_ms = self._fetch_max_wait_ms
+        if self._idle_poll_ms > 0 and idle >= _IDLE_AFTER_SECONDS:
+            wait_ms = max(wait_ms, min(self._idle_poll_ms, int(idle * _IDLE_FRACTION * 1000)))
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is None:
+            return  # not started yet
+        if fetcher._fetch_max_wait_ms == self._fetch_max_wait_ms < wait_ms:
+            self.drowsy += 1
+        fetcher._fetch_max_wait_ms = wait_ms
 
     async def _after_rebalance(self) -> None:
         """Run ``on_rebalance`` once per rebalance after the first, from the poll loop (not

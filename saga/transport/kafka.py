@@ -79,6 +79,7 @@ class KafkaTransport:
             dead_letters=dead_letters,
             client_id=client_id,
             fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            idle_poll_ms=self.settings.kafka_idle_poll_ms,
             max_message_bytes=self.settings.kafka_max_message_bytes,
             max_concurrency=max_concurrency,
             session_timeout_ms=self.settings.kafka_session_timeout_ms,

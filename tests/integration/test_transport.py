@@ -471,3 +471,42 @@ async def test_stop_commits_a_batch_that_finishes_in_time_and_redelivers_one_tha
         await eventually(lambda: third.values() == [b"v4", b"v5"], within=12)
         await asyncio.sleep(0.2)  # and nothing else arrives
     assert third.values() == [b"v4", b"v5"]
+
+
+async def test_an_idle_consumer_fetches_less_often_and_wakes_for_the_next_record(
+    kafka_bootstrap_servers: str, topics: Topics, producer: Producer, session_timeout_ms: int
+) -> None:
+    await setup(kafka_bootstrap_servers, topics)
+    handler = Recorder()
+    consumer = consumer_for(
+        kafka_bootstrap_servers, topics, producer, handler, session_timeout_ms, idle_poll_ms=300
+    )
+    async with running(consumer):
+        await producer.send_many([command(topics, "k", b"first")])
+        await eventually(lambda: handler.values() == [b"first"])
+        assert consumer.drowsy == 0
+        # A second without records: its fetches wait longer at the broker.
+        await eventually(lambda: consumer.drowsy == 1, within=5.0)
+
+        sent = time.monotonic()
+        await producer.send_many([command(topics, "k", b"second")])
+        await eventually(lambda: handler.values() == [b"first", b"second"], within=5.0)
+        # At most one long wait (300 ms) stood between the record and its handler.
+        assert time.monotonic() - sent < 2.0
+        # The record restored the configured wait; the next quiet lengthens it again.
+        await eventually(lambda: consumer.drowsy == 2, within=5.0)
+
+
+async def test_a_consumer_told_not_to_drowse_keeps_its_fetch_wait(
+    kafka_bootstrap_servers: str, topics: Topics, producer: Producer, session_timeout_ms: int
+) -> None:
+    await setup(kafka_bootstrap_servers, topics)
+    handler = Recorder()
+    consumer = consumer_for(
+        kafka_bootstrap_servers, topics, producer, handler, session_timeout_ms, idle_poll_ms=0
+    )
+    async with running(consumer):
+        await producer.send_many([command(topics, "k", b"only")])
+        await eventually(lambda: handler.values() == [b"only"])
+        await asyncio.sleep(1.5)
+        assert consumer.drowsy == 0
