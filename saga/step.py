@@ -30,6 +30,9 @@ from saga.retry import RetryPolicy
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 _DEFAULT_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.05, max_delay=2.0)
 _DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.05, max_delay=5.0)
+# Each attempt waits twice as long for its reply as the one before, up to this many times
+# the step's timeout (5, 10, 20, 20, ... s at the default timeout).
+REPLY_WAIT_GROWTH_CAP = 4.0
 
 # The fields of the first stored documents: always written, defaults included, so that
 # the documents and hashes stored since then stay what they were. Never add to these:
@@ -95,8 +98,9 @@ class Step:
     """The isolation level of the participant's transaction (Serializable for money)."""
 
     timeout: float = 5.0
-    """Seconds the coordinator waits for a reply before the attempt counts as timed out;
-    also the participant's statement timeout."""
+    """Seconds the coordinator waits for the first attempt's reply before it counts as
+    timed out (later attempts wait longer: :meth:`reply_wait`); also the participant's
+    statement timeout."""
 
     retry: RetryPolicy = _DEFAULT_RETRY
     """How often the action is tried when an attempt errs or times out."""
@@ -115,6 +119,20 @@ class Step:
     @property
     def timeout_ms(self) -> int:
         return max(1, round(self.timeout * 1000))
+
+    def reply_wait(self, attempt: int) -> float:
+        """Seconds the coordinator waits for the reply to attempt ``attempt`` (from 1) of
+        the action or the compensation: the timeout for the first, twice the previous
+        wait for each one after, at most REPLY_WAIT_GROWTH_CAP times the timeout.
+
+        A reply is mostly late because the queue ahead of the participant is longer than
+        the timeout, not because a message was lost; every attempt sends the same command
+        and the first answer settles whichever attempt is current, so a wait that grows
+        turns such a queue into one resend instead of a step out of attempts, and the
+        resends no longer lengthen the queue they are waiting on (exponential backoff, as
+        in TCP's retransmission timer). The price: a participant that is really gone is
+        given up on later (35 s instead of 15 s for three attempts of 5 s)."""
+        return self.timeout * min(2.0 ** max(0, attempt - 1), REPLY_WAIT_GROWTH_CAP)
 
     def to_document(self) -> dict[str, Any]:
         """The step as stored: the first fields always, later ones unless at default."""

@@ -299,9 +299,9 @@ def prepare_write(
         attempt_started_at=instance.step_started_at,
     )
     _note_retries(rows, transaction_retries)
-    return PreparedWrite(
-        command, outbox, rows, definition.steps[transition.state.current_step].timeout
-    )
+    step = definition.steps[transition.state.current_step]
+    attempt = transition.dispatch.attempt if transition.dispatch is not None else 1
+    return PreparedWrite(command, outbox, rows, step.reply_wait(attempt))
 
 
 def _note_retries(rows: list[LogRow], transaction_retries: Mapping[str, int] | None) -> None:
@@ -343,7 +343,11 @@ def _prepare_shaped(
     )
     outbox += _child_messages(instance, transition, topics)
     timers = tuple(
-        BranchTimer(d.branch, d.delay, command_step(definition, d.step_index, d.branch).timeout)
+        BranchTimer(
+            d.branch,
+            d.delay,
+            command_step(definition, d.step_index, d.branch).reply_wait(d.attempt),
+        )
         for d in transition.dispatches
         if d.branch is not None
     )
@@ -354,7 +358,10 @@ def _prepare_shaped(
         assert isinstance(wait, AwaitEvent)
         deadline_in = wait.timeout
     elif plain:
-        deadline_in = plain[0].delay + command_step(definition, plain[0].step_index, None).timeout
+        first = plain[0]
+        deadline_in = first.delay + command_step(definition, first.step_index, None).reply_wait(
+            first.attempt
+        )
     elif state.child is not None and state.status.in_flight:
         # Not a timeout: when it comes due the worker looks at the child (child_check).
         deadline_in = sub_saga_at(definition, state.current_step).check_every

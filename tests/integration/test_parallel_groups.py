@@ -166,7 +166,7 @@ async def test_a_branch_out_of_attempts_is_compensated_with_the_others_and_its_l
         summary = await coordinator.wait(saga_id, timeout=30)
 
     assert summary.status is SagaStatus.COMPENSATED
-    assert "branch 'authorize' of group 'hold' out of attempts (2): no reply within 0.4 s" in (
+    assert "branch 'authorize' of group 'hold' out of attempts (2): no reply within 0.8 s" in (
         summary.error or ""
     )
     assert await effects(env.database, saga_id) == []

@@ -101,7 +101,7 @@ async def test_a_step_nobody_answers_is_resent_with_its_id_then_failed_and_compe
         summary = await coordinator.wait(saga_id, timeout=30)
 
     assert summary.status is SagaStatus.COMPENSATED
-    assert "'authorize' out of attempts (2): no reply within 0.4 s" in (summary.error or "")
+    assert "'authorize' out of attempts (2): no reply within 0.8 s" in (summary.error or "")
     assert await effects(env.database, saga_id) == []
     log = await step_log(env.database, saga_id)
     authorize = [(r["status"], r["attempt"]) for r in log if r["step_name"] == "authorize"]
@@ -168,7 +168,7 @@ async def test_a_compensation_nobody_answers_parks_the_saga_with_an_alert_and_a_
     assert summary.status is SagaStatus.PARKED
     assert summary.error is not None
     assert "compensation of step 'authorize' failed after 2 attempts" in summary.error
-    assert "no reply within 0.4 s" in summary.error
+    assert "no reply within 0.8 s" in summary.error
     # Parked before release ran: the slot stays reserved for the operator to see.
     assert await effects(env.database, saga_id) == ["reserve"]
     alerts = [e for e in logs if e["event"] == "saga_parked"]

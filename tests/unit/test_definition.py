@@ -113,6 +113,13 @@ def test_step_properties() -> None:
     assert compensatable("d", timeout=0.0001).timeout_ms == 1
 
 
+def test_each_attempt_waits_twice_as_long_for_its_reply_up_to_four_timeouts() -> None:
+    step = compensatable("reserve_slot", timeout=5.0)
+    waits = [step.reply_wait(attempt) for attempt in range(1, 6)]
+    assert waits == [5.0, 10.0, 20.0, 20.0, 20.0]
+    assert step.timeout_ms == 5000  # the participant's statement timeout does not grow
+
+
 def test_to_document_is_plain_json() -> None:
     document = book_appointment().to_document()
     assert json.loads(json.dumps(document)) == document

@@ -90,7 +90,7 @@ async def _timed_out(
         state.phase,
         state.step_attempt,
         Outcome.TIMED_OUT,
-        reason=f"no reply within {step.timeout:g} s",
+        reason=f"no reply within {step.reply_wait(state.step_attempt):g} s",
     )
     return advance(definition, state, event, payload=instance.payload)
 
@@ -108,7 +108,7 @@ def _branches_timed_out(definition: SagaDefinition, instance: InstanceRow) -> Tr
             state.phase,
             attempt,
             Outcome.TIMED_OUT,
-            reason=f"no reply within {step.timeout:g} s",
+            reason=f"no reply within {step.reply_wait(attempt):g} s",
             branch=branch,
         )
         applied = advance(definition, state, event, payload=instance.payload)
