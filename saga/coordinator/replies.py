@@ -167,6 +167,9 @@ class ReplyProcessor:
             if not trusted:
                 return False
             await self._record_ignored(definition, instance, reply, transition.ignored)
+            if instance.state.status.in_flight:
+                # Just read and left as it was: the saga's next reply needs no read.
+                self._cache.put(instance)
             return True
 
         written, transition, prepared = await self._write(

@@ -1,5 +1,5 @@
-"""Many straight-line transitions, or many starts, in one statement: the group commit's
-writes (:mod:`saga.store.group_commit`).
+"""Many straight-line transitions, many starts, or many ignored replies, in one statement:
+the group commit's writes (:mod:`saga.store.group_commit`).
 
 The same rows as :func:`saga.store.saga_log.write_transition` writes for each saga (the
 instance moved on, its log rows, its next command), for a whole batch of sagas at once:
@@ -26,6 +26,7 @@ __all__ = [
     "StartWrite",
     "TransitionWrite",
     "insert_starts",
+    "record_ignored_rows",
     "write_transitions",
 ]
 
@@ -53,8 +54,9 @@ class TransitionWrite:
 _NOW = "(now() + make_interval(secs => $1))"
 
 
-def _log_rows(first: int, source: str) -> str:
-    """Insert the log rows given as arrays from ``$first`` on, of the sagas in ``source``."""
+def _log_rows(first: int, source: str | None) -> str:
+    """Insert the log rows given as arrays from ``$first`` on, of the sagas in ``source``
+    (of every saga named, with none)."""
     n = [f"${first + i}" for i in range(17)]
     return f"""
     INSERT INTO shared.saga_step_log ({LOG_COLUMNS})
@@ -71,7 +73,7 @@ def _log_rows(first: int, source: str) -> str:
         AS e(saga_id, step_index, step_name, journey, action, status, attempt, message_id,
              request, response, error, started_at, serialization_retries, deadlock_retries,
              actor, branch, delay)
-    WHERE e.saga_id IN (SELECT id FROM {source})
+    {"" if source is None else f"WHERE e.saga_id IN (SELECT id FROM {source})"}
     """
 
 
@@ -241,6 +243,17 @@ async def insert_starts(
         else await started_with_key(conn, start.definition_name, start.idempotency_key)
         for start in starts
     ]
+
+
+async def record_ignored_rows(
+    conn: DriverConnection, rows: Sequence[tuple[uuid.UUID, LogRow]], *, skew: float = 0.0
+) -> list[None]:
+    """Each (saga, row) as :func:`saga.store.saga_log.record_ignored` notes it, all in one
+    statement; the instances are not touched."""
+    await conn.execute(
+        _log_rows(2, None), skew, *_log_args([(saga_id, 0.0, [row]) for saga_id, row in rows])
+    )
+    return [None] * len(rows)
 
 
 def _check_distinct(keys: Sequence[Hashable], what: str) -> None:

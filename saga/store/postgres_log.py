@@ -28,6 +28,7 @@ from saga.store.batched_writes import (
     StartWrite,
     TransitionWrite,
     insert_starts,
+    record_ignored_rows,
     write_transitions,
 )
 from saga.store.database import Database
@@ -67,6 +68,15 @@ class PostgresSagaLog:
         )
         self.starts: GroupCommit[StartWrite, uuid.UUID] = GroupCommit(
             self._insert_starts, key=lambda start: start.key, max_batch=MAX_WRITES_PER_COMMIT
+        )
+        # Reads, and notes of ignored replies, batch the same way; no two of them conflict,
+        # so two batches may run side by side. Under duplicate deliveries these are most
+        # of the coordinator's statements (each ignored reply is a read and a note).
+        self.loads: GroupCommit[uuid.UUID, InstanceRow | None] = GroupCommit(
+            self._load_instances, max_batch=MAX_WRITES_PER_COMMIT, flushers=2
+        )
+        self.ignored: GroupCommit[tuple[uuid.UUID, LogRow], None] = GroupCommit(
+            self._record_ignored_rows, max_batch=MAX_WRITES_PER_COMMIT, flushers=2
         )
 
     async def register_definition(self, definition: SagaDefinition) -> StoredDefinition:
@@ -132,11 +142,21 @@ class PostgresSagaLog:
         return await self.database.run_driver(insert, transaction=False, name="coordinator.start")
 
     async def load_instance(self, saga_id: uuid.UUID) -> InstanceRow | None:
-        return await self.database.run_driver(
-            lambda conn: saga_log.load_instance(conn, saga_id),
-            transaction=False,
-            name="coordinator.load",
+        """Read in one statement with the instances other handlers read meanwhile."""
+        return await self.loads.submit(saga_id)
+
+    async def _load_instances(
+        self, saga_ids: Sequence[uuid.UUID]
+    ) -> list[InstanceRow | BaseException | None]:
+        found: list[InstanceRow | BaseException | None] = []
+        found.extend(
+            await self.database.run_driver(
+                lambda conn: saga_log.load_instances(conn, saga_ids),
+                transaction=False,
+                name="coordinator.load",
+            )
         )
+        return found
 
     async def write_transition(
         self,
@@ -285,6 +305,18 @@ class PostgresSagaLog:
         return await self.database.run_driver(run, name="coordinator.signal")
 
     async def record_ignored(self, saga_id: uuid.UUID, row: LogRow) -> None:
+        """Group-committed with the ignored replies other handlers note meanwhile."""
+        await self.ignored.submit((saga_id, row))
+
+    async def _record_ignored_rows(
+        self, rows: Sequence[tuple[uuid.UUID, LogRow]]
+    ) -> list[BaseException | None]:
+        return await self._grouped(
+            "coordinator.ignored", rows, record_ignored_rows, self._record_one_ignored
+        )
+
+    async def _record_one_ignored(self, ignored: tuple[uuid.UUID, LogRow]) -> None:
+        saga_id, row = ignored
         await self.database.run_driver(
             lambda conn: saga_log.record_ignored(conn, saga_id, row, skew=self.database.clock.skew),
             transaction=False,

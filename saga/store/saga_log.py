@@ -48,6 +48,7 @@ __all__ = [
     "log_arrays",
     "started_with_key",
     "load_instance",
+    "load_instances",
     "lock_instance",
     "record_ignored",
     "step_position",
@@ -241,6 +242,18 @@ async def load_instance(conn: DriverConnection, saga_id: uuid.UUID) -> InstanceR
         f"SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance WHERE id = $1", saga_id
     )
     return None if row is None else _instance_from(row)
+
+
+async def load_instances(
+    conn: DriverConnection, saga_ids: Sequence[uuid.UUID]
+) -> list[InstanceRow | None]:
+    """:func:`load_instance` of each of ``saga_ids`` in one statement, in their order."""
+    rows = await conn.fetch(
+        f"SELECT {_INSTANCE_COLUMNS} FROM shared.saga_instance WHERE id = ANY($1::uuid[])",
+        list(saga_ids),
+    )
+    found = {row["id"]: _instance_from(row) for row in rows}
+    return [found.get(saga_id) for saga_id in saga_ids]
 
 
 async def lock_instance(conn: DriverConnection, saga_id: uuid.UUID) -> InstanceRow | None:

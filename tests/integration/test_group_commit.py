@@ -12,14 +12,14 @@ from dataclasses import replace
 
 import pytest
 
-from saga.errors import UniqueViolation
-from saga.machine import Outcome, SagaStatus
+from saga.errors import ForeignKeyViolation, UniqueViolation
+from saga.machine import LogEntry, LogStatus, Outcome, Phase, SagaStatus
 from saga.settings import Settings
 from saga.store import Database
 from saga.store.driver import DriverConnection
 from saga.store.outbox import PendingMessage
 from saga.store.postgres_log import PostgresSagaLog
-from saga.store.records import InstanceRow, StoredDefinition
+from saga.store.records import InstanceRow, LogRow, StoredDefinition
 from saga.testing.clock import TestClock
 from tests.integration.conftest import SagaEnvironment
 from tests.integration.sagas import (
@@ -318,3 +318,47 @@ async def test_a_saga_another_transaction_holds_is_written_alone_and_stalls_no_o
         (0, "execute", "succeeded", 1),
         (1, "execute", "dispatched", 1),
     ]
+
+
+def ignored_row(attempt: int) -> LogRow:
+    entry = LogEntry(
+        0, Phase.EXECUTE, LogStatus.IGNORED, attempt, {"outcome": "succeeded"}, "ignored: late"
+    )
+    return LogRow(entry=entry, step_name="reserve", journey="care", message_id=uuid.uuid4())
+
+
+async def test_concurrent_reads_share_statements_and_each_gets_its_own_instance(
+    saga_log: PostgresSagaLog, stored: StoredDefinition
+) -> None:
+    instances = await started(saga_log, stored, SAGAS)
+    unknown = uuid.uuid4()
+    asked = [i.id for i in instances] + [unknown, instances[0].id]
+    batches = saga_log.loads.batches
+
+    found = await asyncio.gather(*(saga_log.load_instance(saga_id) for saga_id in asked))
+
+    assert saga_log.loads.batches - batches < len(asked) / 2
+    assert found == [*instances, None, instances[0]]
+
+
+async def test_ignored_replies_share_commits_and_a_refused_note_fails_alone(
+    saga_log: PostgresSagaLog, stored: StoredDefinition
+) -> None:
+    instances = await started(saga_log, stored, SAGAS)
+    # A saga that does not exist: its note breaks the log's foreign key.
+    noted = [i.id for i in instances] + [uuid.uuid4()]
+    batches = saga_log.ignored.batches
+
+    outcomes = await asyncio.gather(
+        *(saga_log.record_ignored(saga_id, ignored_row(n + 2)) for n, saga_id in enumerate(noted)),
+        return_exceptions=True,
+    )
+
+    assert saga_log.ignored.batches - batches < len(noted) / 2
+    assert outcomes[:-1] == [None] * SAGAS
+    assert isinstance(outcomes[-1], ForeignKeyViolation), outcomes[-1]
+    for n, instance in enumerate(instances):
+        log = await step_log(saga_log, instance.id)
+        assert log[-1] == (0, "execute", "ignored", n + 2)
+        # Noted only: the instance is as it was.
+        assert await load(saga_log, instance.id) == instance
