@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     )
     kafka_topic_partitions: int = Field(default=8, ge=1, le=1024, description="an integer 1..1024")
     participant_shared_transactions: bool = Field(
-        default=False,
+        default=True,
         description=(
             "true or false: a participant's Read Committed and Repeatable Read commands in "
             "hand together share one transaction, each in a savepoint"

@@ -4,7 +4,7 @@ For each command on the journey's topic it runs ONE unit of work, at the step's 
 level with the step's timeout as the statement timeout, that checks the inbox, runs the
 handler and records the inbox row and the reply's outbox row; after the commit it
 publishes the reply. A repeated command is answered from the inbox and never runs twice.
-With ``PARTICIPANT_SHARED_TRANSACTIONS`` on, commands handled at the same moment share a
+Unless ``PARTICIPANT_SHARED_TRANSACTIONS`` is off, commands handled at the same moment share a
 transaction and its commit, each in a savepoint of its own
 (:meth:`~saga.store.database.Database.run_shared`), except Serializable ones, which keep
 a transaction each.

@@ -40,12 +40,12 @@ def test_defaults_without_files(tmp_path: Path) -> None:
     assert settings.effective_log_format is LogFormat.CONSOLE
 
 
-def test_participants_share_transactions_only_when_asked(
+def test_participants_share_transactions_unless_told_not_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert load_settings(env_dir=tmp_path).participant_shared_transactions is False
-    monkeypatch.setenv("PARTICIPANT_SHARED_TRANSACTIONS", "true")
     assert load_settings(env_dir=tmp_path).participant_shared_transactions is True
+    monkeypatch.setenv("PARTICIPANT_SHARED_TRANSACTIONS", "false")
+    assert load_settings(env_dir=tmp_path).participant_shared_transactions is False
     monkeypatch.setenv("PARTICIPANT_SHARED_TRANSACTIONS", "sometimes")
     with pytest.raises(SettingsError, match="PARTICIPANT_SHARED_TRANSACTIONS"):
         load_settings(env_dir=tmp_path)
