@@ -138,13 +138,15 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         default=10, ge=1, le=60000, description="an integer 1..60000 (milliseconds)"
     )
+    # At most 30 s: a fetch that waits at the broker longer than aiokafka's request
+    # timeout (40 s) would fail as timed out.
     kafka_idle_poll_ms: int = Field(
         default=500,
         ge=0,
-        le=60000,
+        le=30000,
         description=(
-            "an integer 0..60000 (milliseconds): the longest an idle consumer goes between "
-            "fetches; 0 fetches every fetch wait, idle or not"
+            "an integer 0..30000 (milliseconds): the longest fetch wait of an idle "
+            "consumer; 0 keeps every fetch at KAFKA_FETCH_MAX_WAIT_MS"
         ),
     )
     kafka_session_timeout_ms: int = Field(

@@ -198,3 +198,14 @@ def test_environment_loads_the_same_settings_again(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert load_settings(env_dir=tmp_path) == settings
+
+
+def test_an_idle_fetch_wait_past_the_request_timeout_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings(env_dir=tmp_path).kafka_idle_poll_ms == 500
+    monkeypatch.setenv("KAFKA_IDLE_POLL_MS", "0")
+    assert load_settings(env_dir=tmp_path).kafka_idle_poll_ms == 0
+    monkeypatch.setenv("KAFKA_IDLE_POLL_MS", "45000")
+    with pytest.raises(SettingsError, match="KAFKA_IDLE_POLL_MS"):
+        load_settings(env_dir=tmp_path)
