@@ -14,7 +14,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from journeys.gamification.service import SERVICE as GAMIFICATION
 from journeys.invariants import check_invariants
 from journeys.plan.maintenance import VOID_ORPHAN_AUTHORIZATIONS
 from journeys.plan.service import SERVICE as PLAN
+from journeys.shared.payload import operator_today
 from saga import Row
 from saga.participant.journey import discover_journeys
 from saga.store import Database
@@ -332,7 +332,7 @@ async def authorize(
         {"user_id": str(member.user_id), "amount_cents": amount},
         context={
             "appointment_id": str(appointment_id),
-            "service_date": datetime.now(UTC).date().isoformat(),
+            "service_date": operator_today().isoformat(),
         },
     )
     authorization_id = uuid.UUID(result["pre_authorization_id"])
@@ -412,7 +412,7 @@ async def test_orphan_pre_authorizations_are_voided_and_their_reservation_given_
             "user_id": str(member.user_id),
             "appointment_id": str(claimed_expired[2]),
             "amount_cents": 3_000,
-            "service_date": datetime.now(UTC).date().isoformat(),
+            "service_date": operator_today().isoformat(),
             "procedure_code": "10101012",
             "diagnosis_code": None,
         },
