@@ -248,8 +248,8 @@ async def insert_starts(
 async def record_ignored_rows(
     conn: DriverConnection, rows: Sequence[tuple[uuid.UUID, LogRow]], *, skew: float = 0.0
 ) -> list[None]:
-    """Each (saga, row) as :func:`saga.store.saga_log.record_ignored` notes it, all in one
-    statement; the instances are not touched."""
+    """Note each (saga, row), a reply the coordinator ignored as stale or a duplicate, in
+    the saga's log, all in one statement; the instances are not touched."""
     await conn.execute(
         _log_rows(2, None), skew, *_log_args([(saga_id, 0.0, [row]) for saga_id, row in rows])
     )

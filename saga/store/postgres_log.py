@@ -318,7 +318,7 @@ class PostgresSagaLog:
     async def _record_one_ignored(self, ignored: tuple[uuid.UUID, LogRow]) -> None:
         saga_id, row = ignored
         await self.database.run_driver(
-            lambda conn: saga_log.record_ignored(conn, saga_id, row, skew=self.database.clock.skew),
+            lambda conn: record_ignored_rows(conn, [(saga_id, row)], skew=self.database.clock.skew),
             transaction=False,
             name="coordinator.ignored",
         )

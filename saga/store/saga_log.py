@@ -50,7 +50,6 @@ __all__ = [
     "load_instance",
     "load_instances",
     "lock_instance",
-    "record_ignored",
     "step_position",
     "summary",
     "find_signal",
@@ -427,31 +426,6 @@ async def write_transition(
         state=state,
         version=instance.version + 1,
         step_started_at=written["step_started_at"],
-    )
-
-
-async def record_ignored(
-    conn: DriverConnection, saga_id: uuid.UUID, row: LogRow, *, skew: float = 0.0
-) -> None:
-    """Note a stale or duplicate reply in the log without touching the instance."""
-    await conn.execute(
-        f"""
-        INSERT INTO shared.saga_step_log ({LOG_COLUMNS})
-        VALUES ($1, $2, $3, $4, $5, 'ignored', $6, $7, NULL, $8::jsonb, $9,
-                now() + make_interval(secs => $10), now() + make_interval(secs => $10),
-                0, 0, NULL, $11)
-        """,
-        saga_id,
-        row.entry.step_index,
-        row.step_name,
-        row.journey,
-        row.entry.phase.value,
-        row.entry.attempt,
-        row.message_id,
-        _json_or_none(row.entry.response),
-        row.entry.error,
-        skew,
-        row.entry.branch,
     )
 
 
