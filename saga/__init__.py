@@ -20,6 +20,7 @@ from saga.errors import (
     BrokerUnavailable,
     CheckViolation,
     ConfigurationError,
+    ConnectFailed,
     DatabaseError,
     DatabaseUnavailable,
     DeadlockDetected,
@@ -143,6 +144,7 @@ __all__ = [
     "BrokerUnavailable",
     # errors: the database, as handlers see them (translated from the driver)
     "CheckViolation",
+    "ConnectFailed",
     "DatabaseError",
     "DatabaseUnavailable",
     "DeadlockDetected",

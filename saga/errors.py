@@ -233,6 +233,15 @@ class PoolExhausted(DatabaseUnavailable):
     """
 
 
+class ConnectFailed(DatabaseUnavailable):
+    """A new connection could not be opened: the server refused it, did not answer within
+    ``DATABASE_CONNECTION_TIMEOUT``, or is starting, shutting down or full.
+
+    The unit had not begun, so the transaction runner waits and tries again within its
+    retry policy, as for :class:`PoolExhausted`; it surfaces only when every attempt fails.
+    """
+
+
 class RetriesExhausted(DatabaseError):
     """A transaction conflict happened on every attempt the policy allowed."""
 

@@ -14,7 +14,9 @@ transaction back, so the runner waits per the :class:`~saga.retry.RetryPolicy`
 it raises :class:`~saga.errors.RetriesExhausted`. The unit must therefore do no I/O
 outside the database that cannot be repeated. A lost connection is not re-run here: if it
 broke during COMMIT nobody knows whether the unit took effect, and only the caller knows
-whether its unit is safe to repeat.
+whether its unit is safe to repeat. A connection that could not be had at all (a full
+pool, or a server that refused or did not answer in time) is waited out the same way as a
+conflict, since the unit had not begun.
 
 A unit that takes longer than DATABASE_SLOW_UNIT_THRESHOLD in all (the wait for a
 connection and every retry included) is logged as ``slow_unit`` and counted in
@@ -28,7 +30,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -42,6 +44,7 @@ from saga import metrics
 from saga.clock import SYSTEM_CLOCK, Clock
 from saga.definition import IsolationLevel
 from saga.errors import (
+    ConnectFailed,
     DatabaseError,
     DatabaseUnavailable,
     PoolExhausted,
@@ -53,7 +56,7 @@ from saga.retry import RetryPolicy
 from saga.settings import Settings
 from saga.store.driver import DriverConnection, set_local_timeout
 from saga.store.engine import QueryRecorder, create_engine
-from saga.store.errors import database_errors
+from saga.store.errors import database_errors, opening_errors
 from saga.store.shared_transactions import SharedTransactions
 
 T = TypeVar("T")
@@ -72,6 +75,8 @@ class RetryStats:
     exhausted: Counter[str] = field(default_factory=Counter)
     # Units that found the pool full and waited for another try (not in ``total``).
     pool_exhausted: Counter[str] = field(default_factory=Counter)
+    # Units whose connection could not be opened and that tried again (not in ``total``).
+    connect_failed: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
@@ -152,15 +157,13 @@ class Database:
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
         """A pooled connection, counting this unit among the waiters until it has one."""
         self.waiting += 1
-        acquired = False
-        try:
-            async with self.engine.connect() as conn:
+        async with AsyncExitStack() as stack:
+            try:
+                with opening_errors():
+                    conn = await stack.enter_async_context(self.engine.connect())
+            finally:
                 self.waiting -= 1
-                acquired = True
-                yield conn
-        finally:
-            if not acquired:
-                self.waiting -= 1
+            yield conn
 
     async def run(
         self,
@@ -347,13 +350,25 @@ class Database:
                     delay_ms=round(delay * 1000, 2),
                 )
                 await asyncio.sleep(delay)
-            except PoolExhausted:
-                # Nothing reached the server, so any unit may simply be tried again.
+            except (PoolExhausted, ConnectFailed) as exc:
+                # The unit had not begun, so any unit may simply be tried again.
                 if attempt >= policy.max_attempts:
                     raise
-                self.retries.pool_exhausted[unit_name] += 1
                 attempt += 1
-                log.warning("database_pool_exhausted", unit=unit_name, transaction_attempt=attempt)
+                if isinstance(exc, PoolExhausted):
+                    self.retries.pool_exhausted[unit_name] += 1
+                    log.warning(
+                        "database_pool_exhausted", unit=unit_name, transaction_attempt=attempt
+                    )
+                else:
+                    # Info, not warning: if every attempt fails, the caller hears it once.
+                    self.retries.connect_failed[unit_name] += 1
+                    log.info(
+                        "database_connect_failed",
+                        unit=unit_name,
+                        transaction_attempt=attempt,
+                        error=str(exc),
+                    )
                 await asyncio.sleep(policy.delay_before(attempt))
 
 

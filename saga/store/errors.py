@@ -15,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 
 from saga.errors import (
     CheckViolation,
+    ConnectFailed,
     DatabaseError,
     DatabaseUnavailable,
     DeadlockDetected,
@@ -121,6 +122,21 @@ def database_errors() -> Iterator[None]:
         yield
     except _TRANSLATED as exc:
         raise translate(exc) from exc
+
+
+@contextmanager
+def opening_errors() -> Iterator[None]:
+    """Like :func:`database_errors`, around getting a connection from the pool: a server
+    that refused, timed out or was not ready gives :class:`~saga.errors.ConnectFailed`,
+    which says that nothing of the unit was sent. Wrong credentials or an unknown database
+    stay what they are: trying again would not help."""
+    try:
+        yield
+    except _TRANSLATED as exc:
+        error = translate(exc)
+        if type(error) is DatabaseUnavailable:
+            error = ConnectFailed(f"could not connect: {error}", sqlstate=error.sqlstate)
+        raise error from exc
 
 
 def _first_line(error: BaseException) -> str:

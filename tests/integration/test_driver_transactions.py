@@ -4,13 +4,17 @@ against real PostgreSQL conflicts and faults."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
 from saga.errors import (
     CheckViolation,
+    ConnectFailed,
+    DatabaseError,
     DatabaseUnavailable,
     PoolExhausted,
     RetriesExhausted,
@@ -219,3 +223,113 @@ async def test_a_full_pool_is_waited_out_not_surfaced(
     finally:
         release.set()
         await db.dispose()
+
+
+class FlakyDoor:
+    """A TCP port in front of the test's PostgreSQL that leaves its first ``silent``
+    connections unanswered (a server too busy to accept in time) and pipes the others
+    through."""
+
+    def __init__(self, database_url: str, silent: int) -> None:
+        self._target = make_url(database_url)
+        self._silent = silent
+        self.opened = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        user = self._target.username or "postgres"
+        return f"postgresql://{user}@127.0.0.1:{port}/{self._target.database}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        # Closed sockets end every pipe and every wait; asyncio's server reports a
+        # cancelled handler as an error, so none is cancelled.
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.append(writer)
+        try:
+            if self.opened <= self._silent:
+                await reader.read()  # until the client gives up
+                return
+            host = self._target.query.get("host") or self._target.host or "127.0.0.1"
+            port = self._target.port or 5432
+            if str(host).startswith("/"):
+                up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                up_reader, up_writer = await asyncio.open_connection(str(host), port)
+            self._writers.append(up_writer)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def test_a_connection_that_cannot_be_opened_in_time_is_tried_again(
+    fresh_database_url: str,
+) -> None:
+    quick = load_settings(env_dir=REPO_ROOT, database_connection_timeout=200)
+    async with FlakyDoor(fresh_database_url, silent=2) as url:
+        db = Database.from_settings(quick, url=url, application_name="tests")
+        try:
+            with capture_logs() as logs:
+                assert await db.run_driver(lambda conn: conn.fetchval("SELECT 42")) == 42
+        finally:
+            await db.dispose()
+    assert sum(db.retries.connect_failed.values()) == 2
+    assert db.retries.total == 0  # not counted as conflicts
+    failed = [entry for entry in logs if entry["event"] == "database_connect_failed"]
+    assert [entry["transaction_attempt"] for entry in failed] == [2, 3]
+
+
+async def test_a_server_that_never_answers_surfaces_after_the_policys_attempts(
+    fresh_database_url: str,
+) -> None:
+    quick = load_settings(env_dir=REPO_ROOT, database_connection_timeout=100)
+    async with FlakyDoor(fresh_database_url, silent=1000) as url:
+        db = Database.from_settings(quick, url=url, application_name="tests")
+        try:
+            with pytest.raises(ConnectFailed, match="could not connect"):
+                await db.run_driver(
+                    lambda conn: conn.fetchval("SELECT 1"),
+                    retry=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001),
+                )
+        finally:
+            await db.dispose()
+    assert sum(db.retries.connect_failed.values()) == 2
+
+
+async def test_a_database_that_does_not_exist_is_not_tried_again(
+    settings: Settings, fresh_database_url: str
+) -> None:
+    missing = make_url(fresh_database_url).set(database="austa_no_such_database")
+    db = Database.from_settings(
+        settings, url=missing.render_as_string(hide_password=False), application_name="tests"
+    )
+    try:
+        with pytest.raises(DatabaseError, match="does not exist") as raised:
+            await db.run_driver(lambda conn: conn.fetchval("SELECT 1"))
+    finally:
+        await db.dispose()
+    assert not isinstance(raised.value, DatabaseUnavailable)
+    assert sum(db.retries.connect_failed.values()) == 0
