@@ -18,15 +18,26 @@ from typing import Any
 
 from saga.machine import InstanceState
 from saga.store.driver import DriverConnection
-from saga.store.records import InstanceRow, LogRow, OutboxRow
-from saga.store.saga_log import LOG_COLUMNS, log_arrays, started_with_key
+from saga.store.records import InstanceRow, LogRow, OutboxRow, ShapeWrite
+from saga.store.saga_log import (
+    LOG_COLUMNS,
+    SHAPED_START,
+    SHAPED_TRANSITION_IN_BATCH,
+    log_arrays,
+    shaped_start_args,
+    shaped_transition_args,
+    shaped_written,
+    started_with_key,
+)
 
 __all__ = [
     "SagaHeld",
     "StartWrite",
     "TransitionWrite",
     "insert_starts",
+    "ShapedWrite",
     "record_ignored_rows",
+    "write_shaped_transitions",
     "write_transitions",
 ]
 
@@ -182,6 +193,48 @@ async def write_transitions(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class ShapedWrite:
+    """One transition of a saga with parallel groups or waits, as
+    :func:`saga.store.saga_log.write_shaped_transition` takes it."""
+
+    instance: InstanceRow
+    state: InstanceState
+    log: Sequence[LogRow]
+    shape: ShapeWrite
+
+
+async def write_shaped_transitions(
+    conn: DriverConnection,
+    writes: Sequence[ShapedWrite],
+    *,
+    skew: float = 0.0,
+) -> list[InstanceRow | SagaHeld | None]:
+    """Many shaped transitions, none starting a child, sent together and committed at
+    once (one round trip, one commit; asyncpg runs them in one implicit transaction).
+    Per write, as :func:`write_shaped_transition` returns it, or :class:`SagaHeld` when
+    another transaction holds its row (nothing of it was written). At most one write per
+    saga."""
+    _check_distinct([w.instance.id for w in writes], "transitions of one saga")
+    if any(w.shape.child is not None for w in writes):
+        raise ValueError("a transition that starts a child saga is written alone")
+    rows = await conn.fetchmany(
+        SHAPED_TRANSITION_IN_BATCH,
+        [shaped_transition_args(w.instance, w.state, w.log, w.shape, skew) for w in writes],
+    )
+    by_id = {row["id"]: row for row in rows}
+    results: list[InstanceRow | SagaHeld | None] = []
+    for w in writes:
+        row = by_id.get(w.instance.id)
+        if row is None:
+            results.append(None)
+        elif row["held"]:
+            results.append(SagaHeld(w.instance.id))
+        else:
+            results.append(shaped_written(w.instance, w.state, row))
+    return results
+
+
 class SagaHeld(Exception):
     """Another transaction holds the saga's row: its transition was left out of the
     batch, to be written alone (waiting for the row as a lone write does)."""
@@ -235,6 +288,66 @@ async def insert_starts(
         [s.saga_timeout for s in starts],
         *_log_args([(s.saga_id, 0.0, s.log) for s in starts]),
         *_outbox_args([(s.saga_id, s.outbox) for s in starts]),
+    )
+    inserted = {r["id"] for r in rows}
+    return [
+        start.saga_id
+        if start.saga_id in inserted
+        else await started_with_key(conn, start.definition_name, start.idempotency_key)
+        for start in starts
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ShapedStartWrite:
+    """One start of a saga with parallel groups or waits, as
+    :func:`saga.store.saga_log.insert_shaped_start` takes it."""
+
+    saga_id: uuid.UUID
+    definition_id: uuid.UUID
+    definition_name: str
+    definition_version: int
+    payload: Mapping[str, Any]
+    idempotency_key: str | None
+    saga_timeout: float | None
+    state: InstanceState
+    log: Sequence[LogRow]
+    shape: ShapeWrite
+
+    @property
+    def key(self) -> Hashable:
+        """As :attr:`StartWrite.key`: two starts with one key never share a batch."""
+        if self.idempotency_key is None:
+            return self.saga_id
+        return (self.definition_name, self.idempotency_key)
+
+
+async def insert_shaped_starts(
+    conn: DriverConnection, starts: Sequence[ShapedStartWrite], *, skew: float = 0.0
+) -> list[uuid.UUID]:
+    """Many shaped starts, none starting a child, sent together and committed at once;
+    per start, as :func:`insert_starts` returns it. At most one start per key."""
+    _check_distinct([s.key for s in starts], "starts with one key")
+    if any(s.shape.child is not None for s in starts):
+        raise ValueError("a start that starts a child saga is written alone")
+    rows = await conn.fetchmany(
+        SHAPED_START,
+        [
+            shaped_start_args(
+                saga_id=s.saga_id,
+                definition_id=s.definition_id,
+                definition_name=s.definition_name,
+                definition_version=s.definition_version,
+                payload=s.payload,
+                idempotency_key=s.idempotency_key,
+                saga_timeout=s.saga_timeout,
+                state=s.state,
+                log=s.log,
+                shape=s.shape,
+                skew=skew,
+            )
+            for s in starts
+        ],
     )
     inserted = {r["id"] for r in rows}
     return [

@@ -49,6 +49,11 @@ class DriverConnection:
         """Run one statement for each argument tuple, pipelined in one round trip."""
         await self._timed(query, self._conn.executemany(query, args))
 
+    async def fetchmany(self, query: str, args: Iterable[Sequence[Any]]) -> list[Row]:
+        """Run one statement for each argument tuple, pipelined in one round trip and one
+        implicit transaction; every row they returned, in their order."""
+        return cast("list[Row]", await self._timed(query, self._conn.fetchmany(query, args)))
+
     async def fetch(self, query: str, *args: Any) -> list[Row]:
         # asyncpg's Record is a Row; the cast only tells the type checker so.
         return cast("list[Row]", await self._timed(query, self._conn.fetch(query, *args)))

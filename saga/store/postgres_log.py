@@ -25,10 +25,14 @@ from saga.machine import InstanceState
 from saga.store import definitions, saga_log
 from saga.store.batched_writes import (
     SagaHeld,
+    ShapedStartWrite,
+    ShapedWrite,
     StartWrite,
     TransitionWrite,
+    insert_shaped_starts,
     insert_starts,
     record_ignored_rows,
+    write_shaped_transitions,
     write_transitions,
 )
 from saga.store.database import Database
@@ -68,6 +72,16 @@ class PostgresSagaLog:
         )
         self.starts: GroupCommit[StartWrite, uuid.UUID] = GroupCommit(
             self._insert_starts, key=lambda start: start.key, max_batch=MAX_WRITES_PER_COMMIT
+        )
+        self.shaped: GroupCommit[ShapedWrite, InstanceRow | None] = GroupCommit(
+            self._write_shaped_transitions,
+            key=lambda write: write.instance.id,
+            max_batch=MAX_WRITES_PER_COMMIT,
+        )
+        self.shaped_starts: GroupCommit[ShapedStartWrite, uuid.UUID] = GroupCommit(
+            self._insert_shaped_starts,
+            key=lambda start: start.key,
+            max_batch=MAX_WRITES_PER_COMMIT,
         )
         # Reads, and notes of ignored replies, batch the same way; no two of them conflict,
         # so two batches may run side by side. Under duplicate deliveries these are most
@@ -243,14 +257,43 @@ class PostgresSagaLog:
         log: Sequence[LogRow],
         shape: ShapeWrite,
     ) -> InstanceRow | None:
-        async def write(conn: DriverConnection) -> InstanceRow | None:
+        """Group-committed like :meth:`write_transition`, unless it starts a child saga:
+        the child is inserted in the transition's own transaction."""
+        write = ShapedWrite(instance, state, log, shape)
+        if shape.child is not None:
+            return await self._write_shaped_one(write)
+        try:
+            return await self.shaped.submit(write)
+        except SagaHeld:
+            return await self._write_shaped_one(write)
+
+    async def _write_shaped_transitions(
+        self, writes: Sequence[ShapedWrite]
+    ) -> list[InstanceRow | BaseException | None]:
+        # A lone one too goes by the batch's statement, which skips a held row (see
+        # _write_transitions).
+        return await self._grouped(
+            "coordinator.transition",
+            writes,
+            write_shaped_transitions,
+            self._write_shaped_one,
+            lone_write_alone=False,
+        )
+
+    async def _write_shaped_one(self, write: ShapedWrite) -> InstanceRow | None:
+        async def one(conn: DriverConnection) -> InstanceRow | None:
             return await saga_log.write_shaped_transition(
-                conn, instance, state, log=log, shape=shape, skew=self.database.clock.skew
+                conn,
+                write.instance,
+                write.state,
+                log=write.log,
+                shape=write.shape,
+                skew=self.database.clock.skew,
             )
 
         # A child saga started by the transition is inserted in the same transaction.
         return await self.database.run_driver(
-            write, transaction=shape.child is not None, name="coordinator.transition"
+            one, transaction=write.shape.child is not None, name="coordinator.transition"
         )
 
     async def insert_shaped_start(
@@ -264,26 +307,51 @@ class PostgresSagaLog:
         log: Sequence[LogRow],
         shape: ShapeWrite,
     ) -> uuid.UUID:
+        """Group-committed like :meth:`insert_start`, unless it starts a child saga: the
+        child is inserted in the start's own transaction."""
         stored = definition.definition
+        start = ShapedStartWrite(
+            saga_id=saga_id,
+            definition_id=definition.id,
+            definition_name=stored.name,
+            definition_version=stored.version,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            saga_timeout=stored.timeout,
+            state=state,
+            log=log,
+            shape=shape,
+        )
+        if shape.child is not None:
+            return await self._insert_shaped_one(start)
+        return await self.shaped_starts.submit(start)
 
+    async def _insert_shaped_starts(
+        self, starts: Sequence[ShapedStartWrite]
+    ) -> list[uuid.UUID | BaseException]:
+        return await self._grouped(
+            "coordinator.start", starts, insert_shaped_starts, self._insert_shaped_one
+        )
+
+    async def _insert_shaped_one(self, start: ShapedStartWrite) -> uuid.UUID:
         async def insert(conn: DriverConnection) -> uuid.UUID:
             return await saga_log.insert_shaped_start(
                 conn,
-                saga_id=saga_id,
-                definition_id=definition.id,
-                definition_name=stored.name,
-                definition_version=stored.version,
-                payload=payload,
-                idempotency_key=idempotency_key,
-                saga_timeout=stored.timeout,
-                state=state,
-                log=log,
-                shape=shape,
+                saga_id=start.saga_id,
+                definition_id=start.definition_id,
+                definition_name=start.definition_name,
+                definition_version=start.definition_version,
+                payload=start.payload,
+                idempotency_key=start.idempotency_key,
+                saga_timeout=start.saga_timeout,
+                state=start.state,
+                log=start.log,
+                shape=start.shape,
                 skew=self.database.clock.skew,
             )
 
         return await self.database.run_driver(
-            insert, transaction=shape.child is not None, name="coordinator.start"
+            insert, transaction=start.shape.child is not None, name="coordinator.start"
         )
 
     async def kept_signal(

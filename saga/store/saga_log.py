@@ -540,12 +540,29 @@ def _shaped_args(
     ]
 
 
-_SHAPED_TRANSITION = _numbered(
-    f"""
-    WITH shaped AS (
+def _shaped_transition(*, in_batch: bool) -> str:
+    """The statement of one shaped transition. ``in_batch``: one of many on a connection
+    in one transaction (:func:`write_shaped_transitions`), which must never wait for a
+    row lock, or every transition behind it would: a row another transaction holds is
+    left alone and reported ``held``."""
+    free = (
+        "free AS (SELECT s.id FROM shared.saga_instance s WHERE s.id = $1 FOR UPDATE SKIP LOCKED),"
+        if in_batch
+        else ""
+    )
+    only_free = "AND s.id IN (SELECT id FROM free)" if in_batch else ""
+    held = (
+        "UNION ALL SELECT $1, NULL, NULL, true WHERE NOT EXISTS (SELECT 1 FROM free)"
+        if in_batch
+        else ""
+    )
+    return _numbered(
+        f"""
+    WITH {free}
+    shaped AS (
         SELECT {_SHAPE_DOCUMENT.format(old_clock="COALESCE(s.shape_state -> 'clock', '{}')")}
                AS document
-        FROM shared.saga_instance s WHERE s.id = $1 AND s.version = $2
+        FROM shared.saga_instance s WHERE s.id = $1 AND s.version = $2 {only_free}
     ),
     updated AS (
         UPDATE shared.saga_instance SET
@@ -568,11 +585,16 @@ _SHAPED_TRANSITION = _numbered(
         WHERE g.signal_id = ANY($SIGNAL::text[]) AND g.saga_instance_id = u.id
           AND g.consumed_at IS NULL
     )
-    SELECT step_started_at, shape_state FROM updated
+    SELECT id, step_started_at, shape_state, false AS held FROM updated
+    {held}
     """,
-    _SHAPED_PARAMS,
-    8,
-)
+        _SHAPED_PARAMS,
+        8,
+    )
+
+
+_SHAPED_TRANSITION = _shaped_transition(in_batch=False)
+SHAPED_TRANSITION_IN_BATCH = _shaped_transition(in_batch=True)
 
 
 async def write_shaped_transition(
@@ -588,7 +610,24 @@ async def write_shaped_transition(
     command of the transition, the shape state with its branches' clocks, and the kept
     signal it consumed, in one statement."""
     written = await conn.fetchrow(
-        _SHAPED_TRANSITION,
+        _SHAPED_TRANSITION, *shaped_transition_args(instance, state, log, shape, skew)
+    )
+    if written is None:
+        return None
+    if shape.child is not None:
+        await insert_child_start(conn, shape.child, skew=skew)
+    return shaped_written(instance, state, written)
+
+
+def shaped_transition_args(
+    instance: InstanceRow,
+    state: InstanceState,
+    log: Sequence[LogRow],
+    shape: ShapeWrite,
+    skew: float,
+) -> list[Any]:
+    """The arguments of the shaped transition statements, in their order."""
+    return [
         instance.id,
         instance.version,
         state.status.value,
@@ -597,11 +636,11 @@ async def write_shaped_transition(
         json.dumps(dict(state.context)),
         state.error,
         *_shaped_args(shape, log, skew),
-    )
-    if written is None:
-        return None
-    if shape.child is not None:
-        await insert_child_start(conn, shape.child, skew=skew)
+    ]
+
+
+def shaped_written(instance: InstanceRow, state: InstanceState, written: Any) -> InstanceRow:
+    """The instance as a shaped transition's returned row says it is now stored."""
     stored = written["shape_state"]
     return replace(
         instance,
@@ -613,7 +652,7 @@ async def write_shaped_transition(
     )
 
 
-_SHAPED_START = _numbered(
+SHAPED_START = _numbered(
     f"""
     WITH shaped AS (
         SELECT {_SHAPE_DOCUMENT.format(old_clock="'{}'::jsonb")} AS document
@@ -659,7 +698,44 @@ async def insert_shaped_start(
     """:func:`insert_start` for a definition that uses parallel groups or waits: the
     first position may be a group (several commands) or a wait (none)."""
     inserted = await conn.fetchval(
-        _SHAPED_START,
+        SHAPED_START,
+        *shaped_start_args(
+            saga_id=saga_id,
+            definition_id=definition_id,
+            definition_name=definition_name,
+            definition_version=definition_version,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            saga_timeout=saga_timeout,
+            state=state,
+            log=log,
+            shape=shape,
+            skew=skew,
+        ),
+    )
+    if inserted is not None:
+        if shape.child is not None:
+            await insert_child_start(conn, shape.child, skew=skew)
+        return uuid.UUID(str(inserted))
+    return await started_with_key(conn, definition_name, idempotency_key)
+
+
+def shaped_start_args(
+    *,
+    saga_id: uuid.UUID,
+    definition_id: uuid.UUID,
+    definition_name: str,
+    definition_version: int,
+    payload: Mapping[str, Any],
+    idempotency_key: str | None,
+    saga_timeout: float | None,
+    state: InstanceState,
+    log: Sequence[LogRow],
+    shape: ShapeWrite,
+    skew: float,
+) -> list[Any]:
+    """The arguments of :data:`SHAPED_START`, in its order."""
+    return [
         saga_id,
         definition_id,
         definition_name,
@@ -673,17 +749,7 @@ async def insert_shaped_start(
         saga_timeout,
         state.error,
         *_shaped_args(shape, log, skew, start=True),
-    )
-    if inserted is not None:
-        if shape.child is not None:
-            await insert_child_start(conn, shape.child, skew=skew)
-        return uuid.UUID(str(inserted))
-    existing = await conn.fetchval(
-        "SELECT id FROM shared.saga_instance WHERE definition_name = $1 AND idempotency_key = $2",
-        definition_name,
-        idempotency_key,
-    )
-    return uuid.UUID(str(existing))
+    ]
 
 
 # A child saga's start: the shaped start's statement, its definition row found by name

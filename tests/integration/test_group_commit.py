@@ -29,7 +29,15 @@ from tests.integration.sagas import (
     create_effect_tables,
     executions,
 )
-from tests.integration.test_saga_log_contract import answer, load, start, trip
+from tests.integration.test_saga_log_contract import (
+    answer,
+    answer_branch,
+    forked,
+    load,
+    start,
+    start_shaped,
+    trip,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -318,6 +326,147 @@ async def test_a_saga_another_transaction_holds_is_written_alone_and_stalls_no_o
         (0, "execute", "succeeded", 1),
         (1, "execute", "dispatched", 1),
     ]
+
+
+# --- sagas with parallel groups and waits ----------------------------------------------
+
+
+async def started_shaped(saga_log: PostgresSagaLog, n: int) -> list[InstanceRow]:
+    stored = await saga_log.register_definition(forked())
+    ids = [await start_shaped(saga_log, stored) for _ in range(n)]
+    return [await load(saga_log, saga_id) for saga_id in ids]
+
+
+async def write_branch_answers(
+    saga_log: PostgresSagaLog, instances: Sequence[InstanceRow]
+) -> list[InstanceRow | BaseException | None]:
+    """The first branch of each saga's group answered at once."""
+    definition = forked()
+
+    async def one(instance: InstanceRow) -> InstanceRow | None:
+        prepared, state = answer_branch(definition, instance, 0)
+        assert prepared.shape is not None
+        return await saga_log.write_shaped_transition(
+            instance, state, log=prepared.log, shape=prepared.shape
+        )
+
+    return await asyncio.gather(*(one(i) for i in instances), return_exceptions=True)
+
+
+def first_branch_answered(instance: InstanceRow, written: object) -> None:
+    assert isinstance(written, InstanceRow), written
+    assert written.version == instance.version + 1
+    assert [b.outcome.value for b in written.state.branches] == ["succeeded", "pending"]
+    assert sorted(written.clock) == [1]  # the answered branch's clock is gone
+
+
+async def test_concurrent_shaped_transitions_share_commits_and_each_keeps_its_own_state(
+    saga_log: PostgresSagaLog,
+) -> None:
+    instances = await started_shaped(saga_log, SAGAS)
+    batches = saga_log.shaped.batches
+
+    written = await write_branch_answers(saga_log, instances)
+
+    assert saga_log.shaped.batches - batches < SAGAS / 2
+    for instance, stored_row in zip(instances, written, strict=True):
+        first_branch_answered(instance, stored_row)
+        assert await load(saga_log, instance.id) == stored_row
+        assert await step_log(saga_log, instance.id) == [
+            (0, "execute", "dispatched", 1),
+            (0, "execute", "dispatched", 1),
+            (0, "execute", "succeeded", 1),
+        ]
+        assert await commands(saga_log, instance.id) == 2
+
+
+async def test_concurrent_shaped_starts_share_commits_and_a_key_used_before_returns_its_saga(
+    saga_log: PostgresSagaLog,
+) -> None:
+    stored = await saga_log.register_definition(forked())
+    first = await start_shaped(saga_log, stored, key="used-before")
+    batches = saga_log.shaped_starts.batches
+    keys = [f"fresh-{n}" for n in range(SAGAS)] + ["used-before", "used-before", "new", "new"]
+
+    ids = await asyncio.gather(*(start_shaped(saga_log, stored, key=key) for key in keys))
+
+    assert saga_log.shaped_starts.batches - batches < len(keys) / 2
+    assert ids[SAGAS] == ids[SAGAS + 1] == first
+    assert ids[SAGAS + 2] == ids[SAGAS + 3]
+    assert len(set(ids)) == SAGAS + 2
+    for saga_id in set(ids):
+        assert await step_log(saga_log, saga_id) == [
+            (0, "execute", "dispatched", 1),
+            (0, "execute", "dispatched", 1),
+        ]
+        assert await commands(saga_log, saga_id) == 2
+        assert sorted((await load(saga_log, saga_id)).clock) == [0, 1]
+
+
+async def test_a_shaped_write_on_a_stale_version_loses_alone_and_the_rest_commits(
+    saga_log: PostgresSagaLog,
+) -> None:
+    instances = await started_shaped(saga_log, SAGAS)
+    raced = instances[SAGAS // 2]
+    [moved] = await write_branch_answers(saga_log, [raced])
+    assert isinstance(moved, InstanceRow)
+    log_before = await step_log(saga_log, raced.id)
+
+    written = await write_branch_answers(saga_log, instances)
+
+    for instance, stored_row in zip(instances, written, strict=True):
+        if instance is raced:
+            assert stored_row is None
+            assert await load(saga_log, raced.id) == moved
+            assert await step_log(saga_log, raced.id) == log_before
+        else:
+            first_branch_answered(instance, stored_row)
+
+
+async def test_a_shaped_saga_another_transaction_holds_is_written_alone_and_stalls_no_one(
+    saga_log: PostgresSagaLog, settings: Settings, kit_database: str
+) -> None:
+    instances = await started_shaped(saga_log, SAGAS)
+    held = instances[0]
+    release = asyncio.Event()
+    locked = asyncio.Event()
+    other = Database.from_settings(settings, url=kit_database, application_name="holder")
+
+    async def hold(conn: DriverConnection) -> None:
+        await conn.execute("SELECT 1 FROM shared.saga_instance WHERE id = $1 FOR UPDATE", held.id)
+        locked.set()
+        await release.wait()
+
+    async def versions() -> dict[uuid.UUID, int]:
+        rows = await other.run_driver(
+            lambda conn: conn.fetch(
+                "SELECT id, version FROM shared.saga_instance WHERE id = ANY($1::uuid[])",
+                [i.id for i in instances],
+            ),
+            transaction=False,
+        )
+        return {r["id"]: r["version"] for r in rows}
+
+    try:
+        holder = asyncio.create_task(other.run_driver(hold))
+        await locked.wait()
+        writes = asyncio.create_task(write_branch_answers(saga_log, instances))
+        async with asyncio.timeout(4):
+            while True:
+                found = await versions()
+                if all(found[i.id] == i.version + 1 for i in instances[1:]):
+                    break
+                await asyncio.sleep(0.05)
+        assert not writes.done()
+        assert found[held.id] == held.version
+        release.set()
+        await holder
+    finally:
+        release.set()
+        await other.dispose()
+    written = await writes
+    for instance, stored_row in zip(instances, written, strict=True):
+        first_branch_answered(instance, stored_row)
 
 
 def ignored_row(attempt: int) -> LogRow:

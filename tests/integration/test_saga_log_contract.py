@@ -191,7 +191,9 @@ def forked() -> SagaDefinition:
     )
 
 
-async def start_shaped(saga_log: SagaLog, stored: StoredDefinition) -> uuid.UUID:
+async def start_shaped(
+    saga_log: SagaLog, stored: StoredDefinition, key: str | None = None
+) -> uuid.UUID:
     """Start a saga with shapes the way the coordinator does."""
     saga_id = uuid.uuid4()
     definition = stored.definition
@@ -203,7 +205,7 @@ async def start_shaped(saga_log: SagaLog, stored: StoredDefinition) -> uuid.UUID
         saga_id=saga_id,
         definition=stored,
         payload={},
-        idempotency_key=None,
+        idempotency_key=key,
         state=first.state,
         log=prepared.log,
         shape=prepared.shape,
