@@ -1,5 +1,7 @@
 """Many straight-line transitions, many starts, or many ignored replies, in one statement:
-the group commit's writes (:mod:`saga.store.group_commit`).
+the group commit's writes (:mod:`saga.store.group_commit`). Those of sagas with shapes
+(groups, waits), whose statements carry per-saga documents, go as one statement each,
+all of a batch pipelined in one round trip and one commit.
 
 The same rows as :func:`saga.store.saga_log.write_transition` writes for each saga (the
 instance moved on, its log rows, its next command), for a whole batch of sagas at once:
@@ -32,10 +34,12 @@ from saga.store.saga_log import (
 
 __all__ = [
     "SagaHeld",
+    "ShapedStartWrite",
+    "ShapedWrite",
     "StartWrite",
     "TransitionWrite",
+    "insert_shaped_starts",
     "insert_starts",
-    "ShapedWrite",
     "record_ignored_rows",
     "write_shaped_transitions",
     "write_transitions",
