@@ -131,8 +131,8 @@ class Settings(BaseSettings):
     participant_shared_transactions: bool = Field(
         default=True,
         description=(
-            "true or false: a participant's Read Committed and Repeatable Read commands in "
-            "hand together share one transaction, each in a savepoint"
+            "true or false: a participant's commands of one isolation level in hand "
+            "together share one transaction, each in a savepoint"
         ),
     )
     kafka_fetch_max_wait_ms: int = Field(

@@ -6,8 +6,8 @@ handler and records the inbox row and the reply's outbox row; after the commit i
 publishes the reply. A repeated command is answered from the inbox and never runs twice.
 Unless ``PARTICIPANT_SHARED_TRANSACTIONS`` is off, commands handled at the same moment share a
 transaction and its commit, each in a savepoint of its own
-(:meth:`~saga.store.database.Database.run_shared`), except Serializable ones, which keep
-a transaction each.
+(:meth:`~saga.store.database.Database.run_shared`); a Serializable one that meets a
+conflict there is tried again in a transaction of its own.
 
 How each kind of end is answered:
 
@@ -186,11 +186,10 @@ class CommandProcessor:
         # they are counted per step for alerting.
         retries: Counter[str] = Counter()
         started = time.perf_counter()
-        # A Serializable command keeps a transaction of its own: a conflict would cost
-        # every command that shared it. With shared transactions on, the others share
-        # theirs, each in a savepoint.
-        shared = self._shared and not checked
-        run = self._database.run_shared if shared else self._database.run_driver
+        # With shared transactions on, commands of one isolation level share them, each in
+        # a savepoint; a Serializable one that meets a conflict there is tried again in a
+        # transaction of its own (Database.run_shared).
+        run = self._database.run_shared if self._shared else self._database.run_driver
         try:
             reply, fresh = await run(
                 lambda conn: self._run(conn, command, handler, checked=checked, retries=retries),

@@ -56,7 +56,7 @@ from saga.retry import RetryPolicy
 from saga.settings import Settings
 from saga.store.driver import DriverConnection, set_local_timeout
 from saga.store.engine import QueryRecorder, create_engine
-from saga.store.errors import database_errors, opening_errors
+from saga.store.errors import database_errors, is_conflict, opening_errors
 from saga.store.shared_transactions import SharedTransactions
 
 T = TypeVar("T")
@@ -246,16 +246,33 @@ class Database:
         conflict or a broken connection fails every unit, each retried like any; one
         refused for one unit's sake is redone unit by unit. The unit sees the writes of
         the units before it in the transaction, as it would had they committed first.
-        Serializable units are refused: one's conflict would cost the whole group.
+
+        Serializable units share too, until a conflict: one unit's serialization failure
+        dooms the whole transaction, so every unit in it fails with the conflict, and
+        each tries again in a transaction of its own, where a conflict costs only its
+        own work.
         """
-        if isolation is IsolationLevel.SERIALIZABLE:
-            raise UsageError("run_shared: a Serializable unit needs its own transaction")
         shared = self._shared.get(isolation)
         if shared is None:
             shared = self._shared[isolation] = SharedTransactions(self, isolation)
+        conflicted = False
 
         async def once() -> T:
-            return await shared.run(unit, statement_timeout_ms)
+            nonlocal conflicted
+            if conflicted:
+                shared.ran_alone_after_conflict += 1
+                return await self.attempt_driver(
+                    unit,
+                    isolation=isolation,
+                    statement_timeout_ms=statement_timeout_ms,
+                    transaction=True,
+                )
+            try:
+                return await shared.run(unit, statement_timeout_ms)
+            except Exception as exc:
+                if isolation is IsolationLevel.SERIALIZABLE and is_conflict(exc):
+                    conflicted = True
+                raise
 
         return await self._with_retries(
             once, retry or self.retry, name or _name_of(unit), tally=tally

@@ -26,6 +26,7 @@ from saga.errors import (
     PoolExhausted,
     SerializationConflict,
     StatementTimeout,
+    TransactionConflict,
     UniqueViolation,
 )
 
@@ -137,6 +138,12 @@ def opening_errors() -> Iterator[None]:
         if type(error) is DatabaseUnavailable:
             error = ConnectFailed(f"could not connect: {error}", sqlstate=error.sqlstate)
         raise error from exc
+
+
+def is_conflict(error: BaseException) -> bool:
+    """Whether ``error`` (translated or not) is a serialization failure or a deadlock:
+    PostgreSQL rolled the transaction back, and running it again may succeed."""
+    return isinstance(error, TransactionConflict) or sqlstate_of(error) in ("40001", "40P01")
 
 
 def _first_line(error: BaseException) -> str:

@@ -13,6 +13,12 @@ units that share its transaction, and a lone unit never waits for company. A uni
 wait for a lock only briefly (``LOCK_WAIT_MS``): one that would wait longer (a slot
 another saga is booking) is rolled back to its savepoint and runs alone afterwards, so a
 lock held elsewhere never stalls a whole group.
+
+Serializable units share transactions too. A serialization failure in one of them dooms
+the whole transaction (PostgreSQL fails every later statement and the commit), so the
+group is rolled back at once and every unit in it is tried again in a transaction of its
+own (:meth:`~saga.store.database.Database.run_shared`): the conflict is paid once by the
+group, and afterwards by nobody else.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import structlog
 from saga.definition import IsolationLevel
 from saga.errors import SagaError
 from saga.store.driver import DriverConnection, set_local_timeout
-from saga.store.errors import sqlstate_of, translate
+from saga.store.errors import is_conflict, sqlstate_of, translate
 from saga.store.group_commit import GroupCommit
 
 if TYPE_CHECKING:
@@ -69,6 +75,9 @@ class SharedTransactions:
             self._run_together, max_batch=MAX_UNITS, flushers=FLUSHERS
         )
         self.ran_alone = 0
+        # Serializable units that met a conflict in a shared transaction and were tried
+        # again in one of their own (counted by Database.run_shared).
+        self.ran_alone_after_conflict = 0
 
     @property
     def transactions(self) -> int:
@@ -95,6 +104,8 @@ class SharedTransactions:
         return result
 
     async def _run_together(self, units: Sequence[_Unit]) -> list[Any]:
+        serializable = self._isolation is IsolationLevel.SERIALIZABLE
+
         async def together(conn: DriverConnection) -> list[Any]:
             outcomes: list[Any] = []
             for unit in units:
@@ -105,6 +116,10 @@ class SharedTransactions:
                 try:
                     outcomes.append(await unit.run(conn))
                 except Exception as exc:
+                    if serializable and is_conflict(exc):
+                        # PostgreSQL has doomed the whole transaction: every unit in
+                        # it fails with the conflict and is tried again alone.
+                        raise
                     # If the connection is gone this raises too, and the whole
                     # transaction fails: nothing of it committed.
                     await conn.execute("ROLLBACK TO SAVEPOINT unit")

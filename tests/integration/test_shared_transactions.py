@@ -13,7 +13,7 @@ import pytest
 
 from saga.coordinator import Coordinator
 from saga.definition import IsolationLevel, NoCompensation, SagaDefinition, Step
-from saga.errors import StatementTimeout, StepRefused, UniqueViolation, UsageError
+from saga.errors import StatementTimeout, StepRefused, UniqueViolation
 from saga.machine import SagaStatus
 from saga.participant import Participant, StepContext
 from saga.retry import RetryPolicy
@@ -136,9 +136,60 @@ async def test_a_commit_refused_for_one_units_sake_is_redone_unit_by_unit(
     assert [r["n"] for r in rows] == list(range(UNITS))
 
 
-async def test_a_serializable_unit_is_refused(database: Database) -> None:
-    with pytest.raises(UsageError, match="a Serializable unit needs its own transaction"):
-        await database.run_shared(insert(1), isolation=IsolationLevel.SERIALIZABLE)
+async def test_serializable_units_share_until_a_conflict_then_each_runs_alone(
+    database: Database,
+) -> None:
+    serializable = IsolationLevel.SERIALIZABLE
+
+    def share(units: list[Any]) -> Any:
+        return asyncio.gather(
+            *(database.run_shared(u, isolation=serializable) for u in units),
+            return_exceptions=True,
+        )
+
+    assert await share([insert(n) for n in range(UNITS)]) == list(range(UNITS))
+    group = database._shared[serializable]
+    assert group.transactions < UNITS / 2
+    assert group.ran_alone_after_conflict == 0
+
+    await database.run_driver(
+        lambda conn: conn.execute(
+            "CREATE TABLE public.shared_tally (id integer PRIMARY KEY, n integer NOT NULL);"
+            "INSERT INTO public.shared_tally VALUES (1, 0)"
+        )
+    )
+    read, moved = asyncio.Event(), asyncio.Event()
+    runs = 0
+
+    async def contended(conn: DriverConnection) -> int:
+        nonlocal runs
+        runs += 1
+        n = int(await conn.fetchval("SELECT n FROM public.shared_tally WHERE id = 1"))
+        if runs == 1:
+            read.set()
+            await moved.wait()  # meanwhile another transaction moves the row
+        await conn.execute("UPDATE public.shared_tally SET n = $1 WHERE id = 1", n + 1)
+        return n + 1
+
+    async def move_the_row() -> None:
+        await read.wait()
+        await database.run_driver(
+            lambda conn: conn.execute("UPDATE public.shared_tally SET n = 100 WHERE id = 1")
+        )
+        moved.set()
+
+    conflicts = database.retries.by_sqlstate["40001"]
+    units = [insert(n) for n in range(UNITS, UNITS + 4)] + [contended]
+    units += [insert(n) for n in range(UNITS + 4, UNITS + 8)]
+    results, _ = await asyncio.gather(share(units), move_the_row())
+
+    # Its conflict doomed the transaction it shared: every unit in it was rolled back and
+    # ran again alone, the contended one on the moved row.
+    assert results == [*range(UNITS, UNITS + 4), 101, *range(UNITS + 4, UNITS + 8)]
+    assert runs == 2
+    assert await written(database) == list(range(UNITS + 8))
+    assert group.ran_alone_after_conflict >= 2
+    assert database.retries.by_sqlstate["40001"] - conflicts == group.ran_alone_after_conflict
 
 
 # --- a participant's commands ------------------------------------------------------------
@@ -284,6 +335,11 @@ async def test_a_participants_batch_with_refusals_and_serializable_conflicts_kee
     assert env.database.retries.by_sqlstate["40001"] > conflicts_before
     shared_units = env.database._shared[IsolationLevel.READ_COMMITTED]
     assert shared_units.transactions < shared_units.units, "no commands shared a transaction"
+    # The Serializable step went by shared transactions too, and its conflicts sent the
+    # commands that met them to transactions of their own.
+    serializable = env.database._shared[IsolationLevel.SERIALIZABLE]
+    assert serializable.units >= len(payloads) - sum(1 for p in payloads if "refuse" in p)
+    assert serializable.ran_alone_after_conflict > 0
 
 
 async def test_a_unit_that_would_wait_for_a_lock_runs_alone_and_stalls_no_one(
