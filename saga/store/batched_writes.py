@@ -20,7 +20,14 @@ from typing import Any
 
 from saga.machine import InstanceState
 from saga.store.driver import DriverConnection
-from saga.store.records import InstanceRow, LogRow, OutboxRow, ShapeWrite
+from saga.store.records import (
+    InstanceRow,
+    LogRow,
+    OutboxRow,
+    ShapedStart,
+    ShapeWrite,
+    start_key,
+)
 from saga.store.saga_log import (
     LOG_COLUMNS,
     SHAPED_START,
@@ -34,7 +41,6 @@ from saga.store.saga_log import (
 
 __all__ = [
     "SagaHeld",
-    "ShapedStartWrite",
     "ShapedWrite",
     "StartWrite",
     "TransitionWrite",
@@ -265,11 +271,7 @@ class StartWrite:
 
     @property
     def key(self) -> Hashable:
-        """Two starts with one key must not share a statement: the second must see the
-        first as already there."""
-        if self.idempotency_key is None:
-            return self.saga_id
-        return (self.definition_name, self.idempotency_key)
+        return start_key(self.saga_id, self.definition_name, self.idempotency_key)
 
 
 async def insert_starts(
@@ -293,67 +295,26 @@ async def insert_starts(
         *_log_args([(s.saga_id, 0.0, s.log) for s in starts]),
         *_outbox_args([(s.saga_id, s.outbox) for s in starts]),
     )
-    inserted = {r["id"] for r in rows}
-    return [
-        start.saga_id
-        if start.saga_id in inserted
-        else await started_with_key(conn, start.definition_name, start.idempotency_key)
-        for start in starts
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class ShapedStartWrite:
-    """One start of a saga with parallel groups or waits, as
-    :func:`saga.store.saga_log.insert_shaped_start` takes it."""
-
-    saga_id: uuid.UUID
-    definition_id: uuid.UUID
-    definition_name: str
-    definition_version: int
-    payload: Mapping[str, Any]
-    idempotency_key: str | None
-    saga_timeout: float | None
-    state: InstanceState
-    log: Sequence[LogRow]
-    shape: ShapeWrite
-
-    @property
-    def key(self) -> Hashable:
-        """As :attr:`StartWrite.key`: two starts with one key never share a batch."""
-        if self.idempotency_key is None:
-            return self.saga_id
-        return (self.definition_name, self.idempotency_key)
+    return await _saga_ids(conn, starts, {r["id"] for r in rows})
 
 
 async def insert_shaped_starts(
-    conn: DriverConnection, starts: Sequence[ShapedStartWrite], *, skew: float = 0.0
+    conn: DriverConnection, starts: Sequence[ShapedStart], *, skew: float = 0.0
 ) -> list[uuid.UUID]:
     """Many shaped starts, none starting a child, sent together and committed at once;
     per start, as :func:`insert_starts` returns it. At most one start per key."""
     _check_distinct([s.key for s in starts], "starts with one key")
     if any(s.shape.child is not None for s in starts):
         raise ValueError("a start that starts a child saga is written alone")
-    rows = await conn.fetchmany(
-        SHAPED_START,
-        [
-            shaped_start_args(
-                saga_id=s.saga_id,
-                definition_id=s.definition_id,
-                definition_name=s.definition_name,
-                definition_version=s.definition_version,
-                payload=s.payload,
-                idempotency_key=s.idempotency_key,
-                saga_timeout=s.saga_timeout,
-                state=s.state,
-                log=s.log,
-                shape=s.shape,
-                skew=skew,
-            )
-            for s in starts
-        ],
-    )
-    inserted = {r["id"] for r in rows}
+    rows = await conn.fetchmany(SHAPED_START, [shaped_start_args(s, skew) for s in starts])
+    return await _saga_ids(conn, starts, {r["id"] for r in rows})
+
+
+async def _saga_ids(
+    conn: DriverConnection, starts: Sequence[StartWrite | ShapedStart], inserted: set[uuid.UUID]
+) -> list[uuid.UUID]:
+    """Per start, its own saga if it was inserted, else the one an earlier start with its
+    key inserted."""
     return [
         start.saga_id
         if start.saga_id in inserted

@@ -25,7 +25,6 @@ from saga.machine import InstanceState
 from saga.store import definitions, saga_log
 from saga.store.batched_writes import (
     SagaHeld,
-    ShapedStartWrite,
     ShapedWrite,
     StartWrite,
     TransitionWrite,
@@ -44,6 +43,7 @@ from saga.store.records import (
     LogRow,
     OutboxRow,
     SagaSummary,
+    ShapedStart,
     ShapeWrite,
     StoredDefinition,
     StoredSignal,
@@ -78,7 +78,7 @@ class PostgresSagaLog:
             key=lambda write: write.instance.id,
             max_batch=MAX_WRITES_PER_COMMIT,
         )
-        self.shaped_starts: GroupCommit[ShapedStartWrite, uuid.UUID] = GroupCommit(
+        self.shaped_starts: GroupCommit[ShapedStart, uuid.UUID] = GroupCommit(
             self._insert_shaped_starts,
             key=lambda start: start.key,
             max_batch=MAX_WRITES_PER_COMMIT,
@@ -310,7 +310,7 @@ class PostgresSagaLog:
         """Group-committed like :meth:`insert_start`, unless it starts a child saga: the
         child is inserted in the start's own transaction."""
         stored = definition.definition
-        start = ShapedStartWrite(
+        start = ShapedStart(
             saga_id=saga_id,
             definition_id=definition.id,
             definition_name=stored.name,
@@ -327,31 +327,18 @@ class PostgresSagaLog:
         return await self.shaped_starts.submit(start)
 
     async def _insert_shaped_starts(
-        self, starts: Sequence[ShapedStartWrite]
+        self, starts: Sequence[ShapedStart]
     ) -> list[uuid.UUID | BaseException]:
         return await self._grouped(
             "coordinator.start", starts, insert_shaped_starts, self._insert_shaped_one
         )
 
-    async def _insert_shaped_one(self, start: ShapedStartWrite) -> uuid.UUID:
-        async def insert(conn: DriverConnection) -> uuid.UUID:
-            return await saga_log.insert_shaped_start(
-                conn,
-                saga_id=start.saga_id,
-                definition_id=start.definition_id,
-                definition_name=start.definition_name,
-                definition_version=start.definition_version,
-                payload=start.payload,
-                idempotency_key=start.idempotency_key,
-                saga_timeout=start.saga_timeout,
-                state=start.state,
-                log=start.log,
-                shape=start.shape,
-                skew=self.database.clock.skew,
-            )
-
+    async def _insert_shaped_one(self, start: ShapedStart) -> uuid.UUID:
+        skew = self.database.clock.skew
         return await self.database.run_driver(
-            insert, transaction=start.shape.child is not None, name="coordinator.start"
+            lambda conn: saga_log.insert_shaped_start(conn, start, skew=skew),
+            transaction=start.shape.child is not None,
+            name="coordinator.start",
         )
 
     async def kept_signal(

@@ -7,7 +7,7 @@ whoever uses the port never imports a database driver to name what it reads or w
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -113,6 +113,35 @@ class ChildStart:
     log: tuple[LogRow, ...]
     shape: ShapeWrite
     parent: ParentLink
+
+
+def start_key(saga_id: uuid.UUID, definition_name: str, idempotency_key: str | None) -> Hashable:
+    """What makes two starts the same saga: two with one key must not share a group
+    commit's statement, since the second must see the first as already there."""
+    if idempotency_key is None:
+        return saga_id
+    return (definition_name, idempotency_key)
+
+
+@dataclass(frozen=True, slots=True)
+class ShapedStart:
+    """The first write of a saga with parallel groups or waits: its instance, first log
+    rows and first commands (:func:`saga.store.saga_log.insert_shaped_start`)."""
+
+    saga_id: uuid.UUID
+    definition_id: uuid.UUID
+    definition_name: str
+    definition_version: int
+    payload: Mapping[str, Any]
+    idempotency_key: str | None
+    saga_timeout: float | None
+    state: InstanceState
+    log: Sequence[LogRow]
+    shape: ShapeWrite
+
+    @property
+    def key(self) -> Hashable:
+        return start_key(self.saga_id, self.definition_name, self.idempotency_key)
 
 
 @dataclass(frozen=True, slots=True)

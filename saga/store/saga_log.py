@@ -30,6 +30,7 @@ from saga.store.records import (
     OutboxRow,
     ParentLink,
     SagaSummary,
+    ShapedStart,
     ShapeWrite,
     StepPosition,
     StoredSignal,
@@ -681,74 +682,35 @@ SHAPED_START = _numbered(
 
 
 async def insert_shaped_start(
-    conn: DriverConnection,
-    *,
-    saga_id: uuid.UUID,
-    definition_id: uuid.UUID,
-    definition_name: str,
-    definition_version: int,
-    payload: Mapping[str, Any],
-    idempotency_key: str | None,
-    saga_timeout: float | None,
-    state: InstanceState,
-    log: Sequence[LogRow],
-    shape: ShapeWrite,
-    skew: float = 0.0,
+    conn: DriverConnection, start: ShapedStart, *, skew: float = 0.0
 ) -> uuid.UUID:
     """:func:`insert_start` for a definition that uses parallel groups or waits: the
     first position may be a group (several commands) or a wait (none)."""
-    inserted = await conn.fetchval(
-        SHAPED_START,
-        *shaped_start_args(
-            saga_id=saga_id,
-            definition_id=definition_id,
-            definition_name=definition_name,
-            definition_version=definition_version,
-            payload=payload,
-            idempotency_key=idempotency_key,
-            saga_timeout=saga_timeout,
-            state=state,
-            log=log,
-            shape=shape,
-            skew=skew,
-        ),
-    )
+    inserted = await conn.fetchval(SHAPED_START, *shaped_start_args(start, skew))
     if inserted is not None:
-        if shape.child is not None:
-            await insert_child_start(conn, shape.child, skew=skew)
+        if start.shape.child is not None:
+            await insert_child_start(conn, start.shape.child, skew=skew)
         return uuid.UUID(str(inserted))
-    return await started_with_key(conn, definition_name, idempotency_key)
+    return await started_with_key(conn, start.definition_name, start.idempotency_key)
 
 
-def shaped_start_args(
-    *,
-    saga_id: uuid.UUID,
-    definition_id: uuid.UUID,
-    definition_name: str,
-    definition_version: int,
-    payload: Mapping[str, Any],
-    idempotency_key: str | None,
-    saga_timeout: float | None,
-    state: InstanceState,
-    log: Sequence[LogRow],
-    shape: ShapeWrite,
-    skew: float,
-) -> list[Any]:
+def shaped_start_args(start: ShapedStart, skew: float) -> list[Any]:
     """The arguments of :data:`SHAPED_START`, in its order."""
+    state = start.state
     return [
-        saga_id,
-        definition_id,
-        definition_name,
-        definition_version,
+        start.saga_id,
+        start.definition_id,
+        start.definition_name,
+        start.definition_version,
         state.status.value,
         state.current_step,
         state.step_attempt,
-        json.dumps(dict(payload)),
+        json.dumps(dict(start.payload)),
         json.dumps(dict(state.context)),
-        idempotency_key,
-        saga_timeout,
+        start.idempotency_key,
+        start.saga_timeout,
         state.error,
-        *_shaped_args(shape, log, skew, start=True),
+        *_shaped_args(start.shape, start.log, skew, start=True),
     ]
 
 

@@ -75,8 +75,8 @@ class SharedTransactions:
             self._run_together, max_batch=MAX_UNITS, flushers=FLUSHERS
         )
         self.ran_alone = 0
-        # Serializable units that met a conflict in a shared transaction and were tried
-        # again in one of their own (counted by Database.run_shared).
+        # Attempts of Serializable units in transactions of their own, after a conflict
+        # in a shared one (counted by Database.run_shared).
         self.ran_alone_after_conflict = 0
 
     @property

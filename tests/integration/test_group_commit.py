@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -275,10 +276,15 @@ async def test_a_crash_between_a_group_commit_and_its_publishes_loses_no_command
             assert await executions(env.database, saga_id) == ALL_DONE
 
 
-async def test_a_saga_another_transaction_holds_is_written_alone_and_stalls_no_one(
-    saga_log: PostgresSagaLog, stored: StoredDefinition, settings: Settings, kit_database: str
-) -> None:
-    instances = await started(saga_log, stored, SAGAS)
+async def written_while_the_first_is_held(
+    settings: Settings,
+    kit_database: str,
+    instances: Sequence[InstanceRow],
+    write_all: Callable[[], Coroutine[Any, Any, list[InstanceRow | BaseException | None]]],
+) -> list[InstanceRow | BaseException | None]:
+    """``write_all`` (a transition of every saga) while another transaction holds the
+    first saga's row: every other saga must be written meanwhile, the held one only once
+    the hold ends. What ``write_all`` returned."""
     held = instances[0]
     release = asyncio.Event()
     locked = asyncio.Event()
@@ -304,8 +310,7 @@ async def test_a_saga_another_transaction_holds_is_written_alone_and_stalls_no_o
     try:
         holder = asyncio.create_task(other.run_driver(hold))
         await locked.wait()
-        writes = asyncio.create_task(write_answers(saga_log, stored, instances))
-        # Every other saga is written while the held one waits for its row.
+        writes = asyncio.create_task(write_all())
         async with asyncio.timeout(4):
             while True:
                 found = await versions()
@@ -319,7 +324,20 @@ async def test_a_saga_another_transaction_holds_is_written_alone_and_stalls_no_o
     finally:
         release.set()
         await other.dispose()
-    written = await writes
+    return await writes
+
+
+async def test_a_saga_another_transaction_holds_is_written_alone_and_stalls_no_one(
+    saga_log: PostgresSagaLog, stored: StoredDefinition, settings: Settings, kit_database: str
+) -> None:
+    instances = await started(saga_log, stored, SAGAS)
+    held = instances[0]
+    written = await written_while_the_first_is_held(
+        settings,
+        kit_database,
+        instances,
+        lambda: write_answers(saga_log, stored, instances),
+    )
     assert all(isinstance(w, InstanceRow) for w in written), written
     assert await step_log(saga_log, held.id) == [
         (0, "execute", "dispatched", 1),
@@ -427,44 +445,12 @@ async def test_a_shaped_saga_another_transaction_holds_is_written_alone_and_stal
     saga_log: PostgresSagaLog, settings: Settings, kit_database: str
 ) -> None:
     instances = await started_shaped(saga_log, SAGAS)
-    held = instances[0]
-    release = asyncio.Event()
-    locked = asyncio.Event()
-    other = Database.from_settings(settings, url=kit_database, application_name="holder")
-
-    async def hold(conn: DriverConnection) -> None:
-        await conn.execute("SELECT 1 FROM shared.saga_instance WHERE id = $1 FOR UPDATE", held.id)
-        locked.set()
-        await release.wait()
-
-    async def versions() -> dict[uuid.UUID, int]:
-        rows = await other.run_driver(
-            lambda conn: conn.fetch(
-                "SELECT id, version FROM shared.saga_instance WHERE id = ANY($1::uuid[])",
-                [i.id for i in instances],
-            ),
-            transaction=False,
-        )
-        return {r["id"]: r["version"] for r in rows}
-
-    try:
-        holder = asyncio.create_task(other.run_driver(hold))
-        await locked.wait()
-        writes = asyncio.create_task(write_branch_answers(saga_log, instances))
-        async with asyncio.timeout(4):
-            while True:
-                found = await versions()
-                if all(found[i.id] == i.version + 1 for i in instances[1:]):
-                    break
-                await asyncio.sleep(0.05)
-        assert not writes.done()
-        assert found[held.id] == held.version
-        release.set()
-        await holder
-    finally:
-        release.set()
-        await other.dispose()
-    written = await writes
+    written = await written_while_the_first_is_held(
+        settings,
+        kit_database,
+        instances,
+        lambda: write_branch_answers(saga_log, instances),
+    )
     for instance, stored_row in zip(instances, written, strict=True):
         first_branch_answered(instance, stored_row)
 
