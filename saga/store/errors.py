@@ -143,7 +143,7 @@ def opening_errors() -> Iterator[None]:
 def is_conflict(error: BaseException) -> bool:
     """Whether ``error`` (translated or not) is a serialization failure or a deadlock:
     PostgreSQL rolled the transaction back, and running it again may succeed."""
-    return isinstance(error, TransactionConflict) or sqlstate_of(error) in ("40001", "40P01")
+    return isinstance(translate(error), TransactionConflict)
 
 
 def _first_line(error: BaseException) -> str:
