@@ -47,6 +47,8 @@ __all__ = [
 # The fields of the first stored definitions: always part of the content hash. The
 # positions were called "steps" then and are stored under that name still.
 _FIRST_SAGA_FIELDS = frozenset({"name", "version", "positions", "timeout"})
+# Fields that do not shape a run, so a change to them is not a new version.
+_NOT_HASHED = frozenset({"search_attributes"})
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -61,6 +63,14 @@ class SagaDefinition:
     timeout: float | None = None
     """Seconds the whole saga may take before the worker compensates it; ``None``: no limit."""
 
+    search_attributes: tuple[str, ...] = ()
+    """Top-level payload fields operators find this definition's sagas by (``saga ls
+    --attr user_id=...``, the console's search): stored with each saga when it starts and
+    indexed, so finding a member's sagas among millions is an index lookup. A field must
+    not be one masked as personal or health data (:mod:`saga.masking`). Not part of the
+    :attr:`content_hash`: it changes what is indexed, not how a saga runs, so it may be
+    declared on a version already running (its sagas started from then on are indexed)."""
+
     # Read on every transition: worked out once. Not part of the stored document.
     _steps: tuple[Step, ...] | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -72,6 +82,7 @@ class SagaDefinition:
         *,
         timeout: float | None = None,
         positions: Sequence[Position] = (),
+        search_attributes: Sequence[str] = (),
     ) -> None:
         # ``positions`` is what dataclasses.replace passes; people write ``steps``.
         if steps and positions:
@@ -82,6 +93,9 @@ class SagaDefinition:
         object.__setattr__(self, "version", version)
         object.__setattr__(self, "positions", tuple(steps or positions))
         object.__setattr__(self, "timeout", timeout)
+        # A lone string is one field, not a sequence of one-letter fields.
+        fields = (search_attributes,) if isinstance(search_attributes, str) else search_attributes
+        object.__setattr__(self, "search_attributes", tuple(fields))
         plain = tuple(p for p in self.positions if isinstance(p, Step))
         object.__setattr__(self, "_steps", plain if len(plain) == len(self.positions) else None)
 
@@ -136,7 +150,7 @@ class SagaDefinition:
                 "version": self.version,
                 "timeout": None if self.timeout is None else float(self.timeout),
                 "steps": self.to_document(),
-                **later_fields(self, _FIRST_SAGA_FIELDS),
+                **later_fields(self, _FIRST_SAGA_FIELDS | _NOT_HASHED),
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -151,9 +165,16 @@ class SagaDefinition:
         steps: Sequence[Mapping[str, Any]],
         *,
         timeout: float | None = None,
+        search_attributes: Sequence[str] = (),
     ) -> SagaDefinition:
         """The definition from its stored positions (plain steps and shapes alike)."""
-        return cls(name, version, [position_from_document(s) for s in steps], timeout=timeout)
+        return cls(
+            name,
+            version,
+            [position_from_document(s) for s in steps],
+            timeout=timeout,
+            search_attributes=search_attributes,
+        )
 
 
 def _kind_name(position: object) -> str:

@@ -25,7 +25,7 @@ FROM shared.saga_instance WHERE id = $1
 
 _ENTRIES = """
 SELECT step_index, branch, step_name, journey, action, status, attempt, error, actor,
-       request, response, started_at, finished_at, duration_ms
+       request, response, started_at, finished_at, duration_ms, message_id
 FROM shared.saga_step_log
 WHERE saga_instance_id = $1
 ORDER BY created_at, started_at, step_index
@@ -54,6 +54,9 @@ class TimelineEntry:
     branch: int | None = None
     """Which branch of the parallel group at ``step_index`` the row is about; ``None``
     for every other row (a step, a wait, the group as a whole)."""
+    message_id: uuid.UUID | None = None
+    """The id of the attempt's command (every re-send of it carries the same id); ``None``
+    for rows no message was sent for (a wait, an operator's decision)."""
 
     @property
     def attempt_key(self) -> tuple[int, int | None, str, int]:
@@ -129,6 +132,7 @@ async def load_entries(conn: Connection, saga_id: uuid.UUID) -> list[TimelineEnt
                 request=document(row["request"]),
                 response=document(row["response"]),
                 branch=row["branch"],
+                message_id=row["message_id"],
             )
             for row in rows
         ]

@@ -24,6 +24,7 @@ cycles beyond a definition naming itself, which is always refused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,8 @@ from saga.shapes import (
 )
 from saga.step import NAME_PATTERN, IsolationLevel, NoCompensation, Step, positive_seconds
 
+SEARCH_ATTRIBUTE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}\Z")
+
 if TYPE_CHECKING:
     from saga.definition import SagaDefinition
 
@@ -53,6 +56,7 @@ def check_definition(definition: SagaDefinition, children: Children | None) -> N
         return DefinitionError(name, problem, step=step)
 
     _check_identity(definition, fail)
+    _check_search_attributes(definition, fail)
     if not definition.positions:
         raise fail("it has no steps")
     _Walk(definition, children, fail).check()
@@ -74,6 +78,19 @@ def _check_identity(definition: SagaDefinition, fail: Fail) -> None:
         raise fail(
             f"the saga timeout must be a finite number > 0 seconds, got {definition.timeout!r}"
         )
+
+
+def _check_search_attributes(definition: SagaDefinition, fail: Fail) -> None:
+    seen: set[str] = set()
+    for field_name in definition.search_attributes:
+        if not isinstance(field_name, str) or not SEARCH_ATTRIBUTE_PATTERN.match(field_name):
+            raise fail(
+                f"search attribute {field_name!r}: a top-level payload field name of 1-63 "
+                "lower-case letters, digits or '_', starting with a letter"
+            )
+        if field_name in seen:
+            raise fail(f"search attribute {field_name!r} is declared twice")
+        seen.add(field_name)
 
 
 class _Walk:

@@ -53,10 +53,14 @@ CONFIRM_APPOINTMENT = Step(
 )
 
 # Its stored document and hash are pinned (tests/integration/test_definition_upgrade.py).
+SEARCHABLE = ("user_id", "slot_id")
+"""What operators find bookings by (``saga ls --attr user_id=...``, the console)."""
+
 BOOK_APPOINTMENT = SagaDefinition(
     "book_appointment",
     1,
     [RESERVE_SLOT, AUTHORIZE_COVERAGE, AWARD_POINTS, CONFIRM_APPOINTMENT],
+    search_attributes=SEARCHABLE,
 )
 
 HOLD_AND_AUTHORIZE = "hold_and_authorize"
@@ -69,6 +73,7 @@ BOOK_APPOINTMENT_V2 = SagaDefinition(
         AWARD_POINTS,
         CONFIRM_APPOINTMENT,
     ],
+    search_attributes=SEARCHABLE,
 )
 
 BOOK_APPOINTMENT_VERSIONS = (BOOK_APPOINTMENT, BOOK_APPOINTMENT_V2)

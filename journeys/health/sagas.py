@@ -40,6 +40,9 @@ AWARD_POINTS = Step(
     compensation="revoke_points",
 )
 
+SEARCHABLE = ("user_id", "goal_id")
+"""What operators find goal completions by (``saga ls --attr user_id=...``, the console)."""
+
 # Its stored document and hash are pinned (tests/unit/test_definition_evolution.py).
 COMPLETE_HEALTH_GOAL = SagaDefinition(
     "complete_health_goal",
@@ -55,6 +58,7 @@ COMPLETE_HEALTH_GOAL = SagaDefinition(
             isolation=IsolationLevel.SERIALIZABLE,
         ),
     ],
+    search_attributes=SEARCHABLE,
 )
 
 WELLNESS_CREDIT = "wellness_credit"
@@ -79,6 +83,7 @@ COMPLETE_HEALTH_GOAL_V2 = SagaDefinition(
             },
         ),
     ],
+    search_attributes=SEARCHABLE,
 )
 
 COMPLETE_HEALTH_GOAL_VERSIONS = (COMPLETE_HEALTH_GOAL, COMPLETE_HEALTH_GOAL_V2)

@@ -70,7 +70,15 @@ GRANT_ACHIEVEMENT = Step(
 )
 
 # Its stored document and hash are pinned (tests/unit/test_definition_evolution.py).
-SUBMIT_CLAIM = SagaDefinition("submit_claim", 1, [CREATE_CLAIM, MARK_BILLED, GRANT_ACHIEVEMENT])
+SEARCHABLE = ("user_id", "appointment_id")
+"""What operators find claims by (``saga ls --attr user_id=...``, the console)."""
+
+SUBMIT_CLAIM = SagaDefinition(
+    "submit_claim",
+    1,
+    [CREATE_CLAIM, MARK_BILLED, GRANT_ACHIEVEMENT],
+    search_attributes=SEARCHABLE,
+)
 
 SUBMIT_CLAIM_V2 = SagaDefinition(
     "submit_claim",
@@ -96,6 +104,7 @@ SUBMIT_CLAIM_V2 = SagaDefinition(
         MARK_BILLED,
         GRANT_ACHIEVEMENT,
     ],
+    search_attributes=SEARCHABLE,
 )
 
 SUBMIT_CLAIM_VERSIONS = (SUBMIT_CLAIM, SUBMIT_CLAIM_V2)
@@ -118,6 +127,7 @@ GRANT_WELLNESS_CREDIT = SagaDefinition(
             isolation=IsolationLevel.SERIALIZABLE,
         )
     ],
+    search_attributes=("user_id", "goal_id"),
 )
 
 

@@ -19,6 +19,7 @@ from saga.errors import ConfigurationError
 from saga.logging import configure_logging
 from saga.masking import mask
 from saga.operator import queries
+from saga.operator.documents import detail_document
 from saga.operator.filters import (
     SagaListing,
     add_filter_arguments,
@@ -222,64 +223,11 @@ def _show(args: argparse.Namespace) -> int:
     # (LOG_SENSITIVE_FIELDS is declared with the logging set-up): mask with all of them.
     discover_journeys()
     if args.json:
-        print_json(_detail_document(detail))
+        print_json(detail_document(detail))
     else:
         for line in _detail_lines(detail, datetime.now(UTC)):
             print(line)
     return 0
-
-
-def _detail_document(detail: queries.SagaDetail) -> dict[str, Any]:
-    took = detail.took
-    return {
-        "id": str(detail.id),
-        "definition": detail.definition_name,
-        "version": detail.definition_version,
-        "status": detail.status.value,
-        "error": detail.error,
-        "started_at": detail.started_at,
-        "finished_at": detail.finished_at,
-        "took_ms": None if took is None else took.total_seconds() * 1000,
-        "current_step": {
-            "index": detail.current_step,
-            "name": detail.step_name,
-            "journey": detail.journey,
-            "phase": detail.phase.value,
-            "attempt": detail.step_attempt,
-            "started_at": detail.step_started_at,
-            "deadline": detail.step_deadline,
-        },
-        "deadline": detail.deadline,
-        "idempotency_key": detail.idempotency_key,
-        "payload": mask(detail.payload),
-        "context": mask(detail.context),
-        "position_kind": detail.position_kind,
-        "waiting": _waiting_document(detail),
-        "signals": [
-            {**asdict(signal), "payload": mask(signal.payload), "state": signal.state}
-            for signal in detail.signals
-        ],
-        "family": [asdict(link) for link in detail.family],
-        "timeline": [_entry_document(entry) for entry in detail.entries],
-    }
-
-
-def _waiting_document(detail: queries.SagaDetail) -> dict[str, Any] | None:
-    if detail.waiting_for is None:
-        return None
-    return {
-        "event": detail.waiting_for,
-        "wait": detail.step_name,
-        "since": detail.waiting_since,
-        "until": detail.step_deadline,
-    }
-
-
-def _entry_document(entry: TimelineEntry) -> dict[str, Any]:
-    document = asdict(entry)
-    document["request"] = mask(entry.request)
-    document["response"] = mask(entry.response)
-    return document
 
 
 def _detail_lines(detail: queries.SagaDetail, now: datetime) -> list[str]:

@@ -13,16 +13,19 @@ sagas of definitions this process never imported.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from saga.errors import ConfigurationError
 from saga.machine import Phase, SagaStatus
-from saga.store.driver import DriverConnection
+from saga.masking import mask
+from saga.store.driver import DriverConnection, document
+from saga.validation import SEARCH_ATTRIBUTE_PATTERN
 
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -56,6 +59,13 @@ class SagaFilter:
     these signals."""
     children_of: uuid.UUID | None = None
     """``--children-of SAGA_ID``: the child sagas that saga started (every attempt)."""
+    attributes: tuple[tuple[str, str], ...] = ()
+    """``--attr NAME=VALUE`` (repeatable): sagas whose definition declares the search
+    attribute NAME and whose payload had VALUE there; all must hold."""
+    idempotency_key: str | None = None
+    """``--key KEY``: the saga started with this idempotency key (one per definition)."""
+    saga_ids: tuple[uuid.UUID, ...] = ()
+    """Any of these sagas (the console's live update reads its rows by id)."""
 
     def is_empty(self) -> bool:
         """True when nothing narrows the selection: every saga matches."""
@@ -69,6 +79,9 @@ class SagaFilter:
             and not self.parked
             and not self.waiting_for
             and self.children_of is None
+            and not self.attributes
+            and self.idempotency_key is None
+            and not self.saga_ids
         )
 
     @property
@@ -101,6 +114,8 @@ class SagaListing:
     error: str | None
     waiting_for: str | None = None
     """The signal a waiting saga waits for; ``None`` unless its status is ``waiting``."""
+    search_attributes: Mapping[str, str] | None = None
+    """The values of its definition's search attributes (masked when shown)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -118,12 +133,14 @@ class SagaListing:
             "step_started_at": self.step_started_at,
             "error": self.error,
             "waiting_for": self.waiting_for,
+            "attributes": mask(dict(self.search_attributes or {})),
         }
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--status``, ``--definition``, ``--journey``, ``--since``, ``--until``,
-    ``--stuck-for``, ``--parked``, ``--waiting-for`` and ``--children-of`` to ``parser``;
+    ``--stuck-for``, ``--parked``, ``--waiting-for``, ``--children-of``, ``--attr`` and
+    ``--key`` to ``parser``;
     read them with :func:`filter_from_args`."""
     group = parser.add_argument_group("which sagas")
     statuses = ", ".join(s.value for s in SagaStatus)
@@ -182,6 +199,20 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SAGA_ID",
         help="the child sagas this saga started (every attempt)",
     )
+    group.add_argument(
+        "--attr",
+        dest="filter_attr",
+        action="append",
+        metavar="NAME=VALUE",
+        help="sagas whose search attribute NAME (declared by their definition) is VALUE "
+        "(repeatable: all must hold)",
+    )
+    group.add_argument(
+        "--key",
+        dest="filter_key",
+        metavar="KEY",
+        help="the saga started with this idempotency key",
+    )
 
 
 def filter_from_args(args: argparse.Namespace, *, now: datetime | None = None) -> SagaFilter:
@@ -204,7 +235,47 @@ def filter_from_args(args: argparse.Namespace, *, now: datetime | None = None) -
         parked=bool(getattr(args, "filter_parked", False)),
         waiting_for=parse_names(getattr(args, "filter_waiting_for", None) or (), "--waiting-for"),
         children_of=None if parent is None else parse_saga_id(parent, "--children-of"),
+        attributes=parse_attributes(getattr(args, "filter_attr", None) or ()),
+        idempotency_key=parse_key(getattr(args, "filter_key", None)),
     )
+
+
+MAX_SEARCH_VALUE = 200
+
+
+def parse_attributes(values: Iterable[str], flag: str = "--attr") -> tuple[tuple[str, str], ...]:
+    """``["user_id=42", ...]`` → ``(("user_id", "42"), ...)``; a name given twice with two
+    values can match nothing, so it is refused rather than silently empty."""
+    found: dict[str, str] = {}
+    for text in values:
+        name, sign, value = text.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sign or not value:
+            raise ConfigurationError(f"{flag}: expected NAME=VALUE; got {text[:80]!r}")
+        if not SEARCH_ATTRIBUTE_PATTERN.match(name):
+            raise ConfigurationError(
+                f"{flag}: {name[:80]!r} is not a search attribute name (lower-case letters, "
+                "digits and '_', starting with a letter)"
+            )
+        if len(value) > MAX_SEARCH_VALUE:
+            raise ConfigurationError(
+                f"{flag}: the value of {name!r} is longer than {MAX_SEARCH_VALUE} characters"
+            )
+        if found.get(name, value) != value:
+            raise ConfigurationError(f"{flag}: {name!r} is given two different values")
+        found[name] = value
+    return tuple(found.items())
+
+
+def parse_key(text: str | None, flag: str = "--key") -> str | None:
+    if text is None:
+        return None
+    key = text.strip()
+    if not key or len(key) > MAX_SEARCH_VALUE:
+        raise ConfigurationError(
+            f"{flag}: an idempotency key of 1-{MAX_SEARCH_VALUE} characters; got {text[:80]!r}"
+        )
+    return key
 
 
 def parse_saga_id(text: str, flag: str | None = None) -> uuid.UUID:
@@ -325,57 +396,146 @@ def phase_sql(alias: str) -> str:
         END"""
 
 
-# The step's name and journey come from the stored definition of the saga's version; the
-# phase is worked out only for the page of sagas selected.
-_SELECT = f"""
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page of ``saga ls`` (newest first) ended: the next page starts after this
+    saga. Keyset pagination: page 5,000 costs what page 1 does."""
+
+    started_at: datetime
+    saga_id: uuid.UUID
+
+    @classmethod
+    def after(cls, listing: SagaListing) -> Cursor:
+        return cls(listing.started_at, listing.id)
+
+    def text(self) -> str:
+        """An opaque token for a URL or a command line."""
+        return f"{self.started_at.astimezone(UTC).isoformat()}_{self.saga_id}"
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "cursor") -> Cursor:
+        moment, _, saga_id = text.strip().rpartition("_")
+        try:
+            started_at = datetime.fromisoformat(moment)
+            parsed_id = uuid.UUID(saga_id)
+        except ValueError:
+            raise ConfigurationError(f"{flag}: not a page cursor: {text[:80]!r}") from None
+        if started_at.tzinfo is None:
+            raise ConfigurationError(f"{flag}: not a page cursor: {text[:80]!r}")
+        return cls(started_at, parsed_id)
+
+
+# Only the criteria given become conditions: each combination is a statement of its own
+# (asyncpg prepares and caches each), so the planner sees the real conditions and uses
+# the index each one needs (the search attributes' GIN, the idempotency key's unique
+# index) rather than one generic plan for "$n IS NULL OR ...".
+_LISTED = """
 WITH listed AS (
     SELECT i.id, i.definition_name, i.definition_version, i.status, i.current_step,
            i.step_attempt, i.started_at, i.finished_at, i.step_started_at, i.error,
            CASE WHEN i.status = 'waiting' THEN i.shape_state ->> 'waiting_for' END
                AS waiting_for,
+           i.search_attributes,
            d.steps -> i.current_step AS step
     FROM shared.saga_instance i
     JOIN shared.saga_definition d ON d.id = i.saga_definition_id
-    WHERE ($1::text[] IS NULL OR i.status = ANY($1::text[]))
-      AND ($2::text[] IS NULL OR i.definition_name = ANY($2::text[]))
-      AND ($3::text[] IS NULL OR d.steps -> i.current_step ->> 'journey' = ANY($3::text[]))
-      AND ($4::timestamptz IS NULL OR i.started_at >= $4)
-      AND ($5::timestamptz IS NULL OR i.started_at < $5)
-      AND ($6::interval IS NULL
-           OR (i.status IN ('running', 'compensating') AND i.step_started_at < now() - $6))
-      AND ($9::text[] IS NULL
-           OR (i.status = 'waiting' AND i.shape_state ->> 'waiting_for' = ANY($9::text[])))
-      AND ($10::uuid IS NULL OR i.parent_id = $10)
+    WHERE {conditions}
     ORDER BY i.started_at DESC, i.id
-    LIMIT $7 OFFSET $8
+    LIMIT {limit} OFFSET {offset}
 )
 SELECT listed.*, step ->> 'name' AS step_name, step ->> 'journey' AS journey,
-       {phase_sql("listed")} AS phase
+       {phase} AS phase
 FROM listed
 ORDER BY started_at DESC, id
 """
 
 
+class _Conditions:
+    """SQL conditions and their arguments, numbered as they are added."""
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, template: str, *values: Any) -> None:
+        """``template`` names its arguments ``{0}``, ``{1}``, ...."""
+        numbers = [f"${len(self.args) + n + 1}" for n in range(len(values))]
+        self.sql.append(template.format(*numbers))
+        self.args.extend(values)
+
+
+def _conditions(f: SagaFilter, cursor: Cursor | None) -> _Conditions:
+    c = _Conditions()
+    if f.effective_statuses:
+        c.add("i.status = ANY({0}::text[])", [s.value for s in f.effective_statuses])
+    if f.definitions:
+        c.add("i.definition_name = ANY({0}::text[])", list(f.definitions))
+    if f.journeys:
+        c.add("d.steps -> i.current_step ->> 'journey' = ANY({0}::text[])", list(f.journeys))
+    if f.started_since is not None:
+        c.add("i.started_at >= {0}", f.started_since)
+    if f.started_until is not None:
+        c.add("i.started_at < {0}", f.started_until)
+    if f.stuck_for is not None:
+        c.add(
+            "i.status IN ('running', 'compensating') AND i.step_started_at < now() - {0}",
+            f.stuck_for,
+        )
+    if f.waiting_for:
+        c.add(
+            "i.status = 'waiting' AND i.shape_state ->> 'waiting_for' = ANY({0}::text[])",
+            list(f.waiting_for),
+        )
+    if f.children_of is not None:
+        c.add("i.parent_id = {0}", f.children_of)
+    if f.attributes:
+        c.add("i.search_attributes @> {0}::jsonb", json.dumps(dict(f.attributes)))
+    if f.idempotency_key is not None:
+        # The key is unique per definition: one probe of that index per definition.
+        c.add(
+            "i.idempotency_key = {0} "
+            "AND i.definition_name IN (SELECT name FROM shared.saga_definition)",
+            f.idempotency_key,
+        )
+    if f.saga_ids:
+        c.add("i.id = ANY({0}::uuid[])", list(f.saga_ids))
+    if cursor is not None:
+        c.add(
+            "(i.started_at < {0} OR (i.started_at = {0} AND i.id > {1}))",
+            cursor.started_at,
+            cursor.saga_id,
+        )
+    return c
+
+
 async def select_sagas(
-    conn: DriverConnection, f: SagaFilter, *, limit: int, offset: int = 0
+    conn: DriverConnection,
+    f: SagaFilter,
+    *,
+    limit: int,
+    offset: int = 0,
+    after: Cursor | None = None,
 ) -> list[SagaListing]:
-    """The sagas ``f`` selects, newest first (``started_at`` descending, then id)."""
+    """The sagas ``f`` selects, newest first (``started_at`` descending, then id),
+    starting after the ``after`` cursor when one is given."""
     if limit < 1 or offset < 0:
         raise ValueError(f"limit must be >= 1 and offset >= 0; got {limit}, {offset}")
-    rows = await conn.fetch(
-        _SELECT,
-        _array_or_none(s.value for s in f.effective_statuses),
-        _array_or_none(f.definitions),
-        _array_or_none(f.journeys),
-        f.started_since,
-        f.started_until,
-        f.stuck_for,
-        limit,
-        offset,
-        _array_or_none(f.waiting_for),
-        f.children_of,
+    c = _conditions(f, after)
+    sql = _LISTED.format(
+        conditions=" AND ".join(c.sql) or "true",
+        limit=int(limit),
+        offset=int(offset),
+        phase=phase_sql("listed"),
     )
-    return [SagaListing(**listing_fields(row), waiting_for=row["waiting_for"]) for row in rows]
+    rows = await conn.fetch(sql, *c.args)
+    return [
+        SagaListing(
+            **listing_fields(row),
+            waiting_for=row["waiting_for"],
+            search_attributes=document(row["search_attributes"]) or {},
+        )
+        for row in rows
+    ]
 
 
 def listing_fields(row: Any) -> dict[str, Any]:
@@ -396,8 +556,3 @@ def listing_fields(row: Any) -> dict[str, Any]:
         "step_started_at": row["step_started_at"],
         "error": row["error"],
     }
-
-
-def _array_or_none(values: Iterable[str]) -> Sequence[str] | None:
-    items = list(values)
-    return items or None

@@ -7,7 +7,7 @@ figures a command prints come from one snapshot and nothing it runs can write.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -76,6 +76,8 @@ class SagaDetail:
     """When the saga reached its wait (the wait's ``waiting`` row)."""
     signals: Sequence[SignalRecord] = ()
     """Every signal sent to the saga, oldest first."""
+    search_attributes: Mapping[str, str] | None = None
+    """The values of its definition's search attributes (``None`` when it declares none)."""
     family: Sequence[FamilyLink] = ()
     """The saga's parent and children. Hook for child sagas: filled once
     ``saga_instance`` links parent and child (see :func:`saga_family`)."""
@@ -175,7 +177,7 @@ async def saga_family(conn: DriverConnection, saga_id: uuid.UUID) -> list[Family
 _DETAIL = f"""
 SELECT i.id, i.definition_name, i.definition_version, i.status, i.error, i.started_at,
        i.finished_at, i.current_step, i.step_attempt, i.step_started_at, i.step_deadline,
-       i.deadline, i.idempotency_key, i.payload, i.context,
+       i.deadline, i.idempotency_key, i.payload, i.context, i.search_attributes,
        d.steps -> i.current_step ->> 'name' AS step_name,
        d.steps -> i.current_step ->> 'journey' AS journey,
        coalesce(d.steps -> i.current_step ->> 'kind', 'step') AS position_kind,
@@ -206,6 +208,7 @@ async def saga_detail(conn: DriverConnection, saga_id: uuid.UUID) -> SagaDetail:
         waiting_for=row["waiting_for"] if row["status"] == SagaStatus.WAITING else None,
         waiting_since=row["waiting_since"] if row["status"] == SagaStatus.WAITING else None,
         signals=await saga_signals(conn, saga_id),
+        search_attributes=document(row["search_attributes"]),
         family=await saga_family(conn, saga_id),
     )
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 from saga.definition import SagaDefinition
-from saga.errors import DefinitionConflict, UnknownDefinition
+from saga.errors import DefinitionConflict, DefinitionError, UnknownDefinition
+from saga.masking import is_sensitive
 from saga.store.driver import DriverConnection, document
 from saga.store.records import StoredDefinition
 
@@ -18,15 +19,24 @@ __all__ = ["StoredDefinition", "load", "register"]
 
 async def register(conn: DriverConnection, definition: SagaDefinition) -> StoredDefinition:
     """Store ``definition`` unless this exact version is stored already."""
+    _refuse_sensitive_search_attributes(definition)
     content_hash = definition.content_hash
     row = await conn.fetchrow(
         """
         WITH inserted AS (
             INSERT INTO shared.saga_definition
-                (name, version, content_hash, steps, timeout_seconds)
-            VALUES ($1, $2, $3, $4::jsonb, $5)
+                (name, version, content_hash, steps, timeout_seconds, search_attributes)
+            VALUES ($1, $2, $3, $4::jsonb, $5, $6::text[])
             ON CONFLICT (name, version) DO NOTHING
             RETURNING id, content_hash
+        ),
+        -- Search attributes are not part of the content: declaring them on a stored
+        -- version applies to its sagas started from now on.
+        declared AS (
+            UPDATE shared.saga_definition SET search_attributes = $6::text[]
+            WHERE name = $1 AND version = $2 AND content_hash = $3
+              AND search_attributes IS DISTINCT FROM $6::text[]
+              AND NOT EXISTS (SELECT FROM inserted)
         )
         SELECT id, content_hash FROM inserted
         UNION ALL
@@ -38,6 +48,7 @@ async def register(conn: DriverConnection, definition: SagaDefinition) -> Stored
         content_hash,
         json.dumps(definition.to_document()),
         definition.timeout,
+        list(definition.search_attributes),
     )
     if row is None:
         # Another process inserted it between our INSERT's check and our SELECT's snapshot.
@@ -51,11 +62,25 @@ async def register(conn: DriverConnection, definition: SagaDefinition) -> Stored
     return StoredDefinition(row["id"], definition)
 
 
+def _refuse_sensitive_search_attributes(definition: SagaDefinition) -> None:
+    """A search attribute is stored in the clear, indexed and shown to operators, so it
+    may not be a field this process masks (checked here, where the fields declared with
+    the logging set-up are known, rather than in the pure definition checks)."""
+    for field_name in definition.search_attributes:
+        if is_sensitive(field_name):
+            raise DefinitionError(
+                definition.name,
+                f"search attribute {field_name!r} is masked as personal or health data; "
+                "search by an id (user_id, claim_id, ...) instead",
+            )
+
+
 async def load(conn: DriverConnection, name: str, version: int | None = None) -> StoredDefinition:
     """The stored definition of that version, or the newest one when ``version`` is None."""
     row = await conn.fetchrow(
         """
-        SELECT id, name, version, steps, timeout_seconds FROM shared.saga_definition
+        SELECT id, name, version, steps, timeout_seconds, search_attributes
+        FROM shared.saga_definition
         WHERE name = $1 AND ($2::integer IS NULL OR version = $2)
         ORDER BY version DESC LIMIT 1
         """,
@@ -66,6 +91,10 @@ async def load(conn: DriverConnection, name: str, version: int | None = None) ->
         which = f"version {version}" if version is not None else "any version"
         raise UnknownDefinition(f"no saga definition {name!r} ({which}) is registered")
     definition = SagaDefinition.from_document(
-        row["name"], row["version"], document(row["steps"]), timeout=row["timeout_seconds"]
+        row["name"],
+        row["version"],
+        document(row["steps"]),
+        timeout=row["timeout_seconds"],
+        search_attributes=row["search_attributes"],
     )
     return StoredDefinition(row["id"], definition)
