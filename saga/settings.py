@@ -46,6 +46,9 @@ _ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 
 Milliseconds = Annotated[int, Field(gt=0)]
 
+_SECRET_FIELDS = frozenset({"web_secret_key"})
+"""Settings whose values no error message repeats."""
+
 
 class Settings(BaseSettings):
     """Everything the engine's processes are configured with. Field names are the
@@ -238,6 +241,46 @@ class Settings(BaseSettings):
         description="seconds 1..3600 a stopping process has to finish what it holds",
     )
 
+    web_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="a host name or address for `saga web` to listen on",
+    )
+    web_port: int = Field(
+        default=8088, ge=1, le=65535, description="a TCP port 1..65535 for `saga web`"
+    )
+    # Signs the console's session cookies. Kept out of reprs and of error messages.
+    web_secret_key: str | None = Field(
+        default=None,
+        min_length=32,
+        repr=False,
+        description=(
+            "a random string of at least 32 characters, e.g. from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        ),
+    )
+    web_session_hours: float = Field(
+        default=8.0,
+        gt=0,
+        le=24 * 7,
+        description="hours > 0, at most 168, a console session lasts after sign-in",
+    )
+    web_login_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="an integer >= 1: failed console sign-ins per minute per client",
+    )
+    web_token_days: int = Field(
+        default=90,
+        ge=1,
+        le=366,
+        description="an integer 1..366: days a new console token lasts by default",
+    )
+    web_cookie_secure: bool | None = Field(
+        default=None,
+        description="true or false; unset means true in production (cookies over HTTPS only)",
+    )
+
     log_level: str = Field(
         default="INFO",
         pattern=r"(?i)^(debug|info|warning|error|critical)$",
@@ -255,7 +298,14 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("database_url", "kafka_bootstrap_servers", "metrics_port", mode="before")
+    @field_validator(
+        "database_url",
+        "kafka_bootstrap_servers",
+        "metrics_port",
+        "web_secret_key",
+        "web_cookie_secure",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -331,6 +381,28 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return LogFormat.JSON if self.app_env is AppEnv.PRODUCTION else LogFormat.CONSOLE
+
+    @property
+    def effective_web_cookie_secure(self) -> bool:
+        if self.web_cookie_secure is not None:
+            return self.web_cookie_secure
+        return self.app_env is AppEnv.PRODUCTION
+
+    def web_session_key(self) -> str | None:
+        """``WEB_SECRET_KEY``; None in development and test when it is unset (the console
+        then signs with a random key of its own process, so a restart signs everyone
+        out). Unset in production raises :class:`~saga.errors.SettingsError`: checked
+        here, where the console starts, rather than for every process, since only the
+        console needs it."""
+        if self.web_secret_key is None and self.app_env is AppEnv.PRODUCTION:
+            raise SettingsError(
+                {
+                    "WEB_SECRET_KEY": "must be set when APP_ENV=production: it signs the "
+                    "console's session cookies, which must outlive a restart and be the "
+                    "same on every console process"
+                }
+            )
+        return self.web_secret_key
 
     @property
     def sensitive_fields(self) -> tuple[str, ...]:
@@ -426,6 +498,9 @@ def _describe(exc: ValidationError) -> dict[str, str]:
         field = str(error["loc"][0])
         info = Settings.model_fields.get(field)
         expected = info.description if info is not None and info.description else error["msg"]
+        if field in _SECRET_FIELDS:
+            problems[field.upper()] = f"expected {expected} ({error['msg']}; value not shown)"
+            continue
         shown = error["input"]
         if isinstance(shown, str) and "://" in shown:
             shown = redact_url(shown)
