@@ -131,6 +131,13 @@ def _serve(args: argparse.Namespace) -> int:
     from saga.web.app import create_app
 
     app = create_app(settings)
+    if settings.metrics_port is not None:
+        # Sign-ins and actions are counted; Prometheus scrapes them here, as from the
+        # other processes (the console's own port serves only signed-in pages, /live
+        # and /ready).
+        from saga.health import serve_endpoints
+
+        serve_endpoints(settings.metrics_port, None)
     log.info("web_console_starting", host=settings.web_host, port=settings.web_port)
     # uvicorn stops on SIGTERM and SIGINT by itself, finishing requests in hand, and
     # returns: the process then exits 0.
