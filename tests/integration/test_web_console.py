@@ -8,7 +8,10 @@ The same walk in a real browser is tests/browser/test_console_in_browser.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -399,3 +402,31 @@ async def _status(env: SagaEnvironment, saga_id: uuid.UUID) -> str:
             return str(status)
         await asyncio.sleep(0.05)
     raise AssertionError(f"no saga {saga_id}")
+
+
+async def test_saga_ls_finds_by_attribute_and_key_as_the_console_does(
+    scene: ConsoleScene,
+) -> None:
+    def ls(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "saga", "ls", *argv],
+            env={**scene.env.process_environment(), "LOG_LEVEL": "WARNING"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    found = await asyncio.to_thread(ls, "--attr", f"member_id={MEMBER_A}", "--json")
+    assert found.returncode == 0, found.stderr
+    rows = json.loads(found.stdout)["sagas"]
+    assert {uuid.UUID(row["id"]) for row in rows} == scene.member_a_sagas
+    assert all(row["attributes"]["member_id"] == MEMBER_A for row in rows)
+
+    by_key = await asyncio.to_thread(ls, "--key", "booking-a-3", "--json")
+    rows = json.loads(by_key.stdout)["sagas"]
+    assert [uuid.UUID(row["id"]) for row in rows] == [scene.sagas["member_a_3"]]
+
+    bad = await asyncio.to_thread(ls, "--attr", "member_id")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "saga: error: --attr: expected NAME=VALUE; got 'member_id'"
