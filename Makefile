@@ -18,16 +18,26 @@ demo: $(INSTALLED)
 	$(BIN)/saga demo
 
 # The tests validate docker-compose.yml with Debian's docker-compose (no Docker engine
-# needed). Installed when missing; apt-get update only if the package lists are stale.
+# needed) and drive the web console in Debian's Chromium through its chromedriver
+# (tests/browser). Each is installed when missing; apt-get update only if the package
+# lists are stale.
 tools:
-	@command -v docker-compose >/dev/null 2>&1 || { \
+	@command -v docker-compose >/dev/null 2>&1 || $(call apt_install,docker-compose,docker-compose)
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } \
+		|| $(call apt_install,chromium chromium-driver,/usr/bin/chromium and /usr/bin/chromedriver)
+
+# $(call apt_install,PACKAGES,WHAT): install Debian's PACKAGES as root, or say that WHAT is
+# missing and how to get it.
+define apt_install
+{ \
 		if [ "$$(id -u)" != 0 ]; then \
-			echo "make tools: docker-compose is missing; install it (apt-get install docker-compose) or run make as root" >&2; \
+			echo "make tools: $(2) missing; install it (apt-get install $(1)) or run make as root" >&2; \
 			exit 1; \
 		fi; \
-		apt-get install -y -q docker-compose \
-			|| { apt-get update -q && apt-get install -y -q docker-compose; }; \
+		apt-get install -y -q $(1) \
+			|| { apt-get update -q && apt-get install -y -q $(1); }; \
 	}
+endef
 
 # Everything CI checks: lint, formatting, types, then the whole test suite.
 test: tools lint typecheck

@@ -1,7 +1,8 @@
 """The deployment files as the tools read them: docker-compose.yml through Debian's
 ``docker-compose config`` (no Docker engine needed), the Dockerfile, the environment
 templates. Each service must run a command the ``saga`` CLI accepts, log in as its own
-role, and hold no secret; `make tools` installs docker-compose.
+role, and hold no secret; only the web console is published, on the host's loopback; `make
+tools` installs docker-compose.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ EXAMPLE = REPO_ROOT / "compose.env.example"
 JOURNEYS = discover_journeys()
 INFRASTRUCTURE = {"postgres", "kafka"}
 SERVICES = {"coordinator", "worker", *JOURNEYS}  # the long-running engine services
-APP_SERVICES = {"migrate", *SERVICES}
+WEB = "web"  # the operators' console: long-running too, but it needs no broker
+APP_SERVICES = {"migrate", WEB, *SERVICES}
+WEB_PORT = 8088
+# Variables holding a secret: each must be a required reference, empty in the example.
+SECRET_NAME = re.compile(r"PASSWORD|SECRET")
 # A ${VAR:?why} reference: compose refuses to start while VAR is unset or empty.
 REQUIRED_REFERENCE = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]+\}$")
 PASSWORD_IN_URL = re.compile(r"://[^/@:]+:(?P<password>[^@]*)@")
@@ -45,7 +50,8 @@ def example() -> dict[str, str]:
 
 
 def dummy(variable: str) -> str:
-    return f"dummy{variable.lower().replace('_', '')}"
+    # As long as WEB_SECRET_KEY must be; unique per variable, so a mix-up shows.
+    return f"dummy{variable.lower().replace('_', '')}".ljust(32, "0")
 
 
 def compose_config(
@@ -98,6 +104,10 @@ def test_every_engine_service_runs_a_command_the_cli_accepts(config: dict[str, A
         assert callable(args.handler), name
         if name in JOURNEYS:
             assert (args.command, args.process, args.journey) == ("run", "participant", name)
+        elif name == WEB:
+            # Every interface of the container; compose publishes the port on the host's
+            # loopback only (test_only_the_console_is_published_and_on_the_loopback).
+            assert (args.command, args.host) == ("web", "0.0.0.0")  # noqa: S104 - in the container
         elif name != "migrate":
             assert (args.command, args.process) == ("run", name)
     migrate = parser.parse_args(config["services"]["migrate"]["command"])
@@ -115,6 +125,14 @@ def test_every_long_running_service_has_a_health_check(config: dict[str, Any]) -
         assert parser.parse_args(test[2:]).command == "health"
         assert seconds(service["healthcheck"]["start_period"]) > 0
         assert service["environment"]["METRICS_PORT"] == "9100", name
+    # The console answers /ready on its own port; its METRICS_PORT serves only metrics.
+    web = config["services"][WEB]["healthcheck"]
+    assert web["test"][:2] == ["CMD", "saga"]
+    probe = parser.parse_args(web["test"][2:])
+    assert probe.command == "health"
+    assert probe.url == f"http://127.0.0.1:{WEB_PORT}/ready"
+    assert seconds(web["start_period"]) > 0
+    assert config["services"][WEB]["environment"]["METRICS_PORT"] == "9100"
     # The one-shot job serves nothing to probe; it is "healthy" by exiting 0.
     assert "healthcheck" not in config["services"]["migrate"]
 
@@ -134,8 +152,18 @@ def test_start_order_restarts_and_stop_grace(config: dict[str, Any]) -> None:
         grace = seconds(service["stop_grace_period"])
         assert grace > shutdown_default, name
         assert grace > float(service["environment"].get("SHUTDOWN_TIMEOUT_SECONDS", 0)), name
+    web = services[WEB]
+    assert web["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    assert web["restart"] == "unless-stopped"
+    assert seconds(web["stop_grace_period"]) > 0
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["migrate"]["restart"] == "no"
+
+
+def test_only_the_console_is_published_and_on_the_loopback(config: dict[str, Any]) -> None:
+    published = {name: service.get("ports") for name, service in config["services"].items()}
+    assert published.pop(WEB) == [f"127.0.0.1:{WEB_PORT}:{WEB_PORT}/tcp"]
+    assert not any(published.values()), published
 
 
 def test_images(config: dict[str, Any]) -> None:
@@ -158,6 +186,7 @@ def test_each_service_logs_in_as_its_own_role(
     .env.production): every one is valid, and names the role the service must use."""
     expected_user = {
         "coordinator": roles.COORDINATOR_ROLE,
+        WEB: roles.COORDINATOR_ROLE,  # the operators' actions are the coordinator's writes
         "migrate": example()["DB_USER"],
         "worker": example()["DB_USER"],  # the owner: it creates and detaches partitions
         **{name: journey.database_role for name, journey in JOURNEYS.items()},
@@ -175,6 +204,9 @@ def test_each_service_logs_in_as_its_own_role(
         assert (url.host, url.database) == ("postgres", example()["DB_NAME"])
         assert settings.kafka_bootstrap_servers == "kafka:9092"
         assert settings.kafka_topic_partitions == int(example()["KAFKA_TOPIC_PARTITIONS"])
+    web = settings_in(config["services"][WEB]["environment"], monkeypatch)
+    assert web.web_session_key() == dummy("WEB_SECRET_KEY")
+    assert web.web_port == WEB_PORT
     migrate = config["services"]["migrate"]["environment"]
     for role in roles.service_roles(j.database_role for j in JOURNEYS.values()):
         variable = roles.password_variable(role)
@@ -190,8 +222,8 @@ def settings_in(environment: Mapping[str, str], monkeypatch: pytest.MonkeyPatch)
         return load_settings(env_dir=REPO_ROOT)
 
 
-@pytest.mark.parametrize("variable", sorted(name for name in example() if "PASSWORD" in name))
-def test_a_missing_password_stops_compose_and_is_named(tmp_path: Path, variable: str) -> None:
+@pytest.mark.parametrize("variable", sorted(name for name in example() if SECRET_NAME.search(name)))
+def test_a_missing_secret_stops_compose_and_is_named(tmp_path: Path, variable: str) -> None:
     filled = {name: value or dummy(name) for name, value in example().items()}
     filled[variable] = ""  # as in the example, not filled in
     result = compose_config(tmp_path, filled)
@@ -208,16 +240,16 @@ def test_no_secret_in_the_compose_file_or_the_templates(raw: dict[str, Any]) -> 
         passwords = 0
         for name, value in (service.get("environment") or {}).items():
             text = str(value)
-            if "PASSWORD" in name:
+            if SECRET_NAME.search(name):
                 assert REQUIRED_REFERENCE.match(text), f"{service_name}: {name}={text!r}"
-                passwords += 1
+                passwords += "PASSWORD" in name
             for found in PASSWORD_IN_URL.finditer(text):
                 assert REQUIRED_REFERENCE.match(found["password"]), f"{service_name}: {name}"
                 passwords += 1
         # Every service that logs in to PostgreSQL (or is it) is given a password.
         assert passwords or service_name == "kafka", service_name
     # Each service's URL takes the password of the role it names.
-    for name in SERVICES - {"worker"}:
+    for name in (SERVICES | {WEB}) - {"worker"}:
         url = raw["services"][name]["environment"]["DATABASE_URL"]
         user = url.split("://", 1)[1].split(":", 1)[0]
         assert f"${{{roles.password_variable(user)}:?" in url, name
@@ -227,12 +259,12 @@ def test_no_secret_in_the_compose_file_or_the_templates(raw: dict[str, Any]) -> 
     for template in templates:
         for name, value in dotenv_values(template, interpolate=False).items():
             text = value or ""
-            if "PASSWORD" in name:
+            if SECRET_NAME.search(name):
                 assert not text or text.startswith("${"), f"{template.name}: {name}"
             for found in PASSWORD_IN_URL.finditer(text):
                 assert found["password"].startswith("${"), f"{template.name}: {name}"
     for name, value in example().items():
-        if "PASSWORD" in name:
+        if SECRET_NAME.search(name):
             assert value == "", f"compose.env.example: {name} must be left empty"
 
 
