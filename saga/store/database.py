@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
@@ -124,10 +124,15 @@ class Database:
         url: str | None = None,
         application_name: str = "austa-saga",
         clock: Clock = SYSTEM_CLOCK,
+        server_settings: Mapping[str, str] | None = None,
     ) -> Database:
         recorder = QueryRecorder.from_settings(settings)
         engine = create_engine(
-            settings, url=url, application_name=application_name, recorder=recorder
+            settings,
+            url=url,
+            application_name=application_name,
+            recorder=recorder,
+            server_settings=server_settings,
         )
         return cls(
             engine,

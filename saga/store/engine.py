@@ -10,6 +10,7 @@ query slower than ``DATABASE_SLOW_QUERY_THRESHOLD`` is logged as ``slow_query``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +74,11 @@ def create_engine(
     url: str | None = None,
     application_name: str = "austa-saga",
     recorder: QueryRecorder | None = None,
+    server_settings: Mapping[str, str] | None = None,
 ) -> AsyncEngine:
-    """An :class:`AsyncEngine` on ``url`` (default: ``settings.database_url``)."""
+    """An :class:`AsyncEngine` on ``url`` (default: ``settings.database_url``);
+    ``server_settings`` are set on each of its connections when it opens, beside the
+    application name and the statement timeout."""
     target = url or settings.database_url
     if target is None:
         raise SettingsError({"DATABASE_URL": "expected a PostgreSQL URL; it is not set"})
@@ -91,6 +95,7 @@ def create_engine(
             "server_settings": {
                 "application_name": application_name,
                 "statement_timeout": str(settings.database_statement_timeout),
+                **(server_settings or {}),
             },
         },
     )

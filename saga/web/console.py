@@ -14,6 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from prometheus_client import Counter
 
 from saga.coordinator import Coordinator
+from saga.errors import ConfigurationError
 from saga.operator.actions import SagaActions
 from saga.operator.queries import read_only
 from saga.settings import Settings
@@ -43,13 +44,30 @@ class Console:
     settings: Settings
     database: Database
     actions: SagaActions
-    coordinator: Coordinator
-    """Only for signals: :meth:`Coordinator.signal` stores and applies one in a
-    transaction; the console never starts or drives sagas."""
     cookie: SessionCookie
     limiter: LoginLimiter
     templates: Environment
     secure_cookie: bool
+    _coordinator: Coordinator | None = None
+
+    def coordinator(self) -> Coordinator:
+        """Only for signals (:meth:`Coordinator.signal` stores and applies one in a
+        transaction; the console never starts or drives sagas). Made on first use, so
+        the console starts and reads without a broker."""
+        if self._coordinator is None:
+            if not self.settings.kafka_bootstrap_servers:
+                raise ConfigurationError(
+                    "signals are sent through the broker: set KAFKA_BOOTSTRAP_SERVERS for "
+                    "the console (or use `saga signal` where it is set)"
+                )
+            self._coordinator = Coordinator(
+                settings=self.settings, database=self.database, name="saga-web"
+            )
+        return self._coordinator
+
+    async def close(self) -> None:
+        if self._coordinator is not None:
+            await self._coordinator.stop()
 
     def now(self) -> datetime:
         return datetime.now(UTC)

@@ -216,7 +216,7 @@ async def signal_post(request: Request, console: Console, user: SignedIn) -> Res
     if not signal_id.startswith("console-") or len(signal_id) > 80:
         raise ConfigurationError("signal_id: preview the signal first")
     try:
-        receipt: SignalReceipt | None = await console.coordinator.signal(
+        receipt: SignalReceipt | None = await console.coordinator().signal(
             saga_id, event, data, signal_id=signal_id, actor=user.actor, reason=reason
         )
         refused = None
