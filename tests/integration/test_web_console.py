@@ -17,7 +17,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from saga.definition import SagaDefinition
+from saga.machine import SagaStatus
 from saga.operator.filters import Cursor, SagaFilter, select_sagas
+from saga.shapes import AwaitEvent
 from saga.store.driver import DriverConnection
 from saga.web.tokens import revoke_tokens
 from tests.integration.conftest import SagaEnvironment
@@ -31,7 +34,7 @@ from tests.integration.console_scene import (
     csrf_of,
     sign_in,
 )
-from tests.integration.sagas import cluster, effects, wait_until
+from tests.integration.sagas import BOOKING, cluster, effects, starter, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -430,3 +433,52 @@ async def test_saga_ls_finds_by_attribute_and_key_as_the_console_does(
     bad = await asyncio.to_thread(ls, "--attr", "member_id")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "saga: error: --attr: expected NAME=VALUE; got 'member_id'"
+
+
+async def test_an_operator_signals_a_waiting_saga_which_moves_on(scene: ConsoleScene) -> None:
+    env = scene.env
+    reserve, _, _, confirm = BOOKING.steps
+    reviewed = SagaDefinition(
+        "test_console_review",
+        1,
+        [reserve, AwaitEvent("review", "claim_reviewed", 60.0), confirm],
+        search_attributes=("member_id",),
+    )
+    async with (
+        cluster(env.settings, env.database, env.bootstrap),
+        starter(env) as coordinator,
+        console_client(env) as client,
+    ):
+        saga_id = await coordinator.start(reviewed, {"member_id": MEMBER_A})
+        await wait_until(env.database, saga_id, "status = 'waiting'")
+        await sign_in(client, scene.operator_token)
+        page = (await client.get(f"/sagas/{saga_id}")).text
+        assert "claim_reviewed" in page
+        form = {
+            "csrf": csrf_of(page),
+            "event": "claim_reviewed",
+            "data": '{"approved": true}',
+            "reason": "auditor said yes by phone",
+        }
+        preview = await client.post(f"/sagas/{saga_id}/signal", data=form)
+        assert "moves on at once" in preview.text
+        signal_id = re.search(r'name="signal_id" value="([^"]+)"', preview.text)
+        assert signal_id is not None
+        confirm_form = {**form, "stage": "execute", "signal_id": signal_id[1]}
+        sent = await client.post(f"/sagas/{saga_id}/signal", data=confirm_form)
+        assert "Accepted" in sent.text
+        summary = await coordinator.wait(saga_id, timeout=30)
+        assert summary.status is SagaStatus.COMPLETED
+        # The same confirmation again delivers nothing more: the signal id is the preview's.
+        again = await client.post(f"/sagas/{saga_id}/signal", data=confirm_form)
+        assert "Sent before; nothing changed." in again.text
+
+    signals = await env.database.run_driver(
+        lambda conn: conn.fetch(
+            "SELECT actor, reason, payload FROM shared.saga_signal WHERE saga_instance_id = $1",
+            saga_id,
+        )
+    )
+    assert [(r["actor"], r["reason"]) for r in signals] == [
+        ("otto.operator", "auditor said yes by phone")
+    ]
