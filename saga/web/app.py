@@ -47,6 +47,16 @@ log = structlog.get_logger("saga.web")
 
 READY_TIMEOUT_SECONDS = 2.0
 
+# Measured on a log of a million sagas (benchmarks/README.md, "The console benchmark"):
+# - JIT compiled the needs-attention query for 490 ms of its 600 ms: the pages read one
+#   saga or aggregate the unfinished ones, never long enough to repay compiling.
+# - A statement's sixth run may switch to a generic plan, made without its parameters:
+#   for a search by attribute that plan walks every saga newest first instead of asking
+#   the GIN index (1.1 s instead of 9 ms). The console runs few statements, each with
+#   parameters whose selectivity varies a thousandfold (one member, every parked saga),
+#   so planning each one for its values is cheap and right.
+CONSOLE_SERVER_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
+
 
 def create_app(settings: Settings, *, database: Database | None = None) -> Starlette:
     """The console. ``database`` is for tests that share one; otherwise the app opens
@@ -102,11 +112,8 @@ def _routes() -> list[Route | Mount]:
 
 @asynccontextmanager
 async def _console(settings: Settings, shared: Database | None) -> AsyncIterator[Console]:
-    # The pages read one saga, or aggregate the unfinished ones: PostgreSQL's JIT would
-    # compile their plans for longer than they run (measured on a log of a million
-    # sagas: 490 ms of compiling for the needs-attention page's 600 ms query).
     database = shared or Database.from_settings(
-        settings, application_name="saga-web", server_settings={"jit": "off"}
+        settings, application_name="saga-web", server_settings=CONSOLE_SERVER_SETTINGS
     )
     producer = await _producer(settings)
     publisher = (
