@@ -48,9 +48,24 @@ def run_migrations_offline() -> None:
 
 
 def _run_on(connection: Connection) -> None:
-    _configure(connection=connection)
+    # ``saga db`` passes a MigrationProgress: it names the revision a failure happened in.
+    progress = config.attributes.get("progress")
+
+    def applied(*, step: Any, **_: Any) -> None:
+        if progress is not None:
+            progress.at = step.up_revision_id if step.is_upgrade else _down(step)
+
+    _configure(connection=connection, on_version_apply=applied)
+    if progress is not None:
+        progress.at = context.get_context().get_current_revision()
+        progress.connected = True
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _down(step: Any) -> str | None:
+    down = step.down_revision_ids
+    return down[0] if down else None
 
 
 async def run_migrations_online() -> None:

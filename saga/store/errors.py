@@ -105,7 +105,7 @@ def translate(error: BaseException) -> DatabaseError:
     return DatabaseError(message)
 
 
-_TRANSLATED = (
+DATABASE_ERRORS = (
     sa_exc.DBAPIError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -121,7 +121,7 @@ def database_errors() -> Iterator[None]:
     """Re-raise driver and connection errors as :mod:`saga.errors` types."""
     try:
         yield
-    except _TRANSLATED as exc:
+    except DATABASE_ERRORS as exc:
         raise translate(exc) from exc
 
 
@@ -133,7 +133,7 @@ def opening_errors() -> Iterator[None]:
     stay what they are: trying again would not help."""
     try:
         yield
-    except _TRANSLATED as exc:
+    except DATABASE_ERRORS as exc:
         error = translate(exc)
         if type(error) is DatabaseUnavailable:
             error = ConnectFailed(f"could not connect: {error}", sqlstate=error.sqlstate)

@@ -11,6 +11,8 @@ import importlib.util
 import io
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from saga.errors import ConfigurationError, MigrationNameError
+from saga.errors import ConfigurationError, MigrationNameError, SagaError
+from saga.store.errors import DATABASE_ERRORS, translate
 
 NAME_PATTERN = re.compile(r"^(add|update|remove)_[a-z0-9]+(_[a-z0-9]+)*$")
 FILE_TEMPLATE = "%%(rev)s_%%(slug)s"
@@ -44,12 +47,70 @@ def alembic_config(database_url: str | None = None) -> Config:
     return config
 
 
+class MigrationFailed(SagaError):
+    """A revision's SQL failed; the database is left at the last revision that committed
+    (each revision commits on its own)."""
+
+
+@dataclass
+class MigrationProgress:
+    """Where a run stands, kept by ``migrations/env.py`` as it goes, so that a failure can
+    name the revision it happened in."""
+
+    connected: bool = False
+    at: str | None = None
+    """The revision the database is at: where the run began, then after each step."""
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+    config = alembic_config(database_url)
+    with _naming_the_failed_revision(config, upgrading=True):
+        command.upgrade(config, revision)
 
 
 def downgrade(database_url: str, revision: str = "-1") -> None:
-    command.downgrade(alembic_config(database_url), revision)
+    config = alembic_config(database_url)
+    with _naming_the_failed_revision(config, upgrading=False):
+        command.downgrade(config, revision)
+
+
+@contextlib.contextmanager
+def _naming_the_failed_revision(config: Config, *, upgrading: bool) -> Iterator[None]:
+    """An SQL error inside a revision becomes one line that names the revision and the
+    error (``migration 20261203090000 (add console tables) failed: ...``), instead of a
+    page of SQLAlchemy traceback."""
+    progress = MigrationProgress()
+    config.attributes["progress"] = progress
+    try:
+        yield
+    except DATABASE_ERRORS as exc:
+        error = translate(exc)
+        if not progress.connected:
+            raise error from exc
+        failed = _failed_revision(config, progress.at, upgrading=upgrading)
+        where = "a migration" if failed is None else f"migration {failed}"
+        state = f" [SQLSTATE {error.sqlstate}]" if error.sqlstate else ""
+        raise MigrationFailed(
+            f"{where} failed: {error}{state}; the database is at "
+            f"{progress.at or 'base'}, the last revision that committed"
+        ) from exc
+
+
+def _failed_revision(config: Config, at: str | None, *, upgrading: bool) -> str | None:
+    """The revision whose SQL failed: going up, the one after ``at``; going down, ``at``
+    itself (the one being undone)."""
+    script = ScriptDirectory.from_config(config)
+    if not upgrading:
+        revision = script.get_revision(at) if at else None
+    else:
+        revision = next(
+            (r for r in script.walk_revisions() if r.down_revision == at),
+            None,
+        )
+    if revision is None:
+        return None
+    title = (revision.doc or "").splitlines()[0].strip() if revision.doc else ""
+    return f"{revision.revision} ({title})" if title else revision.revision
 
 
 def offline_sql(from_revision: str | None = None, to_revision: str = "head") -> str:

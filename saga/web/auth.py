@@ -123,8 +123,10 @@ def new_login_csrf() -> str:
 
 
 def client_key(request: Request) -> str:
-    """Whom failed sign-ins are counted against: the peer address (the console is meant
-    to sit behind one proxy that does not rewrite it, or none)."""
+    """Whom failed sign-ins are counted against: the peer address. Forwarded headers are
+    not trusted (any client could write them), so behind a proxy every client counts as
+    the proxy: a flood of wrong tokens then slows everyone's sign-in for a minute, and
+    never ends a session already open."""
     return request.client.host if request.client is not None else "unknown"
 
 

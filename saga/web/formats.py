@@ -41,11 +41,18 @@ def masked_json(value: Any) -> str:
     return json.dumps(mask(value), indent=2, default=json_default, ensure_ascii=False)
 
 
+def masked(value: Any) -> Any:
+    """A mapping with its personal and health fields masked (a search attribute is never
+    one, as registered; a process may mask more fields than the one that registered)."""
+    return mask(value)
+
+
 def short_error(text: str | None) -> str:
     return summarize(text) or ""
 
 
-FILTERS: dict[str, Callable[..., str]] = {
+FILTERS: dict[str, Callable[..., Any]] = {
+    "masked": masked,
     "utc": utc,
     "iso": iso,
     "duration": duration,

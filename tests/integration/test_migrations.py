@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import asyncpg
 import pytest
 
 from saga.settings import to_plain_url
 from saga.store import migrate
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +103,59 @@ def test_offline_sql_covers_every_schema_without_a_database() -> None:
         assert f"CREATE SCHEMA {schema}" in sql
     assert sql.count("UPDATE alembic_version") + sql.count("INSERT INTO alembic_version") >= 5
     assert "COMMIT;" in sql
+
+
+def _saga_db(url: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environment.update(APP_ENV="test", DATABASE_URL=url, LOG_LEVEL="WARNING")
+    return subprocess.run(
+        [sys.executable, "-m", "saga", "db", *argv],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+async def _execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(to_plain_url(url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _revision(url: str) -> str | None:
+    conn = await asyncpg.connect(to_plain_url(url))
+    try:
+        value: str | None = await conn.fetchval("SELECT version_num FROM public.alembic_version")
+        return value
+    finally:
+        await conn.close()
+
+
+@pytest.mark.embedded
+async def test_an_sql_error_in_a_revision_is_one_line_naming_it(fresh_database_url: str) -> None:
+    """A table in the way of the console's revision (the kind of SQL error a hand-made
+    change in production causes): the upgrade, and the setup job, say in one line which
+    revision failed and why, and the database stays at the last revision that committed."""
+    before, failing = "20261202190000", "20261203090000"
+    await asyncio.to_thread(migrate.upgrade, fresh_database_url, before)
+    await _execute(fresh_database_url, "CREATE TABLE shared.saga_web_token (id int)")
+
+    for argv in (("upgrade",), ("setup",)):
+        result = await asyncio.to_thread(_saga_db, fresh_database_url, *argv)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"saga: error: migration {failing} (add console tables"), lines
+        assert 'relation "saga_web_token" already exists [SQLSTATE 42P07]' in lines[0]
+        assert lines[0].endswith(f"the database is at {before}, the last revision that committed")
+        assert await _revision(fresh_database_url) == before
+
+    # Once the table is out of the way, the same command goes on from there.
+    await _execute(fresh_database_url, "DROP TABLE shared.saga_web_token")
+    assert (await asyncio.to_thread(_saga_db, fresh_database_url, "upgrade")).returncode == 0
+    assert await _revision(fresh_database_url) == migrate.head_revision()
