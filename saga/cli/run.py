@@ -149,8 +149,9 @@ def _worker(args: argparse.Namespace) -> int:
         schedule = {name: schedule[name] for name in args.job}
     if args.list:
         for name, scheduled in schedule.items():
+            sends = " (sends through the broker)" if scheduled.job.sends else ""
             print(
-                f"{name:<28} every {scheduled.interval:g} s, batch {scheduled.batch}: "
+                f"{name:<28} every {scheduled.interval:g} s, batch {scheduled.batch}{sends}: "
                 f"{scheduled.job.description}"
             )
         return 0

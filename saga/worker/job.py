@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from saga.errors import UsageError
 from saga.outbox import OutboxPublisher
 from saga.settings import Settings
 from saga.store.connection import Connection
@@ -37,15 +38,26 @@ class JobContext:
     """Every installed journey service: their schemas, inboxes, outboxes, partitions."""
     batch: int
     """The most rows this batch may claim."""
-    publisher: OutboxPublisher
-    """Publishes rows the job wrote to ``shared.saga_outbox`` and records them sent."""
-    producer: MessageSender
-    """The worker's producer, for re-sending rows of other outboxes."""
+    publisher: OutboxPublisher | None
+    """Publishes rows the job wrote to ``shared.saga_outbox`` and records them sent; None
+    when the worker runs only jobs that do not send (:attr:`Job.sends`), with no broker."""
+    producer: MessageSender | None
+    """The worker's producer, for re-sending rows of other outboxes (None as above)."""
     definitions: DefinitionCache
     """Stored saga definitions by name and version."""
     saga_log: SagaLog | None = None
     """The saga log the timeout jobs claim and move sagas in; None: the PostgreSQL one
     on ``database``."""
+
+    def broker(self) -> tuple[OutboxPublisher, MessageSender]:
+        """The publisher and producer of a job that sends (``Job.sends``); the worker
+        connects them for such a job, so their absence is a job declared wrongly."""
+        if self.publisher is None or self.producer is None:
+            raise UsageError(
+                "this job sends messages but is not declared Job(sends=True): the worker "
+                "connected no broker for it"
+            )
+        return self.publisher, self.producer
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +91,10 @@ class Job:
     description: str
     repeat_when_full: bool = True
     """Run the next batch at once when this one was full (False: once per interval)."""
+    sends: bool = False
+    """It sends messages through the broker (commands sent again, compensations it
+    starts, outbox rows left unsent). The others need only the database, so a worker that
+    runs none of these starts without a broker (``saga run worker --once --job NAME``)."""
 
 
 def lock_key(name: str) -> int:

@@ -31,7 +31,7 @@ from saga.participant.journey import JourneyService, discover_journeys
 from saga.runtime import resolve_transport
 from saga.settings import Settings, parse_schedule
 from saga.store.database import Database
-from saga.transport.port import Transport
+from saga.transport.port import MessageSender, Transport
 from saga.worker.definitions import DefinitionCache
 from saga.worker.job import Job, JobContext
 
@@ -107,10 +107,11 @@ class Worker:
         self.schedule = build_schedule(
             installed_jobs(self.journeys) if jobs is None else jobs, settings
         )
-        self.producer = resolve_transport(settings, bootstrap_servers, transport).sender(
-            client_id=f"{settings.kafka_client_id}-{name}"
-        )
-        self.publisher = OutboxPublisher(database, self.producer, COORDINATOR_OUTBOX)
+        self._broker = (bootstrap_servers, transport)
+        self._name = name
+        # Connected at start, and only when a scheduled job sends (Job.sends).
+        self.producer: MessageSender | None = None
+        self.publisher: OutboxPublisher | None = None
         # The worker re-sends every outbox's forgotten rows, so it watches them all.
         self.monitor = OutboxMonitor(
             database,
@@ -127,8 +128,31 @@ class Worker:
 
     async def start(self) -> None:
         if not self._started:
-            await self.producer.start()
+            self._connect()
+            if self.producer is not None:
+                await self.producer.start()
             self._started = True
+
+    def _connect(self) -> None:
+        sending = sorted(name for name, s in self.schedule.items() if s.job.sends)
+        if not sending or self.producer is not None:
+            return
+        bootstrap_servers, transport = self._broker
+        try:
+            self.producer = resolve_transport(self.settings, bootstrap_servers, transport).sender(
+                client_id=f"{self.settings.kafka_client_id}-{self._name}"
+            )
+        except ConfigurationError as exc:
+            which = (
+                f"the job {sending[0]} sends"
+                if len(sending) == 1
+                else (f"the jobs {', '.join(sending)} send")
+            )
+            raise ConfigurationError(
+                f"{exc}; {which} through the broker (without one, run only the jobs that "
+                "need just the database: --job NAME, see --list)"
+            ) from None
+        self.publisher = OutboxPublisher(self.database, self.producer, COORDINATOR_OUTBOX)
 
     @property
     def running(self) -> bool:
@@ -142,9 +166,11 @@ class Worker:
     async def close(self) -> None:
         if self._started:
             try:
-                await self.publisher.close()
+                if self.publisher is not None:
+                    await self.publisher.close()
             finally:
-                await self.producer.stop()
+                if self.producer is not None:
+                    await self.producer.stop()
             self._started = False
 
     async def run(self) -> None:
@@ -194,7 +220,8 @@ class Worker:
                 while report.batches < self.settings.worker_max_batches_per_run:
                     result = await scheduled.job.run(context)
                     # What the batch committed to the coordinator's outbox goes out now.
-                    await self.publisher.flush()
+                    if self.publisher is not None:
+                        await self.publisher.flush()
                     report.batches += 1
                     report.claimed += result.claimed
                     report.counts.update(result.counts)

@@ -154,3 +154,47 @@ def test_a_bad_job_name_or_schedule_is_one_line_and_exit_2(
     assert failed.returncode == 2
     assert message in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+async def test_a_database_job_runs_once_without_a_broker(saga_env: SagaEnvironment) -> None:
+    """Cron runs a database-only job with no broker to talk to; a job that sends asks for
+    one in a line that says which jobs need it."""
+    env = saga_env
+    await env.database.run_driver(
+        lambda conn: conn.execute(
+            "INSERT INTO care_journey.care_outbox (message_id, topic, message_key, payload, "
+            "published_at) VALUES (gen_random_uuid(), 't', 'k', '{}', now() - interval '30 days')"
+        )
+    )
+    no_broker = {
+        **env.process_environment(),
+        "KAFKA_BOOTSTRAP_SERVERS": "",
+        "LOG_LEVEL": "WARNING",
+    }
+
+    def worker(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "saga", "run", "worker", "--once", *argv],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=no_broker,
+            check=False,
+        )
+
+    cleaned = await asyncio.to_thread(worker, "--job", "outbox_retention")
+    assert cleaned.returncode == 0, cleaned.stderr
+    left = await env.database.run_driver(
+        lambda conn: conn.fetchval("SELECT count(*) FROM care_journey.care_outbox")
+    )
+    assert left == 0, "the published row past retention was deleted"
+
+    refused = await asyncio.to_thread(worker, "--job", "outbox_retention", "--job", "step_timeouts")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "saga: error: no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS or pass bootstrap_servers "
+        "(the embedded broker is only started by the demo and the tests); the job step_timeouts "
+        "sends through the broker (without one, run only the jobs that need just the "
+        "database: --job NAME, see --list)"
+    ]

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 
 from saga import metrics
+from saga.coordinator.service import COORDINATOR_OUTBOX
 from saga.outbox import seconds_since
 from saga.store import outbox as store
 from saga.store.driver import DriverConnection
@@ -28,7 +29,7 @@ REPUBLISH_LEASE_SECONDS = 60.0
 
 def outbox_tables(ctx: JobContext) -> list[str]:
     """The coordinator's outbox and every journey's, each once."""
-    tables = [ctx.publisher.table, *(journey.tables.outbox for journey in ctx.journeys)]
+    tables = [COORDINATOR_OUTBOX, *(journey.tables.outbox for journey in ctx.journeys)]
     return [store.check_table(table) for table in dict.fromkeys(tables)]
 
 
@@ -60,8 +61,9 @@ async def republish(ctx: JobContext) -> BatchResult:
     if not claimed:
         return BatchResult.nothing()
     messages = [message for _, due in claimed for message in due]
+    _, producer = ctx.broker()
     outcomes = iter(
-        await ctx.producer.send_many(
+        await producer.send_many(
             [
                 OutgoingMessage(topic=m.topic, key=m.key, value=m.payload, headers=m.headers)
                 for m in messages
@@ -137,6 +139,7 @@ OUTBOX_REPUBLISH = Job(
     run=republish,
     interval=10.0,
     batch=500,
+    sends=True,
     description=(
         "sends outbox rows (the coordinator's and every journey's) left unpublished for "
         "OUTBOX_REPUBLISH_AFTER_SECONDS and marks the acknowledged ones published"

@@ -164,12 +164,13 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
             written.append(_written(instance, definition, transition.state, prepared))
         return written
 
+    publisher, _ = ctx.broker()
     done = await claim(ctx.batch, settle)
     counts: Counter[str] = Counter()
     for item in done:
         _count(item, job, counts)
         if item.prepared is not None:
-            await publish(ctx.publisher, item.prepared)
+            await publish(publisher, item.prepared)
     return BatchResult(len(done), counts)
 
 
@@ -277,6 +278,7 @@ STEP_TIMEOUTS = Job(
     run=step_timeouts,
     interval=1.0,
     batch=100,
+    sends=True,
     description=(
         "attempts with no reply by their deadline: sent again with the same message id "
         "while attempts remain, then the step fails and the saga compensates (or parks)"
@@ -288,5 +290,6 @@ SAGA_DEADLINES = Job(
     run=saga_deadlines,
     interval=5.0,
     batch=100,
+    sends=True,
     description="running sagas past their definition's overall timeout are compensated",
 )
