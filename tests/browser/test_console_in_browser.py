@@ -18,6 +18,7 @@ from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from saga.machine import SagaStatus
@@ -67,11 +68,23 @@ def element(driver: webdriver.Chrome, css: str) -> WebElement:
     return driver.find_element(By.CSS_SELECTOR, css)
 
 
+def submit(driver: webdriver.Chrome, css: str) -> None:
+    """Click what submits a form and wait for the next page to have loaded: a click may
+    return before the browser has left the page, and a loaded machine makes that likely."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element(driver, css).click()
+    WebDriverWait(driver, WAIT_SECONDS).until(staleness_of(page), f"the page after {css}")
+    WebDriverWait(driver, WAIT_SECONDS).until(
+        lambda d: d.execute_script("return document.readyState") == "complete",
+        f"the page after {css} to load",
+    )
+
+
 def sign_in(driver: webdriver.Chrome, base: str, token: str) -> None:
     driver.get(f"{base}/sagas")
     assert "/login" in driver.current_url
     element(driver, "#token").send_keys(token)
-    element(driver, "form[action='/login'] button").click()
+    submit(driver, "form[action='/login'] button")
 
 
 def listed_ids(driver: webdriver.Chrome) -> set[str]:
@@ -98,7 +111,7 @@ async def test_a_viewer_reads_finds_and_is_refused_actions(
     assert "/login" in browser.current_url
     screenshot(browser, "sign-in")
     element(browser, "#token").send_keys("austa_wrong")
-    element(browser, "form[action='/login'] button").click()
+    submit(browser, "form[action='/login'] button")
     assert "unknown, revoked or expired" in element(browser, "#problem").text
 
     sign_in(browser, base, scene.viewer_token)
@@ -109,13 +122,13 @@ async def test_a_viewer_reads_finds_and_is_refused_actions(
 
     # Filter: parked only.
     element(browser, "input[name='status'][value='parked']").click()
-    element(browser, "#filters button[type='submit']").click()
+    submit(browser, "#filters button[type='submit']")
     assert listed_ids(browser) == {str(scene.sagas["parked"])}
 
     # Find a member's sagas by search attribute from the one search box.
     browser.get(f"{base}/sagas")
     element(browser, "#q").send_keys(f"member_id={MEMBER_A}")
-    element(browser, "form.search button").click()
+    submit(browser, "form.search button")
     assert listed_ids(browser) == {str(s) for s in scene.member_a_sagas}
     screenshot(browser, "search-by-attribute")
 
@@ -200,13 +213,13 @@ async def test_an_operator_retries_a_parked_saga_and_watches_it_compensate(
     )
     async with cluster(env.settings, env.database, env.bootstrap):
         browser.get(f"{base}/sagas/{parked}")
-        element(browser, "#act-retry").click()
+        submit(browser, "#act-retry")
         element(browser, "#reason").send_keys("void fixed in plan 2.4.1")
-        element(browser, "#preview").click()
+        submit(browser, "#preview")
         assert "parked at authorize (compensate)" in element(browser, "#before").text
         assert "compensating at authorize (compensate)" in element(browser, "#after").text
         screenshot(browser, "action-preview")
-        element(browser, "#confirm").click()
+        submit(browser, "#confirm")
         assert "Done" in element(browser, "#result").text
         screenshot(browser, "action-done")
         await wait_until(env.database, parked, "status = 'compensated'")
