@@ -44,20 +44,13 @@ EXIT_REFUSED = 1
 BULK_LIMIT_DEFAULT = 100
 BULK_LIMIT_MAX = 1000
 
-_HELP = {
-    Action.RETRY: "send the current step (or compensation) again, one more attempt",
-    Action.COMPENSATE: "undo what the saga did, from its current step back",
-    Action.SKIP: "count the current step (or compensation) as done by hand",
-    Action.ABORT: "stop the saga where it is, undoing nothing (a person takes over)",
-}
-
 
 def add_parser(commands: Any) -> None:
     for action in Action:
         parser = commands.add_parser(
             action.value,
-            help=_HELP[action],
-            description=f"{_HELP[action]}. With a saga id, act on it now; with filters "
+            help=action.description,
+            description=f"{action.description}. With a saga id, act on it now; with filters "
             "instead, act on every saga they select (a dry run unless --execute).",
         )
         parser.add_argument("saga_id", nargs="?", metavar="SAGA_ID", help="the saga to act on")

@@ -46,6 +46,19 @@ class Action(StrEnum):
     SKIP = "skip"
     ABORT = "abort"
 
+    @property
+    def description(self) -> str:
+        """What the action does, as the CLI's help and the console's forms say it."""
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS = {
+    Action.RETRY: "send the current step (or compensation) again, one more attempt",
+    Action.COMPENSATE: "undo what the saga did, from its current step back",
+    Action.SKIP: "count the current step (or compensation) as done by hand",
+    Action.ABORT: "stop the saga where it is, undoing nothing (a person takes over)",
+}
+
 
 class ActionRefused(SagaError):
     """The action does not apply to the saga in its present state."""

@@ -19,7 +19,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from html import escape
+
+from saga.web.svg import coordinate as _n
+from saga.web.svg import css_token as _token
+from saga.web.svg import escaped as _text
 
 SERIES_CLASSES = 8
 MAX_POINTS_WITH_MARKERS = 100
@@ -305,16 +308,3 @@ def _value(value: float) -> str:
     if abs(value) >= 1:
         return f"{value:.2f}".rstrip("0").rstrip(".")
     return f"{value:.3g}"
-
-
-def _token(word: str) -> str:
-    """``word`` as a class name: letters, digits, ``_`` and ``-`` only."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in word.lower())
-
-
-def _n(value: float) -> str:
-    return f"{value:.1f}"
-
-
-def _text(text: str) -> str:
-    return escape(text, quote=True)

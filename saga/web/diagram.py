@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from html import escape
 from typing import Any
+
+from saga.web.svg import coordinate as _n
+from saga.web.svg import css_token as _token
+from saga.web.svg import escaped as _text
 
 POSITIONS_PER_ROW = 5
 BOX_WIDTH = 184
@@ -358,16 +361,3 @@ def _attempts(retry: Any) -> str:
 
 def _cut(text: str) -> str:
     return text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
-
-
-def _token(word: str) -> str:
-    """``word`` as a class name: letters, digits, ``_`` and ``-`` only."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in word.lower())
-
-
-def _n(value: float) -> str:
-    return f"{value:.1f}"
-
-
-def _text(text: str) -> str:
-    return escape(text, quote=True)

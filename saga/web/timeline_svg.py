@@ -28,10 +28,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from html import escape
 
 from saga.masking import summarize
 from saga.timeline import TimelineEntry
+from saga.web.svg import coordinate as _n
+from saga.web.svg import css_token as _token
+from saga.web.svg import escaped as _text
 
 LABEL_WIDTH = 200
 """Room on the left for the lane labels."""
@@ -383,19 +385,5 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _n(value: float) -> str:
-    """A coordinate, rounded so the same input always gives the same text."""
-    return f"{value:.1f}"
-
-
 def _cut(text: str) -> str:
     return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
-
-
-def _token(word: str) -> str:
-    """``word`` as a class name: letters, digits, ``_`` and ``-`` only."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in word.lower())
-
-
-def _text(text: str) -> str:
-    return escape(text, quote=True)

@@ -36,14 +36,6 @@ MAX_REASON = 500
 MAX_RESULT = 20_000
 BULK_MAX = 100
 
-_EXPLAINED = {
-    Action.RETRY: "Send the current step (or compensation) again: one more attempt.",
-    Action.COMPENSATE: "Undo what the saga did, from its current step back.",
-    Action.SKIP: "Count the current step (or compensation) as done by hand, with the "
-    "result you give.",
-    Action.ABORT: "Stop the saga where it is, undoing nothing: a person takes over.",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class ActionForm:
@@ -106,17 +98,7 @@ async def action_form(request: Request, console: Console, user: SignedIn) -> Res
     saga_id = parse_saga_id(request.path_params["saga_id"], "saga id")
     action = parse_action(request.path_params["action"])
     detail = await _detail(console, saga_id)
-    return render(
-        request,
-        console,
-        "action.html",
-        saga=detail,
-        action=action.value,
-        explained=_EXPLAINED[action],
-        stage="form",
-        form=None,
-        step=detail.step_name,
-    )
+    return _action_page(request, console, detail, action, stage="form", step=detail.step_name)
 
 
 @page(acts=True)
@@ -129,14 +111,12 @@ async def action_post(request: Request, console: Console, user: SignedIn) -> Res
     try:
         given = read_action_form(action, form)
     except ConfigurationError as exc:
-        return render(
+        return _action_page(
             request,
             console,
-            "action.html",
+            detail,
+            action,
             status=400,
-            saga=detail,
-            action=action.value,
-            explained=_EXPLAINED[action],
             stage="form",
             form=form,
             step=_text(form, "step") or detail.step_name,
@@ -153,17 +133,38 @@ async def action_post(request: Request, console: Console, user: SignedIn) -> Res
             request, console, "action_done.html", saga=detail, outcome=outcome, form=given
         )
     changed = stage == "execute" and preview.refused is None
-    return render(
+    return _action_page(
         request,
         console,
-        "action.html",
-        saga=detail,
-        action=action.value,
-        explained=_EXPLAINED[action],
+        detail,
+        action,
         stage="preview",
         preview=preview,
         form=given,
         changed=changed,
+    )
+
+
+def _action_page(
+    request: Request,
+    console: Console,
+    detail: queries.SagaDetail,
+    action: Action,
+    *,
+    status: int = 200,
+    **context: Any,
+) -> Response:
+    """The action's page at one of its stages: the form, the preview, or the form again
+    with what was wrong."""
+    return render(
+        request,
+        console,
+        "action.html",
+        status=status,
+        saga=detail,
+        action=action.value,
+        explained=_explained(action),
+        **{"form": None, **context},
     )
 
 
@@ -275,13 +276,17 @@ async def bulk_post(request: Request, console: Console, user: SignedIn) -> Respo
         console,
         "bulk.html",
         action=action.value,
-        explained=_EXPLAINED[action],
+        explained=_explained(action),
         form=given,
         ids=ids,
         previews=previews,
         outcomes=outcomes,
         executed=bool(outcomes),
     )
+
+
+def _explained(action: Action) -> str:
+    return action.description[0].upper() + action.description[1:] + "."
 
 
 def _foresee(detail: queries.SagaDetail, event: str) -> str:
