@@ -478,7 +478,7 @@ def _conditions(f: SagaFilter, cursor: Cursor | None) -> _Conditions:
         c.add("i.started_at < {0}", f.started_until)
     if f.stuck_for is not None:
         c.add(
-            "i.status IN ('running', 'compensating') AND i.step_started_at < now() - {0}",
+            "i.status IN ('running', 'compensating') AND i.step_started_at < now() - {0}::interval",
             f.stuck_for,
         )
     if f.waiting_for:
