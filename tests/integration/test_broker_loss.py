@@ -19,8 +19,9 @@ What must hold afterwards:
 
 It prints the seconds from the last restart until every saga started before it has
 finished (and requires fewer than RECOVERY_LIMIT: lost messages wait for their step's
-timeout, 5 s, not for a broker-side timeout). Without the topics made again after each
-rebalance (``MessagingRuntime.restore_topics``), sagas are left running.
+timeout, 5 s, or a lost child saga's end for its parent's next look at it, 30 s; not for a
+broker-side timeout). Without the topics made again after each rebalance
+(``MessagingRuntime.restore_topics``), sagas are left running.
 
 Below it, one test per other failure the fleet ran into, each on a consumer or a producer
 of its own, so that each fix is proven by itself: a batch in hand during the restart must
@@ -39,7 +40,9 @@ from pathlib import Path
 
 import pytest
 
+from journeys.health.sagas import COMPLETE_HEALTH_GOAL_V2
 from journeys.invariants import check_invariants
+from saga import SubSaga
 from saga.embedded import EmbeddedBroker
 from saga.settings import Settings
 from saga.store import admin
@@ -66,7 +69,15 @@ BURST_PAUSE = 0.25
 RESTART_GAP = 3.0  # seconds between the two restarts
 IN_FLIGHT = 3  # a restart waits until at least this many sagas are unfinished
 DRAIN_WITHIN = 90.0
-RECOVERY_LIMIT = 30.0  # seconds from the last restart until the sagas it caught finish
+# A lost command is sent again at its step's timeout (5 s); a child saga's end that the
+# broker lost is found at its parent's next look at the child (SubSaga.check_every, 30 s
+# for the goal completion's wellness credit). Seconds from the last restart until the
+# sagas it caught finish, with room for the worker's poll and a loaded machine:
+RECOVERY_LIMIT = 15.0 + next(
+    position.check_every
+    for position in COMPLETE_HEALTH_GOAL_V2.positions
+    if isinstance(position, SubSaga)
+)
 # Every state a saga ends in, parked included: waiting stops when none is left moving.
 TERMINAL = ("completed", "compensated", "aborted", "parked")
 LAYOUT = {
@@ -142,9 +153,10 @@ async def test_broker_restarts_mid_load_lose_no_saga(
                 f"{len(in_hand)} sagas started before the last restart all finished "
                 f"{recovery:.1f} s after it; the whole load {drained:.1f} s after it"
             )
-            # Lost messages wait for their step's timeout (5 s) to be sent again; a
-            # recovery much longer means something waited on a broker-side timeout (the
-            # producer's 40 s request timeout, a consumer stuck in a commit).
+            # Lost messages wait for their step's timeout (5 s) to be sent again, a lost
+            # child's end for its parent's next look (30 s); a recovery much longer means
+            # something waited on a broker-side timeout (the producer's 40 s request
+            # timeout, a consumer stuck in a commit).
             assert recovery < RECOVERY_LIMIT, f"recovery took {recovery:.1f} s"
 
             # The broker is back for good: fresh sagas must flow through the consumers.
