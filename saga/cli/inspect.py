@@ -32,7 +32,6 @@ from saga.operator.filters import (
     select_sagas,
 )
 from saga.operator.render import cell, duration_text, print_json, print_table, utc_text
-from saga.participant.journey import discover_journeys
 from saga.settings import load_settings
 from saga.store import Database
 from saga.store.driver import DriverConnection
@@ -221,6 +220,10 @@ def _show(args: argparse.Namespace) -> int:
     detail = _read(work, name="cli.show")
     # The installed journey services declare their sensitive fields when discovered
     # (LOG_SENSITIVE_FIELDS is declared with the logging set-up): mask with all of them.
+    # Imported here: the journeys bring the participant and the broker client, which the
+    # other inspecting commands do without.
+    from saga.participant.journey import discover_journeys
+
     discover_journeys()
     if args.json:
         print_json(detail_document(detail))
