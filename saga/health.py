@@ -5,8 +5,10 @@ Every ``saga run ...`` process serves, on ``METRICS_PORT``, ``/metrics`` and:
 - ``/live``: 200 while the process's event loop keeps turning. A loop blocked for longer
   than :data:`STALL_SECONDS` answers 503, so the orchestrator restarts the process.
 - ``/ready``: 200 once every part of the process takes work (its consumers have joined
-  their groups, the worker has started its jobs); 503 while starting and from the moment
-  a SIGTERM begins the shutdown, so no new work is routed to a process that is leaving.
+  their groups, the worker has started its jobs); 503 while starting, while the broker
+  has been unreachable for longer than ``BROKER_UNREACHABLE_SECONDS``, and from the
+  moment a SIGTERM begins the shutdown, so no new work is routed to a process that is
+  leaving.
 
 The server runs in a thread of its own: a probe is answered even while the loop is busy,
 which is what lets ``/live`` tell a slow loop from a stopped one.
@@ -46,12 +48,17 @@ class Health:
     def __init__(self, process: str) -> None:
         self.process = process
         self._checks: dict[str, ReadyCheck] = {}
+        self._facts: dict[str, Callable[[], Any]] = {}
         self._stopping = False
         self._beat = time.monotonic()
 
     def require(self, part: str, check: ReadyCheck) -> None:
         """``part`` must report ready (``check()`` true) before the process is ready."""
         self._checks[part] = check
+
+    def tell(self, key: str, fact: Callable[[], Any]) -> None:
+        """Add ``key: fact()`` to every report (what a probe's reader needs to see why)."""
+        self._facts[key] = fact
 
     def stopping(self) -> None:
         """From now on the process is not ready: it is finishing what it holds."""
@@ -89,6 +96,7 @@ class Health:
             "phase": self.phase.value,
             "waiting_for": self.waiting_for(),
             "loop_stalled_seconds": round(self.stalled_for(), 3),
+            **{key: _safely_read(fact) for key, fact in self._facts.items()},
         }
 
 
@@ -98,6 +106,13 @@ def _safely(check: ReadyCheck) -> bool:
     except Exception:
         # A check reading state that is being torn down is simply not ready.
         return False
+
+
+def _safely_read(fact: Callable[[], Any]) -> Any:
+    try:
+        return fact()
+    except Exception:
+        return None
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -234,6 +234,15 @@ class Settings(BaseSettings):
         le=65535,
         description="a TCP port 0..65535 for /metrics, /live and /ready; unset: none",
     )
+    broker_unreachable_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        description=(
+            "seconds 0..86400 the broker may stay unreachable before /ready answers 503; "
+            "0: /ready does not ask"
+        ),
+    )
     shutdown_timeout_seconds: float = Field(
         default=30.0,
         ge=1,

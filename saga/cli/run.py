@@ -29,6 +29,7 @@ from saga.runtime import MessagingRuntime
 from saga.settings import Settings, load_settings
 from saga.stack import RunningServices, running_services
 from saga.store import Database
+from saga.transport.reachability import BrokerReachability
 from saga.worker.scheduler import Worker, build_schedule, installed_jobs
 
 log = structlog.get_logger("saga.cli")
@@ -172,7 +173,8 @@ def _worker(args: argparse.Namespace) -> int:
                 return 0
             health = Health("worker")
             health.require("worker", lambda: worker.running)
-            async with _probes(settings, health):
+            sends = any(scheduled.job.sends for scheduled in schedule.values())
+            async with _probes(settings, health, broker=sends):
                 return await _serve(settings, health, worker.run, worker.stop)
         finally:
             await database.dispose()
@@ -244,9 +246,28 @@ def _consuming(runtime: MessagingRuntime) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _probes(settings: Settings, health: Health) -> AsyncIterator[None]:
+async def _probes(
+    settings: Settings, health: Health, *, broker: bool = True
+) -> AsyncIterator[None]:
     """Answer /live and /ready (and serve /metrics) from the start: a process that is
-    still connecting is alive but not ready."""
+    still connecting is alive but not ready. With ``broker`` (the process needs one),
+    /ready also requires that the broker has answered within BROKER_UNREACHABLE_SECONDS."""
+    async with contextlib.AsyncExitStack() as stack:
+        if broker and settings.kafka_bootstrap_servers and settings.broker_unreachable_seconds:
+            reachability = await stack.enter_async_context(
+                BrokerReachability(settings.kafka_bootstrap_servers).watching()
+            )
+            limit = settings.broker_unreachable_seconds
+            health.require("broker", lambda: reachability.unreachable_for() < limit)
+            health.tell(
+                "broker_unreachable_seconds", lambda: round(reachability.unreachable_for(), 1)
+            )
+        await stack.enter_async_context(_endpoints(settings, health))
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _endpoints(settings: Settings, health: Health) -> AsyncIterator[None]:
     if settings.metrics_port is not None:
         try:
             server = serve_endpoints(settings.metrics_port, health)
