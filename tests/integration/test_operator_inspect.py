@@ -341,7 +341,10 @@ def test_show_json_is_the_whole_saga_with_a_timeline_per_attempt(
     assert [
         (e["step_name"], e["action"], e["attempt"], e["status"], e["error"]) for e in timeline
     ] == [(r["step_name"], r["action"], r["attempt"], r["status"], r["error"]) for r in expected]
-    assert [(e["step_name"], e["action"], e["attempt"], e["status"]) for e in timeline] == [
+    # A reply that came twice (redelivered after a rebalance on a busy machine) is in the
+    # log as ``ignored``, and matched above; the attempts themselves are these:
+    attempts = [e for e in timeline if e["status"] != "ignored"]
+    assert [(e["step_name"], e["action"], e["attempt"], e["status"]) for e in attempts] == [
         ("reserve", "execute", 1, "succeeded"),
         ("authorize", "execute", 1, "succeeded"),
         ("award", "execute", 1, "retried"),
@@ -350,12 +353,12 @@ def test_show_json_is_the_whole_saga_with_a_timeline_per_attempt(
         ("authorize", "compensate", 1, "succeeded"),
         ("reserve", "compensate", 1, "succeeded"),
     ]
-    assert timeline[2]["error"].endswith("award broke on attempt 1")
+    assert attempts[2]["error"].endswith("award broke on attempt 1")
     for entry, row in zip(timeline, expected, strict=True):
         assert entry["duration_ms"] == pytest.approx(row["duration_ms"])
         assert entry["actor"] is None
         assert entry["request"]["action"] in ("reserve", "authorize", "award", "void", "release")
-    assert timeline[-1]["response"] == {"deleted": "DELETE 1"}
+    assert attempts[-1]["response"] == {"deleted": "DELETE 1"}
 
 
 def test_show_of_a_saga_still_waiting_shows_the_open_attempt(
