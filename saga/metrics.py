@@ -187,6 +187,43 @@ JOB_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+# -- table maintenance (sampled by the worker's table_maintenance job) -----------------------
+
+TABLE_DEAD_TUPLES = Gauge(
+    "saga_table_dead_tuples", "Dead tuples of a churning table (pg_stat_user_tables)", ["table"]
+)
+TABLE_LIVE_TUPLES = Gauge(
+    "saga_table_live_tuples", "Live tuples of a churning table (pg_stat_user_tables)", ["table"]
+)
+TABLE_MODIFIED_SINCE_ANALYZE = Gauge(
+    "saga_table_modified_since_analyze",
+    "Rows of a churning table changed since its statistics were last gathered",
+    ["table"],
+)
+TABLE_LAST_VACUUM = Gauge(
+    "saga_table_last_vacuum_timestamp_seconds",
+    "When a churning table was last vacuumed, by autovacuum or by hand (0: never, as far "
+    "as the statistics know)",
+    ["table"],
+)
+TABLE_LAST_ANALYZE = Gauge(
+    "saga_table_last_analyze_timestamp_seconds",
+    "When a churning table was last analyzed, by autovacuum or by hand (0: never)",
+    ["table"],
+)
+TABLE_AUTOVACUUM_ENABLED = Gauge(
+    "saga_table_autovacuum_enabled",
+    "1 when autovacuum may vacuum a churning table (server and table settings), else 0",
+    ["table"],
+)
+INDEX_SIZE = Gauge("saga_index_size_bytes", "Size of a churning table's index", ["table", "index"])
+INDEX_BLOAT_RATIO = Gauge(
+    "saga_index_bloat_ratio",
+    "Estimated share of a churning table's B-tree index that is wasted space, 0..1 "
+    "(from pg_class and pg_stats; as fresh as the last ANALYZE)",
+    ["table", "index"],
+)
+
 _FINISHED = {
     SagaStatus.COMPLETED: SAGAS_COMPLETED,
     SagaStatus.COMPENSATED: SAGAS_COMPENSATED,

@@ -228,6 +228,48 @@ class Settings(BaseSettings):
     retry_alert_window_seconds: float = Field(
         default=300.0, gt=0, description="seconds > 0 the retry monitor looks back"
     )
+    vacuum_dead_tuples_threshold: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "an integer >= 1: dead tuples a churning table must have before the worker vacuums it"
+        ),
+    )
+    vacuum_dead_tuples_percent: float = Field(
+        default=20.0,
+        ge=0,
+        le=100,
+        description=(
+            "percent 0..100 of a churning table's tuples that must be dead before the "
+            "worker vacuums it"
+        ),
+    )
+    vacuum_behind_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "seconds > 0 without any vacuum of a churning table past the dead-tuple "
+            "thresholds after which autovacuum counts as behind and the worker vacuums it"
+        ),
+    )
+    index_bloat_threshold_percent: float = Field(
+        default=50.0,
+        gt=0,
+        le=100,
+        description=(
+            "percent > 0, at most 100, of estimated wasted space at which a churning "
+            "table's index is reported as bloated"
+        ),
+    )
+    reindex_concurrently_enabled: bool = Field(
+        default=False,
+        description="true or false: the worker rebuilds bloated indexes with REINDEX CONCURRENTLY",
+    )
+    table_maintenance_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds > 0 one VACUUM or REINDEX of the worker may run",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=0,

@@ -14,6 +14,8 @@ SERVICE = JourneyService(
     handlers=HANDLERS,
     definitions=BOOK_APPOINTMENT_VERSIONS,
     maintenance=(RELEASE_EXPIRED_HOLDS,),
+    # Every booking holds, confirms or releases a slot and updates its appointment.
+    churning_tables=("care_journey.care_appointment", "care_journey.care_slot"),
     # book_appointment's payload carries why the patient seeks care: health data.
     sensitive_fields=frozenset({"reason"}),
 )

@@ -13,6 +13,12 @@ SERVICE = JourneyService(
     handlers=HANDLERS,
     definitions=(),
     maintenance=(REFRESH_LEADERBOARD,),
+    # Every award and revocation updates the member's profile totals; the ledger is
+    # append-only, but every rolled-back or re-run award leaves dead rows in it.
+    churning_tables=(
+        "gamification.gamification_points_ledger",
+        "gamification.gamification_profile",
+    ),
     # Event history is kept two years; older months are detached for archiving.
     partitions=(PartitionPolicy("gamification.gamification_event", retention_months=24),),
 )

@@ -18,6 +18,8 @@ SERVICE = JourneyService(
     definitions=(GRANT_WELLNESS_CREDIT, *COMPLETE_HEALTH_GOAL_VERSIONS),
     # Health records are kept whole: no month is ever detached.
     partitions=(PartitionPolicy("health_journey.health_metric", retention_months=None),),
+    # Goals change status as their sagas move.
+    churning_tables=("health_journey.health_goal",),
     # complete_health_goal's payload carries the member's reading (its type and value).
     sensitive_fields=frozenset({"completion_value", "measurement"}),
 )

@@ -48,6 +48,10 @@ class JourneyService:
     maintenance: Sequence[Job] = field(default_factory=tuple)
     # Partitioned tables the worker keeps partitions ahead for (and detaches past retention).
     partitions: Sequence[PartitionPolicy] = field(default_factory=tuple)
+    # Tables whose rows are updated or deleted all the time (a ledger, appointments,
+    # slots), ``schema.table``: the worker watches their dead tuples and index bloat
+    # beside the journey's inbox and outbox, which it always watches.
+    churning_tables: Sequence[str] = field(default_factory=tuple)
     # Fields of the payloads of this service's sagas and of its handlers' results that hold
     # personal or health data (beyond saga.masking's defaults): masked wherever they
     # appear, in every process that discovers this service's package.

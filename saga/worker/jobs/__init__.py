@@ -8,6 +8,7 @@ from saga.worker.jobs.purge import SOFT_DELETED_PURGE
 from saga.worker.jobs.retention import SAGA_RETENTION
 from saga.worker.jobs.retries import RETRY_MONITOR
 from saga.worker.jobs.timeouts import SAGA_DEADLINES, STEP_TIMEOUTS
+from saga.worker.jobs.vacuum import TABLE_MAINTENANCE
 
 ENGINE_JOBS: tuple[Job, ...] = (
     STEP_TIMEOUTS,
@@ -19,6 +20,7 @@ ENGINE_JOBS: tuple[Job, ...] = (
     SAGA_RETENTION,
     SOFT_DELETED_PURGE,
     PARTITION_MAINTENANCE,
+    TABLE_MAINTENANCE,
 )
 
 __all__ = ["ENGINE_JOBS"]
