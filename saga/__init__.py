@@ -61,7 +61,7 @@ from saga.participant import Handler, Participant, StepContext
 from saga.participant.journey import JourneyService
 from saga.retry import RetryPolicy
 from saga.scenarios import Say, Scenario, run_standalone
-from saga.settings import AppEnv, Settings, load_settings
+from saga.settings import AppEnv, PartitionExpiry, Settings, load_settings
 from saga.stack import RunningServices, running_services
 from saga.store import Database
 from saga.store.connection import Connection, Row
@@ -102,6 +102,7 @@ __all__ = [
     "JobContext",
     "JobFunction",
     "PartitionPolicy",
+    "PartitionExpiry",
     "try_job_lock",
     # persistence: the connection units and handlers get, and seed data
     "Connection",
