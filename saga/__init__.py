@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from saga.participant.journey import JourneyService
     from saga.retry import RetryPolicy
     from saga.scenarios import Say, Scenario, run_standalone
-    from saga.settings import AppEnv, Settings, load_settings
+    from saga.settings import AppEnv, PartitionExpiry, Settings, load_settings
     from saga.stack import RunningServices, running_services
     from saga.store import Database
     from saga.store.connection import Connection, Row
@@ -112,6 +112,7 @@ __all__ = [
     "JobContext",
     "JobFunction",
     "PartitionPolicy",
+    "PartitionExpiry",
     "try_job_lock",
     # persistence: the connection units and handlers get, and seed data
     "Connection",
@@ -253,6 +254,7 @@ _HOMES: dict[str, str] = {
     "JobFunction": "saga.worker.job",
     "try_job_lock": "saga.worker.job",
     "PartitionPolicy": "saga.worker.policies",
+    "PartitionExpiry": "saga.settings",
 }
 
 

@@ -36,6 +36,15 @@ class RetentionMode(StrEnum):
     DELETE = "delete"
 
 
+class PartitionExpiry(StrEnum):
+    """What becomes of a monthly partition past its table's retention."""
+
+    DETACH = "detach"
+    """Detached: kept as a table of its own for an operator to archive or drop."""
+    DROP = "drop"
+    """Dropped with its rows."""
+
+
 class LogFormat(StrEnum):
     CONSOLE = "console"
     JSON = "json"
@@ -202,6 +211,17 @@ class Settings(BaseSettings):
     partitions_months_ahead: int = Field(
         default=3, ge=1, le=36, description="an integer 1..36: monthly partitions created ahead"
     )
+    # The health journey's: months of raw readings kept in health_journey.health_metric.
+    health_metrics_retention_months: int | None = Field(
+        default=None,
+        ge=1,
+        le=1200,
+        description="an integer 1..1200 of months; unset: every reading is kept",
+    )
+    health_metrics_retention_mode: PartitionExpiry = Field(
+        default=PartitionExpiry.DETACH,
+        description="detach (keep expired months as tables of their own) or drop",
+    )
     outbox_republish_after_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -353,6 +373,7 @@ class Settings(BaseSettings):
         "database_url",
         "kafka_bootstrap_servers",
         "metrics_port",
+        "health_metrics_retention_months",
         "web_secret_key",
         "web_cookie_secure",
         mode="before",

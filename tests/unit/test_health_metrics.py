@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from journeys.health.metrics import METRIC_TYPES
 from journeys.health.seeds import METRIC_UNITS
+from journeys.shared.payload import OPERATOR_TIMEZONE
 
 MIGRATION = "migrations.versions.20261125150100_add_health_journey_schema"
 
@@ -30,3 +31,9 @@ def test_ranges_are_inclusive() -> None:
     assert steps.accepts(Decimal(200000))
     assert not steps.accepts(Decimal(-1))
     assert not steps.accepts(Decimal("200000.01"))
+
+
+def test_the_rollup_days_are_the_members_days() -> None:
+    """The rollup migration buckets days in the zone the journey reads them in."""
+    rollup = importlib.import_module("migrations.versions.20261203120000_add_health_metric_rollup")
+    assert rollup.MEMBER_TIMEZONE == OPERATOR_TIMEZONE
