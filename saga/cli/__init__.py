@@ -2,7 +2,7 @@
 ``saga run coordinator|participant|worker|all`` and ``saga health``, its probe; the
 operators' ``saga ls|show|stats|definitions``, ``saga retry|compensate|skip|abort`` and
 ``saga signal``; ``saga web``, their web console, and ``saga web token ...``, its sign-in
-tokens.
+tokens; ``saga topics ...`` for the engine's Kafka topics.
 
 Every failure is one line on stderr and a non-zero exit: 1 when the work found a problem
 (lint findings, a refused migration), 2 when the command or configuration was wrong.
@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from saga.cli import act, db, demo, health, inspect, run, signal, web
+from saga.cli import act, db, demo, health, inspect, run, signal, topics, web
 from saga.errors import ConfigurationError, SagaError
 
 EXIT_PROBLEM = 1
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_parser(commands)
     signal.add_parser(commands)
     web.add_parser(commands)
+    topics.add_parser(commands)
     return parser
 
 
