@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import pytest
@@ -63,7 +64,7 @@ async def round_trip(producer: Producer, bootstrap: str) -> list[bytes]:
     return received
 
 
-def modes(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def modes(logs: Sequence[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == "producer_mode"]
 
 
