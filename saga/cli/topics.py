@@ -192,7 +192,7 @@ def _print_description(described: TopicDescription) -> None:
     )
     print()
     print_table(
-        [asdict(p) for p in described.partitions],
+        [{**asdict(p), "offline": p.offline or None} for p in described.partitions],
         ["partition", "leader", "replicas", "isr", "offline", "error"],
     )
     print()

@@ -177,7 +177,10 @@ async def test_describe_shows_partitions_and_config_and_creates_nothing(
     table = saga("describe", topic, bootstrap=kafka_bootstrap_servers, prefix=prefix)
     assert table.returncode == 0, table.stderr
     assert table.stdout.startswith(f"topic {topic}: 2 partitions, replication 1\n")
-    assert "partition  leader  replicas  isr" in table.stdout
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert ["partition", "leader", "replicas", "isr", "offline", "error"] in rows
+    leader = str(described["partitions"][0]["leader"])
+    assert ["0", leader, leader, leader, "-", "-"] in rows
     if apis.supports(KafkaApi.DESCRIBE_CONFIGS):
         assert any(
             line.split()[:2] == ["retention.ms", "3600000"] for line in table.stdout.splitlines()
