@@ -12,8 +12,10 @@ The tree::
     │   ├── PolicyError               a RetryPolicy field is out of range (also ValueError)
     │   ├── HandlerError              a handler registration is wrong, e.g. a bad action name
     │   │   └── HandlerConflict           a second handler for an action (also ValueError)
-    │   └── UsageError                an engine call's arguments contradict each other
-    │                                 (also ValueError)
+    │   ├── UsageError                an engine call's arguments contradict each other
+    │   │                             (also ValueError)
+    │   └── BrokerFeatureMissing      the broker lacks what a setting or command needs
+    │                                 (Tansu: idempotent producers, adding partitions)
     ├── InvalidPayload                a saga's payload is not a JSON object, or too large
     │                                 (also TypeError and ValueError)
     ├── SagaNotFound                  no saga instance has that id
@@ -118,6 +120,12 @@ class HandlerConflict(HandlerError):
 class UsageError(ConfigurationError, ValueError):
     """An engine call was given arguments that contradict each other; the message names
     them."""
+
+
+class BrokerFeatureMissing(ConfigurationError):
+    """The Kafka broker does not do what a setting or an operator's command asks for
+    (``KAFKA_ENABLE_IDEMPOTENCE=true``, ``saga topics add-partitions``): ask for less, or
+    use a broker that does it. Retrying against the same broker cannot help."""
 
 
 class InvalidPayload(SagaError, TypeError, ValueError):

@@ -50,6 +50,18 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+class Idempotence(StrEnum):
+    """``KAFKA_ENABLE_IDEMPOTENCE``: whether producers ask the broker for a producer id so
+    that a send retried inside the client is never written twice."""
+
+    AUTO = "auto"
+    """Idempotent when the broker hands out producer ids (Apache Kafka), not otherwise."""
+    TRUE = "true"
+    """Idempotent, or the producer refuses to start."""
+    FALSE = "false"
+    """Never idempotent."""
+
+
 _ASYNC_DRIVER = "postgresql+asyncpg"
 _ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 
@@ -140,6 +152,19 @@ class Settings(BaseSettings):
         description="letters, digits, '.', '_' or '-'",
     )
     kafka_topic_partitions: int = Field(default=8, ge=1, le=1024, description="an integer 1..1024")
+    kafka_topic_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="an integer 1..16, at most the number of brokers (3 is usual on Kafka)",
+    )
+    kafka_enable_idempotence: Idempotence = Field(
+        default=Idempotence.AUTO,
+        description=(
+            "auto, true or false: auto turns idempotence on when the broker supports it, "
+            "true refuses to start a producer when it does not"
+        ),
+    )
     participant_shared_transactions: bool = Field(
         default=True,
         description=(
@@ -409,6 +434,13 @@ class Settings(BaseSettings):
         if not url.host and "host" not in url.query:
             raise ValueError("the URL names no host (…@host:port/… or ?host=/socket/dir)")
         return value
+
+    @field_validator("kafka_enable_idempotence", mode="before")
+    @classmethod
+    def _idempotence_any_case(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # built in code rather than read from the environment
+            return Idempotence.TRUE if value else Idempotence.FALSE
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -2,7 +2,7 @@
 ``saga run coordinator|participant|worker|all`` and ``saga health``, its probe; the
 operators' ``saga ls|show|stats|definitions``, ``saga retry|compensate|skip|abort`` and
 ``saga signal``; ``saga web``, their web console, and ``saga web token ...``, its sign-in
-tokens.
+tokens; ``saga topics ...`` for the engine's Kafka topics.
 
 Every failure is one line on stderr and a non-zero exit: 1 when the work found a problem
 (lint findings, a refused migration), 2 when the command or configuration was wrong.
@@ -56,6 +56,7 @@ COMMANDS = (
         "signal", "signal", "deliver a signal to a saga that waits (or will wait) for an event"
     ),
     Command("web", "web", "serve the operators' web console; manage its sign-in tokens"),
+    Command("topics", "topics", "list, describe, create or grow the engine's Kafka topics"),
 )
 
 

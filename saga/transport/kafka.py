@@ -22,7 +22,8 @@ from saga.transport.topics import ensure_topics
 
 class KafkaTransport:
     """Kafka at ``bootstrap_servers`` (default: ``KAFKA_BOOTSTRAP_SERVERS``), tuned by the
-    ``KAFKA_*`` settings: partitions of new topics, fetch wait, session timeout, size limit.
+    ``KAFKA_*`` settings: partitions and replicas of new topics, fetch wait, session timeout,
+    size limit, idempotence.
 
     Raises :class:`~saga.errors.ConfigurationError` when no broker address is known.
     """
@@ -49,6 +50,7 @@ class KafkaTransport:
             self.bootstrap_servers,
             names,
             partitions=self.settings.kafka_topic_partitions,
+            replication_factor=self.settings.kafka_topic_replication_factor,
             client_id=self.settings.kafka_client_id,
             max_wait=max_wait,
         )
@@ -58,6 +60,7 @@ class KafkaTransport:
             self.bootstrap_servers,
             client_id=client_id,
             max_message_bytes=self.settings.kafka_max_message_bytes,
+            idempotence=self.settings.kafka_enable_idempotence,
         )
 
     def consumer(

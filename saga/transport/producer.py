@@ -2,8 +2,11 @@
 
 A send only counts once the broker acknowledged it (``acks="all"``): the callers record
 "sent" in the database after it, and a crash in between just sends again (consumers are
-idempotent). Idempotence is off because the test broker (Tansu) mishandles it; duplicates
-it would have prevented are absorbed by the idempotent consumers anyway.
+idempotent). ``KAFKA_ENABLE_IDEMPOTENCE`` decides whether the producer is also idempotent,
+which keeps a send the client retries after a lost acknowledgement from being written
+twice: ``auto`` (the default) asks the broker first, since Apache Kafka hands out producer
+ids and Tansu, the test broker, fails the request. Either way the duplicates a crash
+causes are the consumers' to absorb; idempotence only saves them some.
 """
 
 from __future__ import annotations
@@ -13,14 +16,23 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
-from saga.errors import BrokerUnavailable, ConfigurationError, MessageRejected
-from saga.settings import Settings
+from saga.errors import (
+    BrokerFeatureMissing,
+    BrokerUnavailable,
+    ConfigurationError,
+    MessageRejected,
+)
+from saga.settings import Idempotence, Settings
+from saga.transport.broker_features import IdempotenceSupport, idempotence_support
 from saga.transport.message import OutgoingMessage
 
 __all__ = ["OutgoingMessage", "Producer"]
+
+log = structlog.get_logger("saga.transport")
 
 _Translated = BrokerUnavailable | MessageRejected
 
@@ -39,11 +51,15 @@ class Producer:
         client_id: str,
         max_message_bytes: int,
         linger_ms: int = 0,
+        idempotence: Idempotence = Idempotence.AUTO,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self.max_message_bytes = max_message_bytes
         self.linger_ms = linger_ms
+        self.idempotence = idempotence
+        self.idempotent: bool | None = None
+        """Whether the started producer is idempotent; ``None`` before :meth:`start`."""
         # aiokafka binds its client to the running loop, so it is made in start().
         self._producer: Any = None
         self._stopped = False
@@ -67,16 +83,23 @@ class Producer:
             servers,
             client_id=client_id or settings.kafka_client_id,
             max_message_bytes=settings.kafka_max_message_bytes,
+            idempotence=settings.kafka_enable_idempotence,
         )
 
     async def start(self) -> None:
+        """Connect, idempotent or not as ``KAFKA_ENABLE_IDEMPOTENCE`` decides.
+
+        Raises :class:`BrokerUnavailable` when Kafka cannot be reached, and
+        :class:`BrokerFeatureMissing` when idempotence is required and the broker lacks it.
+        """
         if self._producer is not None or self._stopped:
             raise ConfigurationError("a Producer is started once: make a new one")
+        idempotent = await self._decide_idempotence()
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             client_id=self.client_id,
             acks="all",
-            enable_idempotence=False,
+            enable_idempotence=idempotent,
             max_request_size=self.max_message_bytes,
             linger_ms=self.linger_ms,
         )
@@ -88,6 +111,23 @@ class Producer:
                 f"cannot connect to Kafka at {self.bootstrap_servers}: {exc}"
             ) from exc
         self._producer = producer
+        self.idempotent = idempotent
+
+    async def _decide_idempotence(self) -> bool:
+        if self.idempotence is Idempotence.FALSE:
+            support = None
+        else:
+            support = await idempotence_support(self.bootstrap_servers, client_id=self.client_id)
+        idempotent = idempotence_mode(self.idempotence, support, broker=self.bootstrap_servers)
+        log.info(
+            "producer_mode",
+            client_id=self.client_id,
+            idempotent=idempotent,
+            acks="all",
+            setting=self.idempotence.value,
+            reason=support.reason if support else "KAFKA_ENABLE_IDEMPOTENCE=false",
+        )
+        return idempotent
 
     async def stop(self) -> None:
         """Wait for messages already handed over, then close. Safe to call twice."""
@@ -177,6 +217,28 @@ class Producer:
         return [
             _result(outcome, message) for outcome, message in zip(outcomes, messages, strict=True)
         ]
+
+
+def idempotence_mode(
+    setting: Idempotence, support: IdempotenceSupport | None, *, broker: str
+) -> bool:
+    """Whether to run idempotent, given the setting and what the broker said (``None``
+    when it was not asked, as ``false`` needs not).
+
+    Raises :class:`BrokerFeatureMissing` when ``true`` meets a broker without support.
+    """
+    if setting is Idempotence.FALSE:
+        return False
+    if support is None:
+        raise ConfigurationError(f"KAFKA_ENABLE_IDEMPOTENCE={setting.value} needs the broker asked")
+    if support.supported:
+        return True
+    if setting is Idempotence.TRUE:
+        raise BrokerFeatureMissing(
+            f"KAFKA_ENABLE_IDEMPOTENCE=true, but Kafka at {broker} cannot run an idempotent "
+            f"producer: {support.reason}; set it to auto or false"
+        )
+    return False
 
 
 def _unknown_error(outcome: BaseException | None) -> bool:
