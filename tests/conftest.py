@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from sqlalchemy.engine import make_url
 
 from saga.settings import Settings, load_settings
@@ -84,6 +85,28 @@ def fail_on_unhandled_loop_errors(request: pytest.FixtureRequest) -> Iterator[No
         asyncio_logger.removeHandler(handler)
     if handler.messages:
         pytest.fail("unhandled errors in the event loop:\n" + "\n".join(handler.messages))
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """``saga`` configures logging for its process (``configure_logging``, a command's
+    quieter aiokafka): a command run in this process must not leave it configured for the
+    tests after it, writing to a capture that is closed by then."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    aiokafka_level = logging.getLogger("aiokafka").level
+    try:
+        yield
+    finally:
+        structlog.configure(**config)
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        logging.getLogger("aiokafka").setLevel(aiokafka_level)
+        logging.captureWarnings(False)
 
 
 @pytest.fixture(scope="session")

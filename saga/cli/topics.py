@@ -130,13 +130,18 @@ def _run(work: Callable[[TopicAdmin, Settings], Awaitable[T]]) -> T:
 
     # Every failure ends as one line saying what went wrong; aiokafka's own log lines
     # about the same failure would only repeat it, less clearly.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    aiokafka = logging.getLogger("aiokafka")
+    level = aiokafka.level
+    aiokafka.setLevel(logging.CRITICAL)
 
     async def main() -> T:
         async with TopicAdmin(servers, client_id=f"{settings.kafka_client_id}-cli") as admin:
             return await work(admin, settings)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        aiokafka.setLevel(level)  # a caller in the same process gets its logs back
 
 
 # --- saga topics list ---------------------------------------------------------------------

@@ -10,21 +10,18 @@ read here with plain SQL, and from what the scene is known to have done.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import math
 import re
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import structlog
 
 from saga.cli import main
 from saga.errors import DatabaseError
@@ -81,8 +78,7 @@ def cli(
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         capsys.readouterr()
-        with _logging_restored():
-            code = main(list(argv))
+        code = main(list(argv))
         captured = capsys.readouterr()
         return Ran(code, captured.out, captured.err)
 
@@ -769,21 +765,3 @@ def _let_in_flight_attempts_age(scene: Scene, *, seconds: float) -> None:
         "FROM shared.saga_instance WHERE status IN ('running', 'compensating')"
     )
     time.sleep(max(0.0, seconds - float(row["age"])))
-
-
-@contextlib.contextmanager
-def _logging_restored() -> Iterator[None]:
-    """``saga`` configures logging for its process; in this one, put it back after."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        structlog.configure(**config)
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        logging.captureWarnings(False)

@@ -5,14 +5,10 @@ PostgreSQL, the timeout worker and the ``saga signal`` command. The test saga re
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 
 from saga.cli import main
 from saga.coordinator import Coordinator, SignalOutcome
@@ -225,9 +221,8 @@ async def test_saga_signal_from_the_command_line_records_its_actor(
             "reviewed by phone",
         ]
         capsys.readouterr()
-        with _logging_restored():
-            refused = await asyncio.to_thread(main, ["signal", str(saga_id), "no_such_event"])
-            code = await asyncio.to_thread(main, argv)
+        refused = await asyncio.to_thread(main, ["signal", str(saga_id), "no_such_event"])
+        code = await asyncio.to_thread(main, argv)
         out, err = capsys.readouterr()
         summary = await coordinator.wait(saga_id, timeout=30)
 
@@ -243,21 +238,3 @@ async def test_saga_signal_from_the_command_line_records_its_actor(
     assert (stored["actor"], stored["reason"]) == ("nurse.bea", "reviewed by phone")
     received = [r for r in await wait_rows(env, saga_id) if r["status"] == "succeeded"]
     assert [r["actor"] for r in received] == ["nurse.bea"]
-
-
-@contextlib.contextmanager
-def _logging_restored() -> Iterator[None]:
-    """``saga`` configures logging for its process; in this one, put it back after."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        structlog.configure(**config)
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        logging.captureWarnings(False)
