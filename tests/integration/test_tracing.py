@@ -146,21 +146,28 @@ def assert_joined(spans: list[ReceivedSpan], saga_id: uuid.UUID, status: str) ->
 
     handlers = [s for s in spans if s.name.startswith("handle ")]
     replies = [s for s in spans if s.name.startswith("reply ")]
-    # Each attempt ran once in its journey's process and was answered once.
-    assert len(handlers) == len(replies) == len(steps)
     for handler in handlers:
         step = steps[handler.parent_span_id]  # joined through the command's traceparent
         journey = step.attributes["saga.journey"]
         assert handler.service == SERVICES[journey]
         action = handler.attributes["saga.action"]
         assert handler.name == f"handle {journey}.{action}"
-        for key in ("saga.step", "saga.phase", "saga.attempt", "saga.outcome"):
+        for key in ("saga.step", "saga.phase", "saga.attempt"):
             assert handler.attributes[key] == step.attributes[key], (key, handler, step)
-        assert step.start_ns <= handler.start_ns <= handler.end_ns <= step.end_ns
     for reply in replies:
         step = steps[reply.parent_span_id]  # joined through the reply's traceparent
         assert reply.service == "saga-coordinator"
         assert reply.name == f"reply {step.attributes['saga.step']}"
         assert reply.attributes["saga.outcome"] == step.attributes["saga.outcome"]
-    assert sorted(s.parent_span_id for s in handlers) == sorted(steps)
-    assert sorted(s.parent_span_id for s in replies) == sorted(steps)
+    assert {s.parent_span_id for s in replies} == set(steps)
+    # Each attempt ran once in its journey's process (a delivery of it again, which
+    # at-least-once transport allows, is answered from the inbox: a `duplicate`).
+    for span_id, step in steps.items():
+        ran = [
+            h
+            for h in handlers
+            if h.parent_span_id == span_id and h.attributes["saga.outcome"] != "duplicate"
+        ]
+        assert len(ran) == 1, (step, ran)
+        assert ran[0].attributes["saga.outcome"] == step.attributes["saga.outcome"]
+        assert step.start_ns <= ran[0].start_ns <= ran[0].end_ns <= step.end_ns
