@@ -13,10 +13,14 @@ batched. Then, for each saga, the spans the four processes sent must form one tr
   ran (joined through the command's traceparent), and so is the coordinator's ``reply``
   span for it (through the reply's);
 - one saga span, the trace's root, saying how the saga ended.
+
+Below it, the worker: an attempt it finds past its deadline gets its ``step`` span (outcome
+``timed_out``) from ``saga run worker``, with the id the attempt's command carried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -24,9 +28,10 @@ import pytest
 
 from journeys import world
 from journeys.care.sagas import book_appointment
-from saga.machine import SagaStatus
+from saga.machine import Phase, SagaStatus, command_message_id
 from saga.store.driver import DriverConnection
-from tests.integration.conftest import SagaEnvironment
+from saga.tracing import attempt_span_id, saga_span_id
+from tests.integration.conftest import SagaEnvironment, engine_process
 from tests.integration.fleet import fleet
 from tests.integration.otlp_collector import Collector, ReceivedSpan, otlp_collector
 from tests.integration.sagas import starter
@@ -171,3 +176,52 @@ def assert_joined(spans: list[ReceivedSpan], saga_id: uuid.UUID, status: str) ->
         assert len(ran) == 1, (step, ran)
         assert ran[0].attributes["saga.outcome"] == step.attributes["saga.outcome"]
         assert step.start_ns <= ran[0].start_ns <= ran[0].end_ns <= step.end_ns
+
+
+async def test_the_worker_emits_the_span_of_an_attempt_that_timed_out(
+    saga_env: SagaEnvironment,
+) -> None:
+    async def build(conn: DriverConnection) -> tuple[world.Member, list[world.Slot]]:
+        member = await world.create_member(conn)
+        provider = await world.create_provider(conn)
+        return member, await world.create_slots(conn, provider, 1)
+
+    member, slots = await saga_env.database.run_driver(build)
+    with otlp_collector() as collector:
+        # No care participant runs: the first command gets no reply.
+        async with starter(saga_env) as coordinator:
+            saga_id = await book_appointment(
+                coordinator, user_id=member.user_id, slot_id=slots[0].slot_id, amount_cents=100
+            )
+        await saga_env.database.run_driver(
+            lambda conn: conn.execute(
+                "UPDATE shared.saga_instance SET step_deadline = now() - interval '1 second' "
+                "WHERE id = $1",
+                saga_id,
+            )
+        )
+        with engine_process(
+            saga_env,
+            "run",
+            "worker",
+            "--once",
+            "--job",
+            "step_timeouts",
+            environ={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint},
+        ) as worker:
+            assert await asyncio.to_thread(worker.wait, 60) == 0
+
+    attempt = await saga_env.database.run_driver(
+        lambda conn: conn.fetchval(
+            "SELECT step_attempt FROM shared.saga_instance WHERE id = $1", saga_id
+        )
+    )
+    assert attempt == 2, "the worker sent the step again"
+    [span] = saga_trace(collector, saga_id)
+    first_command = command_message_id(saga_id, 0, Phase.EXECUTE)
+    assert (span.service, span.name) == ("saga-worker", "step reserve_slot")
+    assert span.span_id == f"{attempt_span_id(first_command, 1):016x}"
+    assert span.parent_span_id == f"{saga_span_id(saga_id):016x}"
+    assert span.attributes["saga.outcome"] == "timed_out"
+    assert span.attributes["saga.attempt"] == 1
+    assert span.attributes["saga.message_id"] == str(first_command)
