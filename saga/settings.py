@@ -336,6 +336,16 @@ class Settings(BaseSettings):
         le=3600,
         description="seconds 1..3600 a stopping process has to finish what it holds",
     )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="an OTLP/HTTP collector's base URL (spans go to <it>/v1/traces); "
+        "set: `saga run` processes export saga spans (needs the otel extra); unset: none",
+    )
+    otel_service_name: str | None = Field(
+        default=None,
+        description="the service name on exported spans; unset: saga-coordinator, "
+        "saga-<journey>, saga-worker or saga by process",
+    )
 
     web_host: str = Field(
         default="127.0.0.1",
@@ -399,6 +409,8 @@ class Settings(BaseSettings):
         "kafka_bootstrap_servers",
         "metrics_port",
         "health_metrics_retention_months",
+        "otel_exporter_otlp_endpoint",
+        "otel_service_name",
         "web_secret_key",
         "web_cookie_secure",
         mode="before",
@@ -414,6 +426,16 @@ class Settings(BaseSettings):
     def _check_worker_schedule(cls, value: str) -> str:
         parse_schedule(value)
         return value
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _check_otlp_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.strip().partition("://")
+        if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+            raise ValueError("must be an http:// or https:// URL such as http://collector:4318")
+        return value.strip()
 
     @field_validator("database_url")
     @classmethod

@@ -29,6 +29,7 @@ from saga.runtime import MessagingRuntime
 from saga.settings import Settings, load_settings
 from saga.stack import RunningServices, running_services
 from saga.store import Database
+from saga.tracing import traced
 from saga.transport.reachability import BrokerReachability
 from saga.worker.scheduler import Worker, build_schedule, installed_jobs
 
@@ -101,7 +102,8 @@ def _coordinator(args: argparse.Namespace) -> int:
         finally:
             await database.dispose()
 
-    return asyncio.run(main())
+    with traced(settings, "saga-coordinator"):
+        return asyncio.run(main())
 
 
 def _participant(args: argparse.Namespace) -> int:
@@ -134,7 +136,8 @@ def _participant(args: argparse.Namespace) -> int:
         finally:
             await database.dispose()
 
-    return asyncio.run(main())
+    with traced(settings, f"saga-{journey.name}"):
+        return asyncio.run(main())
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -179,7 +182,8 @@ def _worker(args: argparse.Namespace) -> int:
         finally:
             await database.dispose()
 
-    return asyncio.run(main())
+    with traced(settings, "saga-worker"):
+        return asyncio.run(main())
 
 
 def _all(args: argparse.Namespace) -> int:
@@ -220,7 +224,8 @@ def _all(args: argparse.Namespace) -> int:
                 stop,
             )
 
-    return asyncio.run(main())
+    with traced(settings, "saga"):
+        return asyncio.run(main())
 
 
 async def _worker_beside(services: RunningServices, worker: Worker, stopped: asyncio.Event) -> None:

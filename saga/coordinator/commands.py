@@ -8,7 +8,6 @@ definition uses parallel groups or waits gets a :class:`~saga.store.records.Shap
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,6 +49,7 @@ from saga.store.records import (
     ParentLink,
     ShapeWrite,
 )
+from saga.tracing import attempt_span_id
 from saga.transport import Topics
 
 ENGINE_JOURNEY = "saga"
@@ -59,9 +59,10 @@ signal that ended it), or a whole group given up when the saga expired."""
 _SHAPE_FIELDS = ("branches", "waiting_for", "child", "child_attempts")
 
 
-def traceparent(saga_id: uuid.UUID) -> str:
-    """W3C trace context: the saga is the trace, each command a span of it."""
-    return f"00-{saga_id.hex}-{secrets.token_hex(8)}-01"
+def traceparent(saga_id: uuid.UUID, message_id: uuid.UUID, attempt: int) -> str:
+    """W3C trace context: the saga is the trace, each attempt of a command a span of it
+    (its id derived, so the process that learns the attempt's outcome can emit it)."""
+    return f"00-{saga_id.hex}-{attempt_span_id(message_id, attempt):016x}-01"
 
 
 def build_command(
@@ -77,8 +78,9 @@ def build_command(
     execute = dispatch.phase is Phase.EXECUTE
     action = step.action if execute else step.compensation
     assert action is not None, "the machine compensates only compensatable steps"
+    command_id = message_id(saga_id, dispatch.step_index, dispatch.branch, dispatch.phase)
     return Command(
-        message_id=message_id(saga_id, dispatch.step_index, dispatch.branch, dispatch.phase),
+        message_id=command_id,
         saga_id=saga_id,
         definition=definition.name,
         definition_version=definition.version,
@@ -87,7 +89,7 @@ def build_command(
         journey=step.journey,
         phase=dispatch.phase,
         attempt=dispatch.attempt,
-        trace={TRACEPARENT: traceparent(saga_id)},
+        trace={TRACEPARENT: traceparent(saga_id, command_id, dispatch.attempt)},
         action=action,
         isolation=step.isolation,
         timeout_ms=step.timeout_ms,

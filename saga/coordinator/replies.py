@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from saga import alerts, metrics
+from saga import alerts, metrics, tracing
 from saga.coordinator.children import child_saga_id, needed_children
 from saga.coordinator.commands import PreparedWrite, logged_names, prepare_write
 from saga.coordinator.signals import consume_kept_signals
@@ -20,6 +20,7 @@ from saga.errors import MessageRejected
 from saga.logging import saga_context
 from saga.machine import (
     ChildEnded,
+    InstanceState,
     LogEntry,
     LogStatus,
     Phase,
@@ -116,7 +117,8 @@ class ReplyProcessor:
                 reason=summarize(reply.reason),
                 result=reply.result,
             )
-            await self._apply(reply)
+            with tracing.handling(f"reply {reply.step_name}", reply, outcome=reply.outcome.value):
+                await self._apply(reply)
 
     async def _apply(self, reply: Reply) -> None:
         # One saga's replies are handled one at a time (same key), so taking its cached
@@ -187,6 +189,7 @@ class ReplyProcessor:
             action=_action_of(definition, reply),
             outcome=reply.outcome.value,
         )
+        _trace_attempt(instance, reply)
         return True
 
     async def _apply_child_message(self, message: ChildEnd | CompensateChildRequest) -> None:
@@ -258,6 +261,8 @@ class ReplyProcessor:
             else:
                 metrics.count_finished(definition.name, state.status)
             self._on_finished(instance.id, state.status)
+            if tracing.tracing_on():
+                await trace_saga_end(self._saga_log, definition, instance.id, state)
 
     async def _write(
         self,
@@ -383,15 +388,59 @@ def _child_message_context(
     )
 
 
+async def trace_saga_end(
+    saga_log: SagaLog, definition: SagaDefinition, saga_id: uuid.UUID, state: InstanceState
+) -> None:
+    """Emit the span of a saga that just ended, from its start as the log has it."""
+    summary = await saga_log.summary(saga_id)
+    if summary is None:
+        return
+    attributes: dict[str, str | int] = {
+        "saga.id": str(saga_id),
+        "saga.definition": definition.name,
+        "saga.definition_version": definition.version,
+        "saga.status": state.status.value,
+    }
+    if state.error:
+        attributes["saga.error"] = summarize(state.error) or ""
+    tracing.saga_ended(saga_id=saga_id, started_at=summary.started_at, attributes=attributes)
+
+
+def _trace_attempt(instance: InstanceRow, reply: Reply) -> None:
+    """Emit the span of the attempt the applied reply ended, from its dispatch."""
+    started_at = _attempt_started_at(instance, reply)
+    if started_at is None or not tracing.tracing_on():
+        return
+    attributes = tracing.message_attributes(reply)
+    attributes["saga.message_id"] = str(reply.in_reply_to)
+    attributes["saga.outcome"] = reply.outcome.value
+    tracing.attempt_ended(
+        saga_id=reply.saga_id,
+        message_id=reply.in_reply_to,
+        attempt=reply.attempt,
+        step=reply.step_name,
+        started_at=started_at,
+        attributes=attributes,
+    )
+
+
+def _attempt_started_at(instance: InstanceRow, reply: Reply) -> datetime | None:
+    """When the attempt a reply answers was dispatched (the database's clock, written
+    with the command), as the instance read before the reply was applied has it."""
+    if instance.step_started_at is None:
+        return None
+    if reply.branch is not None and reply.branch in instance.clock:
+        return instance.clock[reply.branch].started_at
+    return instance.step_started_at
+
+
 def _observe_step(definition: SagaDefinition, instance: InstanceRow, reply: Reply) -> None:
     """The attempt's time from dispatch (the database's clock, written with the command)
     to now, when its reply has been applied. Names come from the stored definition, not
     the message, so the labels stay bounded."""
-    if instance.step_started_at is None:
+    started_at = _attempt_started_at(instance, reply)
+    if started_at is None:
         return
-    started_at = instance.step_started_at
-    if reply.branch is not None and reply.branch in instance.clock:
-        started_at = instance.clock[reply.branch].started_at
     step = _step_of(definition, reply)
     if step is None:
         return

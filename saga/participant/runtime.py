@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from saga import metrics
+from saga import metrics, tracing
 from saga.definition import IsolationLevel
 from saga.errors import (
     DatabaseUnavailable,
@@ -159,12 +159,16 @@ class CommandProcessor:
             # Payload and context hold the patient's data: the masking processor hides
             # the fields declared sensitive.
             log.debug("command_received", payload=message.payload, context=message.context)
-            await self._serve(message)
+            with tracing.handling(
+                f"handle {self.journey}.{message.action}", message, action=message.action
+            ):
+                await self._serve(message)
 
     async def _serve(self, command: Command) -> None:
         handler = self._handlers.get(command.action)
         if handler is None:
             reason = f"journey {self.journey!r} has no action {command.action!r}"
+            tracing.note(outcome=Outcome.FAILED.value)
             # Answer, so the saga compensates now instead of waiting out its timeout,
             # and dead-letter the command for whoever deployed the definition.
             await self._send_now(command, self._reply(command, Outcome.FAILED, reason=reason))
@@ -180,6 +184,7 @@ class CommandProcessor:
             if stored is not None:
                 self.stats.duplicates += 1
                 log.info("duplicate_command_answered_from_inbox", outcome=stored.outcome.value)
+                tracing.note(outcome="duplicate")
                 await self._send_now(command, stored)
                 return
         # Serialization and deadlock retries travel in the reply to the step log, where
@@ -238,6 +243,7 @@ class CommandProcessor:
 
     def _observe(self, command: Command, started: float, outcome: str) -> None:
         """The local transaction's time, from the first attempt to the reply recorded."""
+        tracing.note(outcome=outcome)
         metrics.HANDLER_SECONDS.labels(self.journey, command.action, outcome).observe(
             time.perf_counter() - started
         )

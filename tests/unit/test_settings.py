@@ -78,6 +78,7 @@ def test_environment_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("DATABASE_URL", "postgresql://user@host", "names no database"),
         ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "is not host:port"),
         ("LOG_LEVEL", "loud", "one of DEBUG"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "an http:// or https:// URL"),
     ],
 )
 def test_bad_value_names_the_variable_and_what_it_expected(

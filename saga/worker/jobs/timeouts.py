@@ -20,19 +20,21 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import structlog
 
-from saga import alerts, metrics
+from saga import alerts, metrics, tracing
 from saga.coordinator.children import child_check, child_saga_id, needed_children
 from saga.coordinator.commands import (
     ConsumedSignal,
     PreparedWrite,
     command_step,
     logged_names,
+    message_id,
     prepare_write,
 )
-from saga.coordinator.replies import publish
+from saga.coordinator.replies import publish, trace_saga_end
 from saga.coordinator.signals import chain, consume_kept_signals
 from saga.definition import SagaDefinition
 from saga.logging import saga_context
@@ -70,6 +72,8 @@ class _Written:
     journey: str | None
     state: InstanceState
     prepared: PreparedWrite | None
+    definition: SagaDefinition | None = None
+    """None for a saga parked because its definition is not stored."""
 
 
 async def _timed_out(
@@ -171,7 +175,59 @@ async def _drive(ctx: JobContext, claim: Claim, decide: Decide, job: str) -> Bat
         _count(item, job, counts)
         if item.prepared is not None:
             await publish(publisher, item.prepared)
+        if tracing.tracing_on() and item.definition is not None:
+            await _trace(ctx, item, item.definition, job)
     return BatchResult(len(done), counts)
+
+
+async def _trace(ctx: JobContext, item: _Written, definition: SagaDefinition, job: str) -> None:
+    """The spans of the attempts that timed out, and of the saga if it ended."""
+    instance, before, after = item.instance, item.instance.state, item.state
+    if job == STEP_TIMEOUTS.name and before.child is None and before.status.in_flight:
+        for branch, attempt, started_at in _timed_out_attempts(instance):
+            step = command_step(definition, before.current_step, branch)
+            command_id = message_id(instance.id, before.current_step, branch, before.phase)
+            attributes: dict[str, str | int] = {
+                "saga.id": str(instance.id),
+                "saga.definition": definition.name,
+                "saga.definition_version": definition.version,
+                "saga.step": step.name,
+                "saga.step_index": before.current_step,
+                "saga.journey": step.journey,
+                "saga.phase": before.phase.value,
+                "saga.attempt": attempt,
+                "saga.message_id": str(command_id),
+                "saga.outcome": Outcome.TIMED_OUT.value,
+            }
+            if branch is not None:
+                attributes["saga.branch"] = branch
+            tracing.attempt_ended(
+                saga_id=instance.id,
+                message_id=command_id,
+                attempt=attempt,
+                step=step.name,
+                started_at=started_at,
+                attributes=attributes,
+            )
+    if not after.status.in_flight and after.status is not SagaStatus.WAITING:
+        await trace_saga_end(_saga_log(ctx), definition, instance.id, after)
+
+
+def _timed_out_attempts(instance: InstanceRow) -> list[tuple[int | None, int, datetime]]:
+    """(branch, attempt, dispatched at) of each attempt a step timeout judged overdue."""
+    state = instance.state
+    if state.status is SagaStatus.WAITING:
+        return []  # a wait sent no command
+    if not state.branches:
+        started = instance.step_started_at
+        return [] if started is None else [(None, state.step_attempt, started)]
+    found: list[tuple[int | None, int, datetime]] = []
+    for branch in instance.overdue_branches:
+        current = state.branches[branch]
+        attempt = current.attempt if state.phase is Phase.EXECUTE else current.compensation_attempt
+        if branch in instance.clock:
+            found.append((branch, attempt, instance.clock[branch].started_at))
+    return found
 
 
 def _written(
@@ -184,7 +240,7 @@ def _written(
     name, journey = logged_names(
         definition, LogEntry(before.current_step, before.phase, LogStatus.ABORTED, 1)
     )
-    return _Written(instance, definition.name, name, journey, state, prepared)
+    return _Written(instance, definition.name, name, journey, state, prepared, definition)
 
 
 def _count(item: _Written, job: str, counts: Counter[str]) -> None:
