@@ -1,8 +1,9 @@
 """The service roles' passwords, set by ``saga db setup`` from ``DB_PASSWORD_<ROLE>``.
 
 Every journey service, the coordinator and the maintenance worker log in as a role of
-their own (the migrations create them, with no password). A deployment gives each one a password through the
-environment; the migrate job sets them, so the services can log in over a network.
+their own (the migrations create them, with no password). A deployment gives each one a
+password through the environment; the migrate job sets them, so the services can log in
+over a network.
 
 The password never reaches the server in clear: it is hashed here into the
 SCRAM-SHA-256 secret PostgreSQL itself would store (as psql's ``\\password`` does), and
