@@ -185,6 +185,7 @@ async def granted(conn: asyncpg.Connection, role: str, relation: Relation) -> st
         role,
         relation.qualified,
     )
+    assert row is not None
     return "".join(
         letter for letter in "SIUD" if row[letter.lower()] and (relation.writable or letter == "S")
     )

@@ -138,6 +138,7 @@ async def lay_out_work(conn: asyncpg.Connection) -> dict[str, uuid.UUID]:
         "RETURNING id, provider_id, starts_at, ends_at",
         provider,
     )
+    assert slot is not None
     ids["slot"] = slot["id"]
     ids["hold"] = await conn.fetchval(
         "INSERT INTO care_journey.care_appointment (slot_id, provider_id, patient_id, "
