@@ -24,7 +24,9 @@ Create Date: 2026-12-03 13:00:00
   maintenance reports it as failed. A migration owner that is not a superuser is made a
   member, so that it may still alter the tables it gave away.
 
-Neither role needs a superuser to make: a migration owner with CREATEROLE runs this.
+Neither role needs a superuser to make: a migration owner with CREATEROLE runs this. One
+without it (the roles made beforehand by a DBA) gets the grants, but the partitioned
+tables stay its own, with a notice, since it may not grant the memberships.
 """
 
 from __future__ import annotations
@@ -80,28 +82,27 @@ def _create_role(role: str, login: str) -> str:
     )
 
 
-ROLES = [
-    _create_role(TABLE_OWNER_ROLE, "NOLOGIN"),
-    _create_role(WORKER_ROLE, "LOGIN"),
-    f"GRANT {TABLE_OWNER_ROLE} TO {WORKER_ROLE}",
-    # A non-superuser may give a table only to a role it is a member of, and alters it
-    # later only through that membership.
-    f"""
-    DO $$
-    BEGIN
-        IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-            EXECUTE format('GRANT {TABLE_OWNER_ROLE} TO %I', current_user);
-        END IF;
-    END $$""",
-]
+ROLES = [_create_role(TABLE_OWNER_ROLE, "NOLOGIN"), _create_role(WORKER_ROLE, "LOGIN")]
 
-# Every natively partitioned table of the engine's schemas, and its partitions, to the
-# table owner. A TimescaleDB hypertable is a plain table to the catalog: it stays.
+# The worker into the table owner, the migration owner too (a non-superuser may give a
+# table only to a role it is a member of, and alters it later only through that
+# membership), then every natively partitioned table of the engine's schemas, and its
+# partitions, to the table owner. A TimescaleDB hypertable is a plain table to the
+# catalog: it stays. Granting a membership needs CREATEROLE: an owner without it (the
+# roles made beforehand by a DBA) leaves the tables as they are, with a notice, and the
+# worker's partition maintenance reports them until a DBA grants the memberships and the
+# tables are handed over.
 OWN_PARTITIONED_TABLES = f"""
     DO $$
     DECLARE
         relation record;
     BEGIN
+        IF NOT pg_has_role('{WORKER_ROLE}', '{TABLE_OWNER_ROLE}', 'MEMBER') THEN
+            GRANT {TABLE_OWNER_ROLE} TO {WORKER_ROLE};
+        END IF;
+        IF NOT pg_has_role(current_user, '{TABLE_OWNER_ROLE}', 'MEMBER') THEN
+            EXECUTE format('GRANT {TABLE_OWNER_ROLE} TO %I', current_user);
+        END IF;
         FOR relation IN
             SELECT DISTINCT n.nspname, format('%I.%I', n.nspname, c.relname) AS qualified
             FROM pg_class c
@@ -116,6 +117,8 @@ OWN_PARTITIONED_TABLES = f"""
                            relation.nspname);
             EXECUTE format('ALTER TABLE %s OWNER TO {TABLE_OWNER_ROLE}', relation.qualified);
         END LOOP;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'the partitioned tables stay with %: %', current_user, SQLERRM;
     END $$"""
 
 # Back to the owner of each table's schema (who made it), for the downgrade.
@@ -219,13 +222,14 @@ WORKER_POLICIES = [
 
 
 def _drop_role_if_unused(role: str) -> str:
-    # Its grants here are revoked by then; another database may still use the role.
+    # Its grants here are revoked by then; another database may still use the role, and
+    # an owner without CREATEROLE may not drop it.
     return f"""
     DO $$
     BEGIN
         DROP ROLE IF EXISTS {role};
-    EXCEPTION WHEN dependent_objects_still_exist THEN
-        RAISE NOTICE '{role} is kept: another database still uses it';
+    EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+        RAISE NOTICE '{role} is kept: %', SQLERRM;
     END $$"""
 
 
