@@ -1,8 +1,9 @@
 """The service roles' passwords, set by ``saga db setup`` from ``DB_PASSWORD_<ROLE>``.
 
-Every journey service and the coordinator log in as a role of their own (the migrations
-create them, with no password). A deployment gives each one a password through the
-environment; the migrate job sets them, so the services can log in over a network.
+Every journey service, the coordinator and the maintenance worker log in as a role of
+their own (the migrations create them, with no password). A deployment gives each one a
+password through the environment; the migrate job sets them, so the services can log in
+over a network.
 
 The password never reaches the server in clear: it is hashed here into the
 SCRAM-SHA-256 secret PostgreSQL itself would store (as psql's ``\\password`` does), and
@@ -28,9 +29,11 @@ from saga.errors import ConfigurationError
 from saga.settings import to_plain_url
 from saga.store.errors import database_errors
 
-# The coordinator's LOGIN role (created by the first migration). The journeys' roles are
-# named by their services (``JourneyService.database_role``).
+# The coordinator's LOGIN role (created by the first migration) and the maintenance
+# worker's (revision 20261203130000). The journeys' roles are named by their services
+# (``JourneyService.database_role``).
 COORDINATOR_ROLE = "austa_saga_coordinator"
+WORKER_ROLE = "austa_saga_worker"
 
 PASSWORD_VARIABLE_PREFIX = "DB_PASSWORD_"  # noqa: S105 - a variable name, not a password
 
@@ -50,9 +53,9 @@ class RolePassword:
 
 
 def service_roles(journey_roles: Iterable[str]) -> list[str]:
-    """The LOGIN roles a deployment gives passwords to: the journeys' and the
-    coordinator's, sorted, each once."""
-    return sorted({*journey_roles, COORDINATOR_ROLE})
+    """The LOGIN roles a deployment gives passwords to: the journeys', the coordinator's
+    and the worker's, sorted, each once."""
+    return sorted({*journey_roles, COORDINATOR_ROLE, WORKER_ROLE})
 
 
 def password_variable(role: str) -> str:

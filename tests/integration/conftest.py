@@ -173,3 +173,40 @@ async def kit_database(
         yield url
     finally:
         await admin.drop_database(admin_database_url, name)
+
+
+@dataclass(frozen=True)
+class OwnedDatabase:
+    """A database owned by a role with CREATEROLE and nothing more (no superuser), the
+    way a deployment's migration owner is made (docs/production.md, "Roles")."""
+
+    owner: str
+    owner_url: str
+    """Logged in as the owner (the test server trusts local logins)."""
+    admin_url: str
+    """The same database as the test server's superuser: builds scenes, reads results."""
+
+    def url_as(self, role: str) -> str:
+        return make_url(self.owner_url).set(username=role).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+async def owned_database(admin_database_url: str) -> AsyncIterator[OwnedDatabase]:
+    """An empty database whose owner is a fresh CREATEROLE, NOSUPERUSER login of its own;
+    both are dropped afterwards."""
+    suffix = uuid.uuid4().hex[:10]
+    role, name = f"austa_test_owner_{suffix}", f"austa_test_owned_{suffix}"
+    await admin.execute_on(
+        admin_database_url, f"CREATE ROLE {role} LOGIN CREATEROLE NOSUPERUSER NOCREATEDB"
+    )
+    try:
+        await admin.execute_on(admin_database_url, f"CREATE DATABASE {name} OWNER {role}")
+        admin_url = admin.with_database(admin_database_url, name)
+        owner_url = make_url(admin_url).set(username=role).render_as_string(hide_password=False)
+        try:
+            yield OwnedDatabase(role, owner_url, admin_url)
+        finally:
+            await admin.drop_database(admin_database_url, name)
+    finally:
+        # Memberships it was given (austa_table_owner) go with it; it owns nothing else.
+        await admin.execute_on(admin_database_url, f"DROP ROLE IF EXISTS {role}")

@@ -7,16 +7,20 @@ tools` installs docker-compose.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 from dotenv import dotenv_values
@@ -24,13 +28,15 @@ from sqlalchemy.engine import make_url
 
 from saga.cli import build_parser
 from saga.participant.journey import discover_journeys
-from saga.settings import Settings, load_settings
+from saga.settings import Settings, load_settings, to_plain_url
+from saga.store import admin as admin_module
 from saga.store import roles
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+INIT_SCRIPT = REPO_ROOT / "deploy" / "postgres" / "10-austa-owner.sh"
 EXAMPLE = REPO_ROOT / "compose.env.example"
 JOURNEYS = discover_journeys()
 INFRASTRUCTURE = {"postgres", "kafka"}
@@ -187,8 +193,8 @@ def test_each_service_logs_in_as_its_own_role(
     expected_user = {
         "coordinator": roles.COORDINATOR_ROLE,
         WEB: roles.COORDINATOR_ROLE,  # the operators' actions are the coordinator's writes
-        "migrate": example()["DB_USER"],
-        "worker": example()["DB_USER"],  # the owner: it creates and detaches partitions
+        "migrate": example()["DB_USER"],  # the owner: it runs the migrations
+        "worker": roles.WORKER_ROLE,  # partition DDL through austa_table_owner
         **{name: journey.database_role for name, journey in JOURNEYS.items()},
     }
     for name in APP_SERVICES:
@@ -198,7 +204,7 @@ def test_each_service_logs_in_as_its_own_role(
         assert url.username == expected_user[name], name
         if name in JOURNEYS:  # kept as it is (password included), not narrowed to the role
             assert JOURNEYS[name].database_url(settings.database_url) == settings.database_url
-        owner = name in {"migrate", "worker"}
+        owner = name == "migrate"
         variable = "DB_PASSWORD" if owner else roles.password_variable(expected_user[name])
         assert url.password == dummy(variable), name
         assert (url.host, url.database) == ("postgres", example()["DB_NAME"])
@@ -249,7 +255,7 @@ def test_no_secret_in_the_compose_file_or_the_templates(raw: dict[str, Any]) -> 
         # Every service that logs in to PostgreSQL (or is it) is given a password.
         assert passwords or service_name == "kafka", service_name
     # Each service's URL takes the password of the role it names.
-    for name in (SERVICES | {WEB}) - {"worker"}:
+    for name in SERVICES | {WEB}:
         url = raw["services"][name]["environment"]["DATABASE_URL"]
         user = url.split("://", 1)[1].split(":", 1)[0]
         assert f"${{{roles.password_variable(user)}:?" in url, name
@@ -273,6 +279,97 @@ def test_the_example_lists_every_variable_compose_reads() -> None:
     text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
     read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text))
     assert read == set(example())
+
+
+def test_postgres_makes_an_owner_that_is_not_a_superuser(config: dict[str, Any]) -> None:
+    """The superuser is the image's bootstrap only: the init script is mounted where the
+    image runs it, and every engine service logs in as another role."""
+    postgres = config["services"]["postgres"]
+    assert postgres["environment"]["POSTGRES_USER"] == "postgres"
+    assert postgres["environment"]["DB_USER"] == example()["DB_USER"] != "postgres"
+    # docker-compose 1.29 writes a bind mount as source:target:mode, newer ones as a map.
+    mounts = {
+        (v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
+        for v in postgres["volumes"]
+    }
+    assert (str(INIT_SCRIPT.parent), "/docker-entrypoint-initdb.d") in mounts, mounts
+    assert os.access(INIT_SCRIPT, os.X_OK), "the image sources a script it cannot execute"
+    # The health check goes over TCP, where the init scripts' own server never listens.
+    assert "-h 127.0.0.1" in " ".join(postgres["healthcheck"]["test"])
+
+
+async def test_the_init_script_makes_an_owner_that_runs_setup_without_superuser(
+    admin_database_url: str,
+) -> None:
+    """deploy/postgres/10-austa-owner.sh against the real server (as the image runs it,
+    with psql as the superuser), then `saga db setup` as the owner it made."""
+    psql = shutil.which("psql")
+    assert psql is not None, "psql is missing (Debian's postgresql-client)"
+    suffix = uuid.uuid4().hex[:10]
+    owner, database = f"austa_test_init_{suffix}", f"austa_test_init_{suffix}"
+    admin = make_url(admin_database_url)
+    environment = {
+        "PATH": f"{Path(psql).parent}:/usr/bin:/bin",
+        "POSTGRES_USER": admin.username or "postgres",
+        "PGHOST": admin.host or "127.0.0.1",
+        "PGPORT": str(admin.port or 5432),
+        "PGPASSWORD": admin.password or "",
+        "DB_USER": owner,
+        "DB_PASSWORD": f"pw-{uuid.uuid4().hex}",
+        "DB_NAME": database,
+    }
+    try:
+        made = await asyncio.to_thread(
+            subprocess.run,
+            [str(INIT_SCRIPT)],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+        conn = await asyncpg.connect(to_plain_url(admin_database_url))
+        try:
+            role = await conn.fetchrow(
+                "SELECT rolsuper, rolcreaterole, rolcreatedb, rolcanlogin FROM pg_roles "
+                "WHERE rolname = $1",
+                owner,
+            )
+            owned_by = await conn.fetchval(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", database
+            )
+        finally:
+            await conn.close()
+        assert role is not None
+        assert dict(role) == {
+            "rolsuper": False,
+            "rolcreaterole": True,
+            "rolcreatedb": True,
+            "rolcanlogin": True,
+        }
+        assert owned_by == owner
+        owner_url = admin.set(username=owner, database=database)
+        setup = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "saga", "db", "setup"],
+            env={
+                "PATH": os.environ["PATH"],
+                "APP_ENV": "test",
+                "LOG_LEVEL": "WARNING",
+                "DATABASE_URL": owner_url.render_as_string(hide_password=False),
+            },
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert setup.returncode == 0, setup.stderr
+        assert "upgraded to head" in setup.stdout
+    finally:
+        await admin_module.drop_database(admin_database_url, database)
+        await admin_module.execute_on(admin_database_url, f'DROP ROLE IF EXISTS "{owner}"')
 
 
 def test_the_image_runs_the_saga_console_script_as_a_user() -> None:
