@@ -11,7 +11,8 @@ COPY pyproject.toml README.md ./
 COPY saga ./saga
 COPY journeys ./journeys
 COPY migrations ./migrations
-RUN /opt/saga/bin/pip install --no-cache-dir .
+# The otel extra: tracing turns on where OTEL_EXPORTER_OTLP_ENDPOINT is set.
+RUN /opt/saga/bin/pip install --no-cache-dir ".[otel]"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 APP_ENV=production PATH=/opt/saga/bin:$PATH

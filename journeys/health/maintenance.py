@@ -4,7 +4,8 @@
 holds a row per member, metric type and day. Where the metrics are a TimescaleDB
 hypertable it is a continuous aggregate that TimescaleDB's own policy refreshes, and this
 job has nothing to do. Otherwise it is a materialized view: :data:`REFRESH_METRIC_DAILY`
-refreshes it (``REFRESH MATERIALIZED VIEW CONCURRENTLY``, so readers are never blocked)
+refreshes it (``REFRESH MATERIALIZED VIEW CONCURRENTLY``, so readers are never blocked,
+through ``health_journey.refresh_health_metric_daily()``, which has the owner's rights)
 under the job's advisory lock, so that with several workers one refreshes and the others
 skip their turn instead of queueing behind it for a second, identical refresh.
 """
@@ -13,22 +14,16 @@ from __future__ import annotations
 
 from saga import BatchResult, Connection, Job, JobContext, try_job_lock
 
-ROLLUP = "health_journey.health_metric_daily"
-
-# 'm': a plain materialized view. A continuous aggregate shows as a view ('v').
-IS_MATERIALIZED_VIEW = "SELECT relkind = 'm' FROM pg_class WHERE oid = to_regclass($1)"
-
-REFRESH = f"REFRESH MATERIALIZED VIEW CONCURRENTLY {ROLLUP}"
+# Runs with the view owner's rights (the worker's role does not own it); true when it
+# refreshed a materialized view, false where the rollup is a continuous aggregate.
+REFRESH = "SELECT health_journey.refresh_health_metric_daily()"
 
 
 async def refresh_metric_daily(ctx: JobContext) -> BatchResult:
     async def batch(conn: Connection) -> bool:
         if not await try_job_lock(conn, REFRESH_METRIC_DAILY.name):
             return False
-        if not await conn.fetchval(IS_MATERIALIZED_VIEW, ROLLUP):
-            return False
-        await conn.execute(REFRESH)
-        return True
+        return bool(await conn.fetchval(REFRESH))
 
     if not await ctx.database.run_driver(batch, name=f"worker.{REFRESH_METRIC_DAILY.name}"):
         return BatchResult.nothing()

@@ -101,6 +101,25 @@ ROLLUP = f"""
         END IF;
     END $$"""
 
+# Refreshing needs ownership (before PostgreSQL 17), so the worker, which does not own
+# the view, calls this function, which runs with the owner's rights (as the leaderboard's
+# does). It refreshes only a materialized view: a continuous aggregate refreshes itself.
+REFRESH_FUNCTION = [
+    """
+    CREATE FUNCTION health_journey.refresh_health_metric_daily() RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, health_journey AS $$
+    BEGIN
+        IF (SELECT relkind FROM pg_class
+            WHERE oid = 'health_journey.health_metric_daily'::regclass) <> 'm' THEN
+            RETURN false;
+        END IF;
+        REFRESH MATERIALIZED VIEW CONCURRENTLY health_journey.health_metric_daily;
+        RETURN true;
+    END $$""",
+    "REVOKE EXECUTE ON FUNCTION health_journey.refresh_health_metric_daily() FROM PUBLIC",
+]
+
 GRANTS = [
     # The schema's default privileges gave the role write privileges; it only reads.
     f"REVOKE ALL ON health_journey.health_metric_daily FROM {SERVICE_ROLE}",
@@ -129,9 +148,15 @@ UNDO_COMPRESSION = """
 
 
 def upgrade() -> None:
-    execute([ROLLUP, *GRANTS])
+    execute([ROLLUP, *REFRESH_FUNCTION, *GRANTS])
 
 
 def downgrade() -> None:
     # DROP MATERIALIZED VIEW drops a continuous aggregate too, with its refresh policy.
-    execute(["DROP MATERIALIZED VIEW health_journey.health_metric_daily", UNDO_COMPRESSION])
+    execute(
+        [
+            "DROP FUNCTION health_journey.refresh_health_metric_daily()",
+            "DROP MATERIALIZED VIEW health_journey.health_metric_daily",
+            UNDO_COMPRESSION,
+        ]
+    )

@@ -63,7 +63,12 @@ REFERENCE_TABLES = (
 )
 # Relations of a journey's schema the worker has no business in: the plan audit log is
 # append-only and written by its trigger; the leaderboard is refreshed by its function.
-CLOSED_TO_WORKER = ("plan_journey.plan_audit_log", "gamification.gamification_leaderboard")
+# The materialized views are refreshed through their functions, never read by the worker.
+CLOSED_TO_WORKER = (
+    "plan_journey.plan_audit_log",
+    "gamification.gamification_leaderboard",
+    "health_journey.health_metric_daily",
+)
 # plan_journey's tables under row-level security that hold a member's insurance data.
 PLAN_MEMBER_TABLES = (
     "plan_member_coverage",
@@ -201,7 +206,8 @@ def _worker_grants(action: str) -> list[str]:
             f"{action} UPDATE (deleted_at) ON {table} {to} {WORKER_ROLE}"
             for table in REFERENCE_TABLES
         ),
-        f"{action} EXECUTE ON FUNCTION gamification.refresh_leaderboard() {to} {WORKER_ROLE}",
+        f"{action} EXECUTE ON FUNCTION gamification.refresh_leaderboard(), "
+        f"health_journey.refresh_health_metric_daily() {to} {WORKER_ROLE}",
     ]
     for schema in JOURNEY_SCHEMAS:
         statements += [

@@ -57,7 +57,7 @@ MATRIX: dict[str, list[tuple[str, str]]] = {
     # the waiting view read only; shared's reference data read and purged (UPDATE of
     # deleted_at only: a column privilege, apart below); the journeys' tables read, changed
     # and purged but never inserted into, except the partitioned ones it owns through
-    # austa_table_owner; nothing of the plan audit log nor of the leaderboard.
+    # austa_table_owner; nothing of the plan audit log nor of the two materialized views.
     roles.WORKER_ROLE: [
         ("shared.saga_definition", "S"),
         ("shared.saga_waiting", "S"),
@@ -67,18 +67,24 @@ MATRIX: dict[str, list[tuple[str, str]]] = {
         ("shared.shared_*", "SD"),
         ("plan_journey.plan_audit_log", ""),
         ("gamification.gamification_leaderboard", ""),
+        ("health_journey.health_metric_daily", ""),
         ("gamification.gamification_event*", "SIUD"),
         ("health_journey.health_metric*", "SIUD"),
         ("*_journey.*", "SUD"),
         ("gamification.*", "SUD"),
     ],
     TABLE_OWNER: [
+        ("health_journey.health_metric_daily", ""),
         ("gamification.gamification_event*", "SIUD"),
         ("health_journey.health_metric*", "SIUD"),
     ],
     # Each journey: its own schema, shared's reference data read; never another journey's
     # tables, never the saga log.
-    "austa_health_journey": [("health_journey.*", "SIUD"), ("shared.shared_*", "S")],
+    "austa_health_journey": [
+        ("health_journey.health_metric_daily", "S"),  # refreshed by its function
+        ("health_journey.*", "SIUD"),
+        ("shared.shared_*", "S"),
+    ],
     "austa_care_journey": [("care_journey.*", "SIUD"), ("shared.shared_*", "S")],
     "austa_plan_journey": [
         ("plan_journey.plan_audit_log", "S"),  # written by its trigger alone

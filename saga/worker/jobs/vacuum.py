@@ -18,7 +18,11 @@ watched partition by partition. Each run
 
 VACUUM and REINDEX CONCURRENTLY cannot run inside a transaction, so the job runs its
 statements on one connection with none, under a session advisory lock: one worker at a
-time. Both need the role to own the tables.
+time. Both need the role to own the table (or be a member of its owner) on PostgreSQL 15,
+which has no MAINTAIN right: a table the job's role may not maintain is still watched and
+exported, and one that needs a vacuum or a rebuild is logged (``table_vacuum_not_permitted``,
+``index_reindex_not_permitted``) and counted as ``not_permitted``, since PostgreSQL would
+skip the VACUUM with a mere warning.
 """
 
 from __future__ import annotations
@@ -77,6 +81,12 @@ def watched_tables(journeys: Sequence[JourneyService]) -> list[str]:
         names += [journey.tables.inbox, journey.tables.outbox, *journey.churning_tables]
     return list(dict.fromkeys(names))
 
+
+# The tables whose owner the job's role has the rights of (a superuser has every role's).
+_MAINTAINABLE = """
+SELECT oid FROM pg_class
+WHERE oid = ANY($1::oid[]) AND pg_has_role(current_user, relowner, 'USAGE')
+"""
 
 _MISSING = """
 SELECT name FROM unnest($1::text[]) AS w(name) WHERE to_regclass(name) IS NULL
@@ -312,11 +322,23 @@ async def _maintain(
         behind_seconds=settings.vacuum_behind_seconds,
     )
     tables = await _table_stats(conn, present)
+    permitted = {row["oid"] for row in await conn.fetch(_MAINTAINABLE, [oid for oid, _ in tables])}
     now = datetime.now(UTC)
-    for _, stats in tables:
+    for oid, stats in tables:
         reason = vacuum_reason(stats, thresholds, now)
-        if reason is not None:
-            counts["vacuumed" if await _vacuum(conn, stats, reason) else "vacuum_failed"] += 1
+        if reason is None:
+            continue
+        if oid not in permitted:
+            log.warning(
+                "table_vacuum_not_permitted",
+                table=stats.table,
+                reason=reason,
+                dead_tuples=stats.dead_tuples,
+                hint="VACUUM needs the table's owner: run this job as the owner",
+            )
+            counts["not_permitted"] += 1
+            continue
+        counts["vacuumed" if await _vacuum(conn, stats, reason) else "vacuum_failed"] += 1
     # Read again: a vacuum changed the dead tuples, the vacuum and analyze times, and the
     # statistics the bloat estimate reads.
     if counts["vacuumed"]:
@@ -355,13 +377,24 @@ async def _maintain(
         )
     counts["bloated_indexes"] = len(bloated)
     if settings.reindex_concurrently_enabled and bloated:
-        await _drop_leftovers(conn, oids)
+        owned = {stats.table for oid, stats in tables if oid in permitted}
+        for bloat in [bloat for bloat in bloated if bloat.table not in owned]:
+            log.warning(
+                "index_reindex_not_permitted",
+                table=bloat.table,
+                index=bloat.index,
+                hint="REINDEX needs the table's owner: run this job as the owner",
+            )
+            counts["not_permitted"] += 1
+        bloated = [bloat for bloat in bloated if bloat.table in owned]
+        ours = [oid for oid in oids if oid in permitted]
+        await _drop_leftovers(conn, ours)
         for bloat in bloated[: ctx.batch]:
             if await _reindex(conn, bloat):
                 counts["reindexed"] += 1
             else:
                 counts["reindex_failed"] += 1
-                await _drop_leftovers(conn, oids)
+                await _drop_leftovers(conn, ours)
 
 
 async def table_maintenance(ctx: JobContext) -> BatchResult:
