@@ -96,16 +96,19 @@ ROLES = [_create_role(TABLE_OWNER_ROLE, "NOLOGIN"), _create_role(WORKER_ROLE, "L
 # catalog: it stays. Granting a membership needs CREATEROLE: an owner without it (the
 # roles made beforehand by a DBA) leaves the tables as they are, with a notice, and the
 # worker's partition maintenance reports them until a DBA grants the memberships and the
-# tables are handed over.
+# tables are handed over. USAGE, not MEMBER: from PostgreSQL 16 a CREATEROLE owner is a
+# member of the roles it made with ADMIN OPTION alone (createrole_self_grant), which
+# neither passes their rights on nor lets it give them a table, so it grants itself the
+# membership that does.
 OWN_PARTITIONED_TABLES = f"""
     DO $$
     DECLARE
         relation record;
     BEGIN
-        IF NOT pg_has_role('{WORKER_ROLE}', '{TABLE_OWNER_ROLE}', 'MEMBER') THEN
+        IF NOT pg_has_role('{WORKER_ROLE}', '{TABLE_OWNER_ROLE}', 'USAGE') THEN
             GRANT {TABLE_OWNER_ROLE} TO {WORKER_ROLE};
         END IF;
-        IF NOT pg_has_role(current_user, '{TABLE_OWNER_ROLE}', 'MEMBER') THEN
+        IF NOT pg_has_role(current_user, '{TABLE_OWNER_ROLE}', 'USAGE') THEN
             EXECUTE format('GRANT {TABLE_OWNER_ROLE} TO %I', current_user);
         END IF;
         FOR relation IN

@@ -190,6 +190,43 @@ class OwnedDatabase:
         return make_url(self.owner_url).set(username=role).render_as_string(hide_password=False)
 
 
+_ADMIN_OF_THE_ENGINES_ROLES = r"""
+DO $$
+DECLARE
+    engine_role text;
+BEGIN
+    IF current_setting('server_version_num')::int >= 160000 THEN
+        FOR engine_role IN
+            SELECT rolname FROM pg_roles
+            WHERE rolname LIKE 'austa\_%' AND rolname NOT LIKE 'austa\_test\_%' AND NOT rolsuper
+        LOOP
+            EXECUTE format('GRANT %I TO {owner} WITH ADMIN OPTION', engine_role);
+        END LOOP;
+    END IF;
+END $$
+"""
+
+_GRANTS_BY_THE_OWNER_REVOKED = """
+DO $$
+DECLARE
+    membership record;
+BEGIN
+    IF current_setting('server_version_num')::int >= 160000 THEN
+        FOR membership IN
+            SELECT a.roleid::regrole::text AS granted, a.member::regrole::text AS member
+            FROM pg_auth_members a
+            WHERE a.grantor = '{owner}'::regrole
+        LOOP
+            EXECUTE format(
+                'REVOKE %s FROM %s GRANTED BY {owner} CASCADE',
+                membership.granted, membership.member
+            );
+        END LOOP;
+    END IF;
+END $$
+"""
+
+
 @pytest.fixture
 async def owned_database(admin_database_url: str) -> AsyncIterator[OwnedDatabase]:
     """An empty database whose owner is a fresh CREATEROLE, NOSUPERUSER login of its own;
@@ -199,6 +236,10 @@ async def owned_database(admin_database_url: str) -> AsyncIterator[OwnedDatabase
     await admin.execute_on(
         admin_database_url, f"CREATE ROLE {role} LOGIN CREATEROLE NOSUPERUSER NOCREATEDB"
     )
+    # The engine's roles are the cluster's, made by earlier tests as the superuser. In a
+    # fresh cluster the owner makes them, and from PostgreSQL 16 on that is what lets a
+    # CREATEROLE owner alter and grant them (ADMIN OPTION): give it that, as it would have.
+    await admin.execute_on(admin_database_url, _ADMIN_OF_THE_ENGINES_ROLES.format(owner=role))
     try:
         await admin.execute_on(admin_database_url, f"CREATE DATABASE {name} OWNER {role}")
         admin_url = admin.with_database(admin_database_url, name)
@@ -209,4 +250,7 @@ async def owned_database(admin_database_url: str) -> AsyncIterator[OwnedDatabase
             await admin.drop_database(admin_database_url, name)
     finally:
         # Memberships it was given (austa_table_owner) go with it; it owns nothing else.
+        # Those it gave (the worker into austa_table_owner) hold it back from PostgreSQL
+        # 16 on, where each grant is its grantor's: they go first.
+        await admin.execute_on(admin_database_url, _GRANTS_BY_THE_OWNER_REVOKED.format(owner=role))
         await admin.execute_on(admin_database_url, f"DROP ROLE IF EXISTS {role}")
