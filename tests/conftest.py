@@ -87,6 +87,35 @@ def fail_on_unhandled_loop_errors(request: pytest.FixtureRequest) -> Iterator[No
         pytest.fail("unhandled errors in the event loop:\n" + "\n".join(handler.messages))
 
 
+_GRANTS_BY_THE_ROLE_REVOKED = """
+DO $$
+DECLARE
+    membership record;
+BEGIN
+    IF current_setting('server_version_num')::int >= 160000 THEN
+        FOR membership IN
+            SELECT a.roleid::regrole::text AS granted, a.member::regrole::text AS member
+            FROM pg_auth_members a
+            WHERE a.grantor = '{owner}'::regrole
+        LOOP
+            EXECUTE format(
+                'REVOKE %s FROM %s GRANTED BY {owner} CASCADE',
+                membership.granted, membership.member
+            );
+        END LOOP;
+    END IF;
+END $$
+"""
+
+
+async def drop_owner_role(admin_url: str, role: str) -> None:
+    """Drop a test's migration owner. What it granted (the worker into
+    austa_table_owner) holds it back from PostgreSQL 16 on, where each grant belongs to
+    its grantor: that goes first."""
+    await admin.execute_on(admin_url, _GRANTS_BY_THE_ROLE_REVOKED.format(owner=role))
+    await admin.execute_on(admin_url, f'DROP ROLE IF EXISTS "{role}"')
+
+
 @pytest.fixture(autouse=True)
 def logging_restored() -> Iterator[None]:
     """``saga`` configures logging for its process (``configure_logging``, a command's

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from saga.settings import Settings, load_settings
 from saga.store import Database, admin, migrate
 from saga.store.seeding import seed_reference
-from tests.conftest import REPO_ROOT, create_database, drop_database
+from tests.conftest import REPO_ROOT, create_database, drop_database, drop_owner_role
 
 
 @pytest.fixture
@@ -206,26 +206,6 @@ BEGIN
 END $$
 """
 
-_GRANTS_BY_THE_OWNER_REVOKED = """
-DO $$
-DECLARE
-    membership record;
-BEGIN
-    IF current_setting('server_version_num')::int >= 160000 THEN
-        FOR membership IN
-            SELECT a.roleid::regrole::text AS granted, a.member::regrole::text AS member
-            FROM pg_auth_members a
-            WHERE a.grantor = '{owner}'::regrole
-        LOOP
-            EXECUTE format(
-                'REVOKE %s FROM %s GRANTED BY {owner} CASCADE',
-                membership.granted, membership.member
-            );
-        END LOOP;
-    END IF;
-END $$
-"""
-
 
 @pytest.fixture
 async def owned_database(admin_database_url: str) -> AsyncIterator[OwnedDatabase]:
@@ -250,7 +230,4 @@ async def owned_database(admin_database_url: str) -> AsyncIterator[OwnedDatabase
             await admin.drop_database(admin_database_url, name)
     finally:
         # Memberships it was given (austa_table_owner) go with it; it owns nothing else.
-        # Those it gave (the worker into austa_table_owner) hold it back from PostgreSQL
-        # 16 on, where each grant is its grantor's: they go first.
-        await admin.execute_on(admin_database_url, _GRANTS_BY_THE_OWNER_REVOKED.format(owner=role))
-        await admin.execute_on(admin_database_url, f"DROP ROLE IF EXISTS {role}")
+        await drop_owner_role(admin_database_url, role)

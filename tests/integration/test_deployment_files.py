@@ -31,7 +31,7 @@ from saga.participant.journey import discover_journeys
 from saga.settings import Settings, load_settings, to_plain_url
 from saga.store import admin as admin_module
 from saga.store import roles
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, drop_owner_role
 
 pytestmark = pytest.mark.integration
 
@@ -369,7 +369,7 @@ async def test_the_init_script_makes_an_owner_that_runs_setup_without_superuser(
         assert "upgraded to head" in setup.stdout
     finally:
         await admin_module.drop_database(admin_database_url, database)
-        await admin_module.execute_on(admin_database_url, f'DROP ROLE IF EXISTS "{owner}"')
+        await drop_owner_role(admin_database_url, owner)
 
 
 def test_the_image_runs_the_saga_console_script_as_a_user() -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from saga.embedded import EmbeddedPostgres
 from saga.settings import to_plain_url
 from saga.store import admin, migrate
+from tests.conftest import drop_owner_role
 
 pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
@@ -121,7 +122,7 @@ async def owned_database(server: Server, *, preloaded: bool, created: bool) -> A
         finally:
             await admin.drop_database(server.superuser_url, name)
     finally:
-        await admin.execute_on(server.superuser_url, f"DROP ROLE {role}")
+        await drop_owner_role(server.superuser_url, role)
 
 
 @dataclass(frozen=True)

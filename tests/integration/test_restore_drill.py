@@ -41,7 +41,7 @@ from saga.settings import Settings, load_settings, to_plain_url
 from saga.store import Database, admin, migrate
 from saga.worker.jobs.retention import SAGA_RETENTION
 from saga.worker.scheduler import Worker
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, drop_owner_role
 from tests.integration.conftest import SagaEnvironment, open_saga_environment
 from tests.integration.operator_scene import build
 from tests.integration.sagas import BOOKING, FAST_RELAY, cluster, create_effect_tables
@@ -391,7 +391,7 @@ async def owner_database(admin_url: str) -> AsyncIterator[str]:
     finally:
         # The drill's scratch database is dropped by the drill; if it was not, DROP ROLE
         # fails here on what the role still owns, and says so.
-        await admin.execute_on(admin_url, f"DROP ROLE {role}")
+        await drop_owner_role(admin_url, role)
 
 
 @pytest.mark.embedded
