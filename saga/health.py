@@ -101,14 +101,12 @@ class Health:
 
 
 def _safely(check: ReadyCheck) -> bool:
-    try:
-        return bool(check())
-    except Exception:
-        # A check reading state that is being torn down is simply not ready.
-        return False
+    # A check reading state that is being torn down is simply not ready.
+    return bool(_safely_read(check))
 
 
 def _safely_read(fact: Callable[[], Any]) -> Any:
+    """``fact()``, or None when it raised (what it reads may be torn down meanwhile)."""
     try:
         return fact()
     except Exception:

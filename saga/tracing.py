@@ -187,19 +187,48 @@ def handling(name: str, message: Command | Reply, **more: str) -> Iterator[None]
 
 def message_attributes(message: Command | Reply) -> dict[str, str | int]:
     """The span attributes naming the saga, step and attempt a message is about."""
+    return attempt_attributes(
+        saga_id=message.saga_id,
+        definition=message.definition,
+        definition_version=message.definition_version,
+        step=message.step_name,
+        step_index=message.step_index,
+        journey=message.journey,
+        phase=message.phase.value,
+        attempt=message.attempt,
+        message_id=message.message_id,
+        branch=message.branch,
+    )
+
+
+def attempt_attributes(
+    *,
+    saga_id: uuid.UUID,
+    definition: str,
+    definition_version: int,
+    step: str,
+    step_index: int,
+    journey: str,
+    phase: str,
+    attempt: int,
+    message_id: uuid.UUID,
+    branch: int | None = None,
+) -> dict[str, str | int]:
+    """The span attributes naming one attempt of one command (``branch`` within a
+    parallel group)."""
     attributes: dict[str, str | int] = {
-        "saga.id": str(message.saga_id),
-        "saga.definition": message.definition,
-        "saga.definition_version": message.definition_version,
-        "saga.step": message.step_name,
-        "saga.step_index": message.step_index,
-        "saga.journey": message.journey,
-        "saga.phase": message.phase.value,
-        "saga.attempt": message.attempt,
-        "saga.message_id": str(message.message_id),
+        "saga.id": str(saga_id),
+        "saga.definition": definition,
+        "saga.definition_version": definition_version,
+        "saga.step": step,
+        "saga.step_index": step_index,
+        "saga.journey": journey,
+        "saga.phase": phase,
+        "saga.attempt": attempt,
+        "saga.message_id": str(message_id),
     }
-    if message.branch is not None:
-        attributes["saga.branch"] = message.branch
+    if branch is not None:
+        attributes["saga.branch"] = branch
     return attributes
 
 

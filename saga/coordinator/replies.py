@@ -408,8 +408,10 @@ async def trace_saga_end(
 
 def _trace_attempt(instance: InstanceRow, reply: Reply) -> None:
     """Emit the span of the attempt the applied reply ended, from its dispatch."""
+    if not tracing.tracing_on():
+        return
     started_at = _attempt_started_at(instance, reply)
-    if started_at is None or not tracing.tracing_on():
+    if started_at is None:
         return
     attributes = tracing.message_attributes(reply)
     attributes["saga.message_id"] = str(reply.in_reply_to)

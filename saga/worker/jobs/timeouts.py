@@ -187,20 +187,19 @@ async def _trace(ctx: JobContext, item: _Written, definition: SagaDefinition, jo
         for branch, attempt, started_at in _timed_out_attempts(instance):
             step = command_step(definition, before.current_step, branch)
             command_id = message_id(instance.id, before.current_step, branch, before.phase)
-            attributes: dict[str, str | int] = {
-                "saga.id": str(instance.id),
-                "saga.definition": definition.name,
-                "saga.definition_version": definition.version,
-                "saga.step": step.name,
-                "saga.step_index": before.current_step,
-                "saga.journey": step.journey,
-                "saga.phase": before.phase.value,
-                "saga.attempt": attempt,
-                "saga.message_id": str(command_id),
-                "saga.outcome": Outcome.TIMED_OUT.value,
-            }
-            if branch is not None:
-                attributes["saga.branch"] = branch
+            attributes = tracing.attempt_attributes(
+                saga_id=instance.id,
+                definition=definition.name,
+                definition_version=definition.version,
+                step=step.name,
+                step_index=before.current_step,
+                journey=step.journey,
+                phase=before.phase.value,
+                attempt=attempt,
+                message_id=command_id,
+                branch=branch,
+            )
+            attributes["saga.outcome"] = Outcome.TIMED_OUT.value
             tracing.attempt_ended(
                 saga_id=instance.id,
                 message_id=command_id,
